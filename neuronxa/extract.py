@@ -1,0 +1,161 @@
+"""Stage one's forward pass: sentences in, pooled NAS / NAV / hidden states per layer out.
+
+Sentences are tokenized once, sorted by length into batches (little padding), right-padded (so that under
+causal attention real tokens never see padding), and run through the base model only (no LM head), with
+the probes pooling on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from neuronxa import models
+from neuronxa.corpus import ParallelCorpus
+from neuronxa.errors import NeuronXAError
+from neuronxa.models import ModelSpec, resolve_device, resolve_dtype
+from neuronxa.pooling import POOLINGS, pooling_weights, real_token_mask
+from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe
+from neuronxa.store import StateStore
+
+
+class PooledStates(dict):
+    """``states[kind][pooling]``: float32 array (layers, sentences, width); with token counts per sentence."""
+
+    def __init__(self, arrays: dict, n_tokens: np.ndarray, n_truncated: int) -> None:
+        super().__init__(arrays)
+        self.n_tokens = n_tokens
+        self.n_truncated = n_truncated
+
+
+def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids per sentence (with the tokenizer's special tokens), cut at ``max_length``; and how many were cut."""
+    if max_length < 2:
+        raise NeuronXAError(f"max_length must be at least 2 tokens, not {max_length}")
+    encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
+    n_truncated = sum(len(ids) > max_length for ids in encoded)
+    return [ids[:max_length] for ids in encoded], n_truncated
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (so memory peaks at the start)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _pad(token_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask for one batch."""
+    width = max(len(ids) for ids in token_ids)
+    ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, sentence in enumerate(token_ids):
+        ids[row, : len(sentence)] = torch.tensor(sentence)
+        mask[row, : len(sentence)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def model_device(model) -> torch.device:
+    """Where the model's inputs go (the embedding's device when the model is spread over devices)."""
+    return model.get_input_embeddings().weight.device
+
+
+def pooled_states(
+    model,
+    tokenizer,
+    sentences: list[str],
+    poolings: tuple[str, ...] = POOLINGS,
+    batch_size: int = 16,
+    max_length: int = 512,
+    kinds: tuple[str, ...] = KINDS,
+    skip_bos: bool = False,
+    progress: bool = False,
+) -> PooledStates:
+    """Pooled neuron states of ``sentences``: ``states[kind][pooling]`` of shape (layers, sentences, width).
+
+    ``kind`` is ``nas`` (share of tokens with a > 0), ``nav`` (|z|) or ``hidden`` (decoder layer output);
+    layer 0 is the first decoder layer.
+    """
+    if batch_size < 1:
+        raise NeuronXAError(f"batch_size must be at least 1, not {batch_size}")
+    token_ids, n_truncated = tokenize(tokenizer, sentences, max_length)
+    probe = PoolingProbe(model, kinds)
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    batches = length_batches([len(ids) for ids in token_ids], batch_size)
+    with torch.inference_mode(), probe.attached():
+        for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False, position=1):
+            ids, attention = _pad([token_ids[i] for i in batch], pad_id, device)
+            mask = real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos)
+            probe.reset(pooling_weights(mask, poolings))
+            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
+            for kind, pooled in probe.collect().items():
+                pooled = pooled.float().cpu().numpy()  # (layers, poolings, batch, width)
+                for p, pooling in enumerate(poolings):
+                    if pooling not in arrays.setdefault(kind, {}):
+                        arrays[kind][pooling] = np.zeros((pooled.shape[0], len(sentences), pooled.shape[3]), np.float32)
+                    arrays[kind][pooling][:, batch, :] = pooled[:, p]
+    n_tokens = np.array([len(ids) for ids in token_ids], dtype=np.int32)
+    return PooledStates(arrays, n_tokens, n_truncated)
+
+
+def forward_key(identity: dict, corpus_name: str, max_units: int | None, max_length: int, dtype: str,
+                skip_bos: bool) -> dict:
+    """Everything that changes the forward pass's pooled states, and nothing else."""
+    return {**identity, "corpus": corpus_name, "max_units": max_units, "max_length": max_length,
+            "dtype": dtype, "skip_bos": skip_bos, "sites": SITE_NAMES}
+
+
+def extract_corpus(
+    corpus: ParallelCorpus,
+    spec: ModelSpec,
+    cache_dir: str | Path,
+    max_units: int | None = None,
+    max_length: int = 512,
+    batch_size: int = 16,
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | None = None,
+    skip_bos: bool = False,
+) -> tuple[StateStore, pd.DataFrame]:
+    """Stage one: cache pooled states for every language of ``corpus``, reusing complete entries.
+
+    The model is loaded only when some language is missing; each language is computed under a lock, so
+    concurrent jobs sharing the cache compute it once. Returns the store and a report row per language.
+    """
+    device = resolve_device(device)
+    torch_dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
+    store = StateStore(cache_dir, key)
+    locks = Path(cache_dir) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    loaded = None
+    rows = []
+    bar = tqdm(corpus.languages, desc=f"stage one: {spec.name}", unit="language")
+    for language in bar:
+        bar.set_postfix_str(language)
+        fingerprint = corpus.fingerprint(language)
+        started = time.perf_counter()
+        with FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")):
+            status = store.status(language, fingerprint)
+            if status != "complete":
+                if loaded is None:
+                    loaded = models.load(spec, dtype=torch_dtype, device=device, device_map=device_map)
+                states = pooled_states(*loaded, corpus.texts(language), batch_size=batch_size,
+                                       max_length=max_length, skip_bos=skip_bos, progress=True)
+                store.write(language, states, corpus.ids(language), fingerprint, n_tokens=states.n_tokens,
+                            n_truncated=states.n_truncated, source_code=corpus.source_codes.get(language, language))
+        meta = store.metadata(language)
+        rows.append({
+            "language": language, "source": meta.get("source_code"), "units": len(meta["ids"]),
+            "tokens": int(store.n_tokens(language).sum()), "truncated": meta["n_truncated"],
+            "status": {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)"}[status],
+            "seconds": round(time.perf_counter() - started, 2),
+        })
+    return store, pd.DataFrame(rows)

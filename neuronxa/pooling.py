@@ -1,0 +1,42 @@
+"""Sentence pooling as weights over token positions, so that every pooling is one contraction on the device.
+
+Positions t = 1..T count real tokens from the first one (padding never counts):
+``weighted`` w_t = t / Σk, ``mean`` w_t = 1 / T, ``last`` puts all weight on the last real token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POOLINGS = ("weighted", "mean", "last")
+
+
+def real_token_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor, bos_token_id: int | None,
+                    skip_bos: bool) -> torch.Tensor:
+    """1 for the tokens that pooling counts: real tokens, without a leading BOS when ``skip_bos``."""
+    mask = attention_mask.to(torch.float32)
+    if skip_bos and bos_token_id is not None:
+        mask[:, 0] = mask[:, 0] * (input_ids[:, 0] != bos_token_id)
+    return mask
+
+
+def pooling_weights(mask: torch.Tensor, poolings: tuple[str, ...] = POOLINGS) -> torch.Tensor:
+    """Weights of shape (poolings, batch, tokens) for a (batch, tokens) mask of counted tokens."""
+    position = torch.cumsum(mask, dim=1) * mask  # 1..T on counted tokens, 0 elsewhere
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+    weights = []
+    for pooling in poolings:
+        if pooling == "weighted":
+            weights.append(position / (count * (count + 1) / 2))
+        elif pooling == "mean":
+            weights.append(mask / count)
+        elif pooling == "last":
+            weights.append((position == count) * mask)
+        else:
+            raise ValueError(f"unknown pooling {pooling!r}: choose from {', '.join(POOLINGS)}")
+    return torch.stack(weights)
+
+
+def pool(weights: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """(poolings, batch, tokens) weights x (batch, tokens, width) states -> (poolings, batch, width), float32."""
+    return torch.einsum("pbt,btw->pbw", weights, states.to(torch.float32))

@@ -1,0 +1,145 @@
+"""FFN probes: forward hooks that pool each decoder layer's neuron states while the model runs.
+
+Sites, named as TransformerLens names them (``blocks.{layer}...``):
+- ``mlp.hook_act``: the activation ``a`` (output of the activation function; ``act_fn(gate_proj x)`` when gated).
+  NAS per token is ``1[a > 0]``.
+- ``mlp.hook_post``: the intermediate ``z`` (input of the down projection; ``a * up_proj x`` when gated, ``a``
+  otherwise). NAV per token is ``|z|``.
+- ``hook_resid_post``: the decoder layer's output (the residual stream), for the embedding baselines.
+Per-token states never leave the device: each hook contracts them at once with the pooling weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuronxa.errors import NeuronXAError
+from neuronxa.pooling import pool
+
+KINDS = ("nas", "nav", "hidden")
+SITE_NAMES = {
+    "nas": "blocks.{layer}.mlp.hook_act > 0",
+    "nav": "|blocks.{layer}.mlp.hook_post|",
+    "hidden": "blocks.{layer}.hook_resid_post",
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the FFN modules sit: layers under the base model, then (within a layer) FFN, act, down."""
+
+    layers: str
+    ffn: str
+    act: str
+    down: str
+    gated: bool
+
+
+_GATED = Architecture("layers", "mlp", "act_fn", "down_proj", True)
+_GATED_FUSED = Architecture("layers", "mlp", "activation_fn", "down_proj", True)
+ARCHITECTURES = {
+    **{name: _GATED for name in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "olmo3",
+        "granite", "cohere", "stablelm", "smollm3",
+    )},
+    "gemma3": Architecture("language_model.layers", "mlp", "act_fn", "down_proj", True),
+    **{name: _GATED_FUSED for name in ("glm", "glm4", "phi3")},
+    "gpt2": Architecture("h", "mlp", "act", "c_proj", False),
+    "bloom": Architecture("h", "mlp", "gelu_impl", "dense_4h_to_h", False),
+    "xglm": Architecture("layers", "", "activation_fn", "fc2", False),
+    "opt": Architecture("decoder.layers", "", "activation_fn", "fc2", False),
+}
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for name in filter(None, path.split(".")):
+        module = getattr(module, name)
+    return module
+
+
+def architecture(model: nn.Module) -> Architecture:
+    """The FFN layout of a model, or a clear error naming its unsupported model type."""
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    if model_type not in ARCHITECTURES:
+        raise NeuronXAError(
+            f"model type {model_type!r} has no known FFN probe site; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM (under its base model, which has no LM head)."""
+    return _get(model.base_model, architecture(model).layers)
+
+
+def module_paths(model: nn.Module) -> dict[str, str]:
+    """Module paths of the three sites, for the cache metadata."""
+    arch = architecture(model)
+    ffn = f"{arch.layers}.{{layer}}" + (f".{arch.ffn}" if arch.ffn else "")
+    down = f"{ffn}.{arch.down} (input)" if arch.gated else f"{ffn}.{arch.act} (output)"
+    return {"nas": f"{ffn}.{arch.act} (output)", "nav": down, "hidden": f"{arch.layers}.{{layer}} (output)"}
+
+
+class PoolingProbe:
+    """Pools NAS, NAV and hidden states of every decoder layer during a forward pass.
+
+    Use as ``with probe.attached(): probe.weights = w; model.base_model(...)``, then ``probe.collect()``.
+    """
+
+    def __init__(self, model: nn.Module, kinds: tuple[str, ...] = KINDS, layers: int | None = None) -> None:
+        self.model = model
+        self.arch = architecture(model)
+        self.kinds = kinds
+        self.layers = list(decoder_layers(model))[:layers]
+        self.weights: torch.Tensor | None = None
+        self._pooled: dict[str, list[torch.Tensor | None]] = {}
+
+    def _store(self, kind: str, layer: int, states: torch.Tensor) -> None:
+        if kind in self.kinds:
+            self._pooled[kind][layer] = pool(self.weights, states)
+
+    def _hooks(self, index: int, layer: nn.Module):
+        ffn = _get(layer, self.arch.ffn)
+
+        def on_act(module, inputs, output):
+            self._store("nas", index, output > 0)
+            if not self.arch.gated:
+                self._store("nav", index, output.abs())
+
+        def on_down(module, inputs):
+            self._store("nav", index, inputs[0].abs())
+
+        def on_layer(module, inputs, output):
+            self._store("hidden", index, output[0] if isinstance(output, tuple) else output)
+
+        handles = [_get(ffn, self.arch.act).register_forward_hook(on_act)]
+        if self.arch.gated:
+            handles.append(_get(ffn, self.arch.down).register_forward_pre_hook(on_down))
+        handles.append(layer.register_forward_hook(on_layer))
+        return handles
+
+    @contextmanager
+    def attached(self):
+        """Hooks on for the duration of the block, removed afterwards even on error."""
+        handles = [h for index, layer in enumerate(self.layers) for h in self._hooks(index, layer)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def reset(self, weights: torch.Tensor) -> None:
+        """Start a batch with pooling weights of shape (poolings, batch, tokens)."""
+        self.weights = weights
+        self._pooled = {kind: [None] * len(self.layers) for kind in self.kinds}
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device."""
+        missing = [kind for kind, states in self._pooled.items() if any(s is None for s in states)]
+        if missing:
+            raise NeuronXAError(f"probe sites of {', '.join(missing)} did not fire: is the FFN layout unusual?")
+        return {kind: torch.stack(states) for kind, states in self._pooled.items()}

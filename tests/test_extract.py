@@ -1,0 +1,140 @@
+"""Hooked, pooled states against a manual computation on tiny Llama-, Gemma- and GPT-2-shaped models.
+
+The oracle runs each sentence alone (no padding) through the full model, takes each FFN's input, recomputes
+a and z from the FFN's weights by hand, checks that z really is what the down projection consumes, and pools
+with plain loops. Hidden states come from the model's own ``output_hidden_states``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neuronxa.errors import NeuronXAError
+from neuronxa.extract import length_batches, pooled_states, tokenize
+from neuronxa.probes import PoolingProbe, architecture, decoder_layers
+
+SENTENCES = [
+    "all human beings are born free and equal in dignity and rights",
+    "tous",
+    "everyone has the right to life",
+    "alle menschen sind frei und gleich an würde und rechten geboren jeder hat das recht auf leben",
+    "la vie",
+]
+
+
+def manual_token_states(model, ids: list[int]) -> dict[str, list[np.ndarray]]:
+    """Per-token NAS, NAV and hidden states of one unpadded sentence, computed by hand per layer."""
+    ffn_inputs = []
+    ffns = [layer.mlp for layer in decoder_layers(model)]
+    hooks = [ffn.register_forward_pre_hook(lambda m, inputs: ffn_inputs.append(inputs[0][0])) for ffn in ffns]
+    with torch.no_grad():
+        output = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        for hook in hooks:
+            hook.remove()
+        states = {"nas": [], "nav": [], "hidden": []}
+        for index, (ffn, x) in enumerate(zip(ffns, ffn_inputs)):
+            if architecture(model).gated:
+                a = ffn.act_fn(ffn.gate_proj(x))
+                z = a * ffn.up_proj(x)
+                torch.testing.assert_close(ffn(x), ffn.down_proj(z))
+            else:
+                a = z = ffn.act(ffn.c_fc(x))
+                torch.testing.assert_close(ffn(x[None])[0], ffn.c_proj(z))
+            states["nas"].append((a > 0).float().numpy())
+            states["nav"].append(z.abs().numpy())
+            if index < len(ffns) - 1:  # the model's last hidden state has the final norm applied
+                states["hidden"].append(output.hidden_states[index + 1][0].numpy())
+    return states
+
+
+def manual_pool(tokens: np.ndarray, pooling: str, skip_first: bool = False) -> np.ndarray:
+    """Pool (tokens, width) with explicit loops: weighted w_t = t / sum(k), mean 1/T, last token."""
+    rows = tokens[1:] if skip_first else tokens
+    total = np.zeros(rows.shape[1])
+    if pooling == "last":
+        return rows[-1]
+    for t, row in enumerate(rows, start=1):
+        weight = t / (len(rows) * (len(rows) + 1) / 2) if pooling == "weighted" else 1 / len(rows)
+        total += weight * row
+    return total
+
+
+@pytest.mark.parametrize("skip_bos", [False, True])
+def test_hooked_states_match_manual_computation(tiny, skip_bos):
+    kind, model, tokenizer = tiny
+    states = pooled_states(model, tokenizer, SENTENCES, batch_size=3, skip_bos=skip_bos)
+    layers = len(decoder_layers(model))
+    assert states["nas"]["weighted"].shape == (layers, len(SENTENCES), 24)
+    assert states["hidden"]["mean"].shape == (layers, len(SENTENCES), 16)
+    skip = skip_bos and kind != "gpt2"  # GPT-2's tokenizer adds no BOS: nothing to skip
+    for row, ids in enumerate(tokenize(tokenizer, SENTENCES, 512)[0]):
+        manual = manual_token_states(model, ids)
+        for state_kind, per_layer in manual.items():
+            for layer, tokens in enumerate(per_layer):
+                for pooling in ("weighted", "mean", "last"):
+                    np.testing.assert_allclose(
+                        states[state_kind][pooling][layer, row], manual_pool(tokens, pooling, skip),
+                        rtol=1e-4, atol=1e-5, err_msg=f"{kind} {state_kind} {pooling} layer {layer} row {row}",
+                    )
+
+
+def test_last_layer_hidden_is_the_residual_stream_before_the_final_norm(tiny):
+    kind, model, tokenizer = tiny
+    states = pooled_states(model, tokenizer, SENTENCES, batch_size=2)
+    norm = model.base_model.ln_f if kind == "gpt2" else model.base_model.norm
+    for row, ids in enumerate(tokenize(tokenizer, SENTENCES, 512)[0]):
+        with torch.no_grad():
+            final = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1]
+            ours = norm(torch.from_numpy(states["hidden"]["last"][-1, row]))
+        torch.testing.assert_close(ours, final, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_size_and_padding_do_not_change_results(tiny):
+    _, model, tokenizer = tiny
+    alone = pooled_states(model, tokenizer, SENTENCES, batch_size=1)
+    padded = pooled_states(model, tokenizer, SENTENCES, batch_size=5)
+    for kind in alone:
+        for pooling in alone[kind]:
+            np.testing.assert_allclose(alone[kind][pooling], padded[kind][pooling], rtol=1e-4, atol=1e-5)
+
+
+def test_nas_is_a_share_of_active_tokens(tiny):
+    _, model, tokenizer = tiny
+    states = pooled_states(model, tokenizer, SENTENCES)
+    assert set(np.unique(states["nas"]["last"])) <= {0.0, 1.0}
+    assert states["nas"]["mean"].min() >= 0 and states["nas"]["mean"].max() <= 1 + 1e-6
+    assert (states["nav"]["weighted"] >= 0).all()
+
+
+def test_truncation_is_counted_and_applied(tiny):
+    _, model, tokenizer = tiny
+    states = pooled_states(model, tokenizer, SENTENCES, max_length=4)
+    assert states.n_truncated == 3
+    assert states.n_tokens.max() == 4
+
+
+def test_max_length_below_two_is_refused(tiny):
+    _, model, tokenizer = tiny
+    with pytest.raises(NeuronXAError, match="at least 2"):
+        pooled_states(model, tokenizer, SENTENCES, max_length=1)
+
+
+def test_length_batches_group_similar_lengths():
+    assert length_batches([3, 10, 1, 7, 5], 2) == [[1, 3], [4, 0], [2]]
+
+
+def test_unsupported_architecture_is_named():
+    class Mamba(nn.Module):
+        config = type("Config", (), {"model_type": "mamba"})()
+
+    with pytest.raises(NeuronXAError, match="'mamba'"):
+        PoolingProbe(Mamba())
+
+
+def test_hooks_are_removed_after_use(tiny):
+    _, model, tokenizer = tiny
+    pooled_states(model, tokenizer, SENTENCES[:2])
+    assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())

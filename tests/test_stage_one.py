@@ -1,0 +1,115 @@
+"""Stage one end to end: the cache is reused, resumed, and never stale; the command line reports it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from neuronxa import extract, models
+from neuronxa.corpus import read_tsv, read_udhr
+from neuronxa.extract import extract_corpus, pooled_states
+from neuronxa.models import ModelSpec
+
+from conftest import FIXTURES, ROOT, UDHR
+
+
+def spec(folder):
+    return ModelSpec(name="tiny-llama", name_or_path=str(folder))
+
+
+def test_second_run_reuses_the_cache_without_loading_the_model(tiny_folder, tmp_path, monkeypatch):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    assert report.status.tolist() == ["written", "written"]
+    assert report.units.tolist() == [3, 3]
+
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model was loaded on a warm cache"))
+    again, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    assert report.status.tolist() == ["reused", "reused"] and again.path == store.path
+
+
+def test_cached_states_equal_a_direct_extraction(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", batch_size=2)
+    direct = pooled_states(*models.load(str(tiny_folder)), corpus.texts("fra_Latn"))
+    for kind in ("nas", "nav", "hidden"):
+        for pooling in ("weighted", "mean", "last"):
+            np.testing.assert_allclose(store.read("fra_Latn", kind, pooling), direct[kind][pooling],
+                                       rtol=2e-3, atol=2e-3)  # stored in half precision
+
+
+def test_changed_text_is_recomputed_never_reused(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    corpus.units["fra_Latn"]["s1"] = "Le chien dort."
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    assert report.status.tolist() == ["reused", "rewritten (corpus changed)"]
+    assert store.metadata("fra_Latn")["fingerprint"] == corpus.fingerprint("fra_Latn")
+
+
+def test_forward_pass_settings_change_the_store(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    first, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    for change in ({"max_length": 8}, {"skip_bos": True}, {"max_units": 2}):
+        other, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", **change)
+        assert other.path != first.path and set(report.status) == {"written"}
+
+
+def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, monkeypatch):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    real = extract.pooled_states
+    calls = []
+
+    def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "pooled_states", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    monkeypatch.setattr(extract, "pooled_states", real)
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    assert report.status.tolist() == ["reused", "written"]
+    fresh, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fresh")
+    for language in corpus.languages:
+        np.testing.assert_array_equal(store.read(language, "nas", "weighted"), fresh.read(language, "nas", "weighted"))
+
+
+def run_cli(*overrides, cwd):
+    return subprocess.run([sys.executable, "-m", "neuronxa.run", *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_command_line_writes_then_reuses(tiny_folder, tmp_path):
+    args = ("model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
+            f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+    first = run_cli(*args, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert "stage one: 2 written" in first.stdout
+    second = run_cli(*args, cwd=ROOT)
+    assert "stage one: 2 reused" in second.stdout
+
+
+def test_command_line_bad_language_is_one_clear_line(tmp_path):
+    result = run_cli("dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}", "dataset.languages=[eng_Latn,fra_Latm]",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: language 'fra_Latm' is not in corpus")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not UDHR.is_dir(), reason="the udhr package is fetched by `make install`")
+def test_embedded_model_on_a_udhr_slice(tmp_path):
+    corpus = read_udhr(UDHR, ["eng_Latn", "fra_Latn"]).subset(max_units=3)
+    embedded = models.model_spec("gemma3_270m")
+    store, report = extract_corpus(corpus, embedded, tmp_path / "cache", max_units=3)
+    assert report.units.tolist() == [3, 3] and (report.tokens > 3).all()
+    nas = store.read("fra_Latn", "nas", "weighted")
+    assert nas.shape == (18, 3, 2048) and 0 < nas.mean() < 1
+    assert store.read("eng_Latn", "hidden", "last").shape == (18, 3, 640)
+    direct = pooled_states(*models.load(embedded), corpus.texts("fra_Latn"))
+    np.testing.assert_allclose(nas, direct["nas"]["weighted"], atol=1e-3)

@@ -1,0 +1,73 @@
+"""The Zarr cache: round trips, precision, lazy reads, atomic entries, staleness."""
+
+import numpy as np
+import pytest
+import zarr
+
+from neuronxa.errors import NeuronXAError
+from neuronxa.store import StateStore
+
+KEY = {"model": "tiny", "revision": "abc", "corpus": "toy", "max_length": 8}
+
+
+def states(seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return {"nas": {"weighted": rng.random((3, 5, 7)).astype(np.float32)},
+            "hidden": {"weighted": (scale * rng.standard_normal((3, 5, 4))).astype(np.float32)}}
+
+
+def write(store, language="eng_Latn", data=None, fingerprint="f1"):
+    store.write(language, data or states(), [f"u{i}" for i in range(5)], fingerprint,
+                n_tokens=np.arange(5), n_truncated=1)
+
+
+def test_round_trip_and_lazy_layer_read(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    data = states()
+    write(store, data=data)
+    np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted"), data["nas"]["weighted"], atol=1e-3)
+    np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted", 2), data["nas"]["weighted"][2], atol=1e-3)
+    assert store.ids("eng_Latn") == ["u0", "u1", "u2", "u3", "u4"]
+    assert store.n_tokens("eng_Latn").tolist() == [0, 1, 2, 3, 4]
+    array = zarr.open_group(store.path / "eng_Latn", mode="r")["nas/weighted"]
+    assert array.dtype == np.float16 and array.chunks == (1, 5, 7)
+
+
+def test_values_beyond_half_precision_are_stored_in_float32(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    data = states(scale=1e6)
+    write(store, data=data)
+    np.testing.assert_array_equal(store.read("eng_Latn", "hidden", "weighted"), data["hidden"]["weighted"])
+
+
+def test_key_changes_give_another_store(tmp_path):
+    assert StateStore(tmp_path, KEY).path == StateStore(tmp_path, dict(KEY)).path
+    for change in ({"max_length": 9}, {"revision": "abd"}, {"corpus": "other"}):
+        assert StateStore(tmp_path, {**KEY, **change}).path != StateStore(tmp_path, KEY).path
+
+
+def test_status_missing_complete_stale(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    assert store.status("eng_Latn", "f1") == "missing"
+    write(store)
+    assert store.status("eng_Latn", "f1") == "complete"
+    assert store.status("eng_Latn", "f2") == "stale"
+    write(store, fingerprint="f2", data=states(seed=1))
+    assert store.status("eng_Latn", "f2") == "complete"
+    np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted"), states(1)["nas"]["weighted"], atol=1e-3)
+
+
+def test_failed_write_leaves_no_entry(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    broken = states()
+    broken["nav"] = {"weighted": np.zeros((2, 2))}  # not (layers, units, width): fails mid-write
+    with pytest.raises(ValueError):
+        write(store, data=broken)
+    assert store.status("eng_Latn", "f1") == "missing"
+    assert store.languages() == []
+    assert not list((tmp_path / ".staging").iterdir())
+
+
+def test_reading_a_missing_language_is_a_clear_error(tmp_path):
+    with pytest.raises(NeuronXAError, match="run stage one"):
+        StateStore(tmp_path, KEY).read("fra_Latn", "nas", "weighted")
