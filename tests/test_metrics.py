@@ -1,0 +1,149 @@
+"""Every metric against a hand-computed case and an independent (loop or textbook) implementation."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+
+from neuronxa.metrics import (
+    anc, chance_pvalue, cosine_matrix, linear_cka, retrieval_accuracy, svcca, weak_alignment,
+)
+
+rng = np.random.default_rng(7)
+
+
+def loop_cosine(X, Y):
+    C = np.empty((len(X), len(Y)))
+    for i, x in enumerate(X):
+        for j, y in enumerate(Y):
+            nx, ny = math.sqrt(sum(v * v for v in x)), math.sqrt(sum(v * v for v in y))
+            C[i, j] = sum(a * b for a, b in zip(x, y)) / (nx * ny) if nx and ny else float("nan")
+    return C
+
+
+def beats(diagonal, rival):
+    """The diagonal beats a rival; a NaN rival does not compete, a NaN diagonal never wins."""
+    return not math.isnan(diagonal) and (math.isnan(rival) or diagonal > rival)
+
+
+def loop_weak_alignment(C):
+    """The definition as a double loop over units (MEXA's way)."""
+    n = len(C)
+    return sum(all(beats(C[i][i], C[i][j]) and beats(C[i][i], C[j][i]) for j in range(n) if j != i)
+               for i in range(n)) / n
+
+
+def loop_retrieval(C):
+    n = len(C)
+    rows = [all(C[i][i] > C[i][j] for j in range(n) if j != i) for i in range(n)]
+    cols = [all(C[j][j] > C[i][j] for i in range(n) if i != j) for j in range(n)]
+    return {"pivot_to_target": sum(rows) / n, "target_to_pivot": sum(cols) / n,
+            "bidirectional": sum(r and c for r, c in zip(rows, cols)) / n}
+
+
+def test_cosine_by_hand_and_by_loop():
+    X = np.array([[1.0, 0.0], [1.0, 1.0]])
+    Y = np.array([[0.0, 2.0], [3.0, 0.0], [0.0, 0.0]])
+    C = cosine_matrix(X, Y)
+    np.testing.assert_allclose(C[:, :2], [[0, 1], [1 / math.sqrt(2), 1 / math.sqrt(2)]])
+    assert np.isnan(C[:, 2]).all()
+    X, Y = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    np.testing.assert_allclose(cosine_matrix(X, Y), loop_cosine(X, Y))
+
+
+def test_weak_alignment_by_hand():
+    C = np.array([[0.9, 0.1, 0.2],
+                  [0.3, 0.5, 0.6],    # unit 1: its row has 0.6 > 0.5: a miss
+                  [0.2, 0.4, 0.7]])
+    assert weak_alignment(C) == pytest.approx(2 / 3)
+    C[0, 1] = 0.9                    # a tie with the diagonal is a miss
+    assert weak_alignment(C) == pytest.approx(1 / 3)
+    C[1, 0] = 0.95                   # column 0 now has a larger value than C[0, 0]
+    assert weak_alignment(C) == pytest.approx(1 / 3)
+
+
+def test_weak_alignment_matches_the_loop_on_random_matrices():
+    for n in (2, 3, 10, 40):
+        C = rng.normal(size=(n, n)) + np.eye(n) * rng.uniform(0, 2)
+        assert weak_alignment(C) == pytest.approx(loop_weak_alignment(C.tolist()))
+        C[rng.random((n, n)) < 0.1] = np.nan
+        assert weak_alignment(C) == pytest.approx(loop_weak_alignment(C.tolist()))
+
+
+def test_nan_never_counts_as_aligned_and_never_crashes():
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    C = cosine_matrix(X, X)                     # unit 2 is a zero vector in both languages
+    assert weak_alignment(C) == pytest.approx(2 / 3)
+    assert retrieval_accuracy(C)["bidirectional"] == pytest.approx(2 / 3)
+    assert weak_alignment(np.full((3, 3), np.nan)) == 0.0
+    assert weak_alignment(cosine_matrix(np.zeros((4, 3)), np.zeros((4, 3)))) == 0.0
+
+
+def test_identical_representations_are_perfectly_aligned_unless_units_repeat():
+    X = rng.normal(size=(8, 16))
+    assert weak_alignment(cosine_matrix(X, X)) == 1.0
+    X[3] = X[5]                                  # two identical units tie: both miss
+    assert weak_alignment(cosine_matrix(X, X)) == pytest.approx(6 / 8)
+
+
+def test_retrieval_by_hand_and_by_loop():
+    C = np.array([[0.9, 0.8, 0.1],
+                  [0.95, 0.5, 0.2],   # row 1 retrieves 0; columns 0 and 1 peak off the diagonal
+                  [0.1, 0.2, 0.3]])
+    assert retrieval_accuracy(C) == pytest.approx(
+        {"pivot_to_target": 2 / 3, "target_to_pivot": 1 / 3, "bidirectional": 1 / 3})
+    for n in (2, 5, 30):
+        C = rng.normal(size=(n, n)) + np.eye(n)
+        assert retrieval_accuracy(C) == pytest.approx(loop_retrieval(C.tolist()))
+        assert retrieval_accuracy(C)["bidirectional"] == pytest.approx(weak_alignment(C))
+
+
+def test_chance_pvalue_reproduces_the_papers_value():
+    assert chance_pvalue(5, 100) == pytest.approx(0.00016, abs=5e-6)
+    assert chance_pvalue(0, 100) == 1.0
+    p = 1 / 199
+    assert chance_pvalue(2, 100) == pytest.approx(1 - (1 - p) ** 100 - 100 * p * (1 - p) ** 99)
+
+
+def test_linear_cka_by_hand_and_against_the_feature_space_formula():
+    x, y = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [3.0], [2.0]])
+    assert linear_cka(x, y) == pytest.approx(0.25)           # 1-D: squared Pearson r = (1/2)^2
+    X, Y = rng.normal(size=(12, 5)), rng.normal(size=(12, 7))
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    expected = np.linalg.norm(Yc.T @ Xc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc))
+    assert linear_cka(X, Y) == pytest.approx(expected)
+    Q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    assert linear_cka(X, 3 * X @ Q + 1) == pytest.approx(1.0)  # invariant to rotation, scale and shift
+
+
+def textbook_cca(A, B):
+    """Canonical correlations from the covariance matrices: sqrt(eig(Saa^-1 Sab Sbb^-1 Sba))."""
+    A, B = A - A.mean(0), B - B.mean(0)
+    Saa, Sbb, Sab = A.T @ A, B.T @ B, A.T @ B
+    M = np.linalg.solve(Saa, Sab) @ np.linalg.solve(Sbb, Sab.T)
+    values = np.sort(np.clip(np.linalg.eigvals(M).real, 0, 1))[::-1]
+    return np.sqrt(values[: min(A.shape[1], B.shape[1])])
+
+
+def test_svcca_by_hand_and_against_textbook_cca():
+    x, y = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [3.0], [2.0]])
+    assert svcca(x, y) == pytest.approx(0.5)                  # 1-D: |Pearson r|
+    X = rng.normal(size=(40, 4)) @ np.diag([5, 3, 1, 1e-4])   # the last direction holds < 1% of variance
+    Y = X @ rng.normal(size=(4, 3)) + 0.5 * rng.normal(size=(40, 3))
+    U, S, _ = np.linalg.svd(X - X.mean(0), full_matrices=False)
+    A = (U * S)[:, :3]                                        # 99% of variance: 3 directions
+    V, T, _ = np.linalg.svd(Y - Y.mean(0), full_matrices=False)
+    k = int(np.searchsorted(np.cumsum(T**2) / np.sum(T**2), 0.99 - 1e-12) + 1)
+    assert svcca(X, Y) == pytest.approx(np.mean(textbook_cca(A, (V * T)[:, :k])))
+
+
+def test_anc_by_hand_and_by_loop():
+    X = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    Y = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    assert anc(X, Y) == pytest.approx(0.0)                    # correlations +1 and -1
+    X, Y = rng.normal(size=(15, 6)), rng.normal(size=(15, 6))
+    X[:, 2] = 1.0                                             # a constant (dead) neuron is left out
+    expected = np.mean([pearsonr(X[:, k], Y[:, k])[0] for k in range(6) if k != 2])
+    assert anc(X, Y) == pytest.approx(expected)
+    assert math.isnan(anc(np.ones((4, 3)), Y[:4, :3]))
