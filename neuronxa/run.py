@@ -1,35 +1,40 @@
 """Command line: ``python -m neuronxa.run [overrides]`` (Hydra; ``-m`` for sweeps).
 
-Composes the config and calls the stages; bad input ends with a one-line error (``debug=true`` for the
-traceback).
+Composes the config and calls the stages in order: corpus → stage one (cache) → stage two (scores) →
+benchmarks and correlations → tables, plots and the MLflow run. Bad input ends with a one-line error
+(``debug=true`` for the traceback).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa.corpus import read_corpus
+from neuronxa import benchmarks, plots, scoring, tracking
+from neuronxa.corpus import ParallelCorpus, read_corpus
+from neuronxa.correlation import correlate
 from neuronxa.errors import NeuronXAError
 from neuronxa.extract import extract_corpus
 from neuronxa.models import spec_from_config
+from neuronxa.store import StateStore
 
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 
-def load_corpus(dataset: DictConfig):
-    """The configured corpus, with its languages and unit limit applied."""
+def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCorpus:
+    """The configured corpus with its languages, and at most ``max_units`` units per language."""
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
-    return read_corpus(dataset.name, dataset.path, languages, dataset.get("max_units"), **options)
+    return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
 
 
-def stage_one(cfg: DictConfig):
+def stage_one(cfg: DictConfig, corpus: ParallelCorpus) -> StateStore:
     """Cache pooled states for the configured model and corpus; print what was written or reused."""
-    corpus = load_corpus(cfg.dataset)
     store, report = extract_corpus(
         corpus, spec_from_config(cfg.model), cfg.cache.dir,
         max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
@@ -40,12 +45,123 @@ def stage_one(cfg: DictConfig):
         print(report.to_string(index=False))
     counts = report.status.value_counts().to_dict()
     print(f"stage one: {', '.join(f'{n} {s}' for s, n in counts.items())}; truncated units: "
-          f"{int(report.truncated.sum())}; cache: {store.path}")
-    return corpus, store, report
+          f"{int(report.truncated.sum())} (max_length {cfg.extract.max_length}); cache: {store.path}")
+    return store
+
+
+def stage_two(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores per metric, language and layer, and their layer-pooled summary."""
+    pivot = corpus.resolve(cfg.score.pivot)
+    languages = [corpus.resolve(code) for code in cfg.score.languages] if cfg.score.languages else corpus.languages
+    scores = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot, languages)
+    summary = scoring.summarise(scores, cfg.score.layer_pool)
+    labels = {"model": cfg.model.name, "dataset": corpus.name, "pooling": cfg.pooling.name}
+    return scores.assign(**labels)[[*labels, *scores.columns]], summary.assign(**labels)[[*labels, *summary.columns]]
+
+
+def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | None:
+    """Downstream results for this model: none, the offline stand-in, a CSV or lm-eval result files."""
+    source = cfg.benchmark.source
+    if source == "none":
+        return None
+    spec = spec_from_config(cfg.model)
+    if source == "standin":
+        full = load_corpus(cfg.dataset)
+        return benchmarks.cached_standin(spec, full, corpus, cfg.cache.dir, cfg.benchmark.get("units"),
+                                         cfg.extract.max_length, cfg.model.dtype, cfg.model.device)
+    aliases = (spec.name_or_path, *cfg.benchmark.get("model_aliases", []))
+    if source == "csv":
+        return benchmarks.for_model(benchmarks.read_csv(cfg.benchmark.path), spec.name, aliases)
+    if source == "lm_eval":
+        paths = [cfg.benchmark.path] if isinstance(cfg.benchmark.path, str) else list(cfg.benchmark.path)
+        return benchmarks.read_lm_eval(paths, spec.name, cfg.benchmark.metric_key)
+    raise NeuronXAError(f"unknown benchmark source {source!r}: use none, standin, csv or lm_eval")
+
+
+def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder: Path) -> list[Path]:
+    """Layer curves and a heatmap per metric, and a t-SNE of NAS beside hidden states (Figure 1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    title = f"{cfg.model.name} · {scores.dataset.iloc[0]} · {cfg.pooling.name}"
+    for metric in scores.metric.unique():
+        if metric.startswith("retrieval.") and not metric.endswith("bidirectional"):
+            continue
+        made.append(plots.layer_curves(scores, metric, folder / f"{metric}_by_layer.png", f"{metric} · {title}"))
+        made.append(plots.heatmap(scores, metric, folder / f"{metric}_heatmap.png", f"{metric} · {title}"))
+    pivot = scores["pivot"].iloc[0]
+    target = cfg.score.tsne_language or scores.language.iloc[0]
+    layer = cfg.score.tsne_layer if cfg.score.tsne_layer is not None else store.n_layers(pivot) // 2
+    pivot_rows = {unit: row for row, unit in enumerate(store.ids(pivot))}
+    shared = [(pivot_rows[u], row) for row, u in enumerate(store.ids(target)) if u in pivot_rows]
+    panels = {}
+    for kind, label in (("hidden", "hidden states (embedding)"), ("nas", "neuron activation states (NAS)")):
+        X = store.read(pivot, kind, cfg.pooling.name, layer)[[p for p, _ in shared]]
+        Y = store.read(target, kind, cfg.pooling.name, layer)[[t for _, t in shared]]
+        panels[label] = (X, Y)
+    made.append(plots.tsne_pairs(panels, (pivot, target), folder / f"tsne_{target}_layer{layer}.png",
+                                 f"{pivot} vs {target}, layer {layer} · {title}"))
+    return made
+
+
+def _short(metric: str) -> str:
+    """A narrow column name: retrieval.nas.pivot_to_target -> R.nas.p→t."""
+    for long, short in (("retrieval.", "R."), ("pivot_to_target", "p→t"), ("target_to_pivot", "t→p"),
+                        ("bidirectional", "both")):
+        metric = metric.replace(long, short)
+    return metric
+
+
+def print_results(summary: pd.DataFrame, correlations: pd.DataFrame | None) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 3):
+        table = summary.pivot(index="language", columns="metric", values="score").rename(columns=_short)
+        pooled_by, pivot = summary.layer_pool.iloc[0], summary["pivot"].iloc[0]
+        print(f"\nlayer-pooled scores ({pooled_by} over layers; pivot {pivot}):")
+        print(table.sort_values(table.columns[0], ascending=False).to_string())
+        if correlations is not None:
+            print("\ncorrelation with downstream results across languages:")
+            shown = ["metric", "benchmark", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "note"]
+            print(correlations[shown].to_string(index=False))
 
 
 def run(cfg: DictConfig) -> None:
-    stage_one(cfg)
+    if cfg.tracking.enabled:
+        tracking.check_reachable(cfg.tracking.uri)
+    for metric in cfg.metric.names:
+        scoring.representations(metric)  # an unknown metric fails before any forward pass
+    corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus.validate(corpus.resolve(cfg.score.pivot))
+    store = stage_one(cfg, corpus)
+    scores, summary = stage_two(cfg, corpus, store)
+    results = load_benchmarks(cfg, corpus)
+    correlations = None
+    if results is not None:
+        correlations = correlate(summary, results, summary["pivot"].iloc[0])
+        correlations.insert(0, "pooling", cfg.pooling.name)
+        correlations.insert(0, "model", cfg.model.name)
+    print_results(summary, correlations)
+
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    tables = [folder / "scores.csv", folder / "summary.csv"]
+    scores.to_csv(tables[0], index=False)
+    summary.to_csv(tables[1], index=False)
+    if correlations is not None:
+        tables.append(folder / "correlations.csv")
+        correlations.to_csv(tables[-1], index=False)
+        results.to_csv(folder / "benchmarks.csv", index=False)
+        tables.append(folder / "benchmarks.csv")
+    figures = make_plots(cfg, scores, store, folder / "plots")
+    print(f"\nrun folder: {folder}")
+    if cfg.tracking.enabled:
+        extra = {} if correlations is None else {
+            f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()}
+        run_id = tracking.log_run(
+            cfg.tracking.uri, cfg.tracking.experiment, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}",
+            tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
+            {"model": cfg.model.name, "dataset": corpus.name, "pooling": cfg.pooling.name,
+             "metric": cfg.metric.name, "experiment": cfg.tracking.experiment, "cache": str(store.path)},
+            summary, scores, tables + figures, extra, Path(cfg.tracking.artifacts),
+        )
+        print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); `make ui` to browse")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -53,7 +169,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except NeuronXAError as error:
-        if cfg.get("debug") or OmegaConf.select(cfg, "debug", default=False):
+        if cfg.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
