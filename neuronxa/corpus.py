@@ -395,5 +395,7 @@ def read_corpus(
     """Read a corpus with the reader named ``kind`` and keep ``languages`` and ``max_units``."""
     if kind not in READERS:
         raise NeuronXAError(f"unknown dataset {kind!r}: choose one of {', '.join(READERS)}")
+    if path is None:
+        raise NeuronXAError(f"dataset {kind!r} needs its location: pass dataset.path=/path/to/{kind}")
     corpus = READERS[kind](path, languages, **options)
     return corpus.subset(languages, max_units) if (languages or max_units) else corpus

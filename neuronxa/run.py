@@ -55,8 +55,13 @@ def stage_two(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore) -> tup
     languages = [corpus.resolve(code) for code in cfg.score.languages] if cfg.score.languages else corpus.languages
     scores = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot, languages)
     summary = scoring.summarise(scores, cfg.score.layer_pool)
-    labels = {"model": cfg.model.name, "dataset": corpus.name, "pooling": cfg.pooling.name}
+    labels = {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name}
     return scores.assign(**labels)[[*labels, *scores.columns]], summary.assign(**labels)[[*labels, *summary.columns]]
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The model's name in tables and tags: its config name, or the hub id / folder for ``model=hf``."""
+    return spec_from_config(cfg.model).name
 
 
 def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | None:
@@ -69,6 +74,8 @@ def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | N
         full = load_corpus(cfg.dataset)
         return benchmarks.cached_standin(spec, full, corpus, cfg.cache.dir, cfg.benchmark.get("units"),
                                          cfg.extract.max_length, cfg.model.dtype, cfg.model.device)
+    if cfg.benchmark.get("path") is None:
+        raise NeuronXAError(f"benchmark={source} needs its results: pass benchmark.path=/path/to/results")
     aliases = (spec.name_or_path, *cfg.benchmark.get("model_aliases", []))
     if source == "csv":
         return benchmarks.for_model(benchmarks.read_csv(cfg.benchmark.path), spec.name, aliases)
@@ -82,7 +89,7 @@ def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder:
     """Layer curves and a heatmap per metric, and a t-SNE of NAS beside hidden states (Figure 1)."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    title = f"{cfg.model.name} · {scores.dataset.iloc[0]} · {cfg.pooling.name}"
+    title = f"{scores.model.iloc[0]} · {scores.dataset.iloc[0]} · {cfg.pooling.name}"
     for metric in scores.metric.unique():
         if metric.startswith("retrieval.") and not metric.endswith("bidirectional"):
             continue
@@ -123,7 +130,8 @@ def print_results(summary: pd.DataFrame, correlations: pd.DataFrame | None) -> N
             print(correlations[shown].to_string(index=False))
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig, folder: Path) -> None:
+    """The whole job for one config; tables and plots go to ``folder``."""
     if cfg.tracking.enabled:
         tracking.check_reachable(cfg.tracking.uri)
     for metric in cfg.metric.names:
@@ -137,10 +145,10 @@ def run(cfg: DictConfig) -> None:
     if results is not None:
         correlations = correlate(summary, results, summary["pivot"].iloc[0])
         correlations.insert(0, "pooling", cfg.pooling.name)
-        correlations.insert(0, "model", cfg.model.name)
+        correlations.insert(0, "model", model_name(cfg))
     print_results(summary, correlations)
 
-    folder = Path(HydraConfig.get().runtime.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     tables = [folder / "scores.csv", folder / "summary.csv"]
     scores.to_csv(tables[0], index=False)
     summary.to_csv(tables[1], index=False)
@@ -157,7 +165,7 @@ def run(cfg: DictConfig) -> None:
         run_id = tracking.log_run(
             cfg.tracking.uri, cfg.tracking.experiment, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}",
             tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
-            {"model": cfg.model.name, "dataset": corpus.name, "pooling": cfg.pooling.name,
+            {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name,
              "metric": cfg.metric.name, "experiment": cfg.tracking.experiment, "cache": str(store.path)},
             summary, scores, tables + figures, extra, Path(cfg.tracking.artifacts),
         )
@@ -167,7 +175,7 @@ def run(cfg: DictConfig) -> None:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except NeuronXAError as error:
         if cfg.debug:
             raise

@@ -1,0 +1,69 @@
+"""The whole job through Hydra: composed configs, one-line errors, sweeps that never repeat a forward pass,
+and the MLflow experiment they fill."""
+
+import subprocess
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from neuronxa import run as job
+from neuronxa.tracking import runs
+
+from conftest import FIXTURES, ROOT
+
+
+def tiny_overrides(tiny_folder, tmp_path):
+    return [f"model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
+            f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none"]
+
+
+def composed(overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_every_metric_and_output_on_a_tiny_model(tiny_folder, tmp_path):
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["metric=all", "extract.batch_size=2"])
+    job.run(cfg, tmp_path / "run")
+    scores = pd.read_csv(tmp_path / "run" / "scores.csv")
+    assert list(scores.columns) == ["model", "dataset", "pooling", "metric", "pivot", "language", "layer", "value", "n"]
+    assert set(scores.metric) >= {"nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval.nas.bidirectional",
+                                  "retrieval.hidden.pivot_to_target"}
+    assert set(scores.layer) == {0, 1, 2} and set(scores.language) == {"fra_Latn"}
+    summary = pd.read_csv(tmp_path / "run" / "summary.csv")
+    assert {"score", "best_layer", "n", "chance_p"} <= set(summary.columns)
+    assert (tmp_path / "run" / "plots" / "nasca_by_layer.png").stat().st_size > 1000
+    logged = runs(cfg.tracking.uri, "neuronxa")
+    assert logged["tags.model"].tolist() == [str(tiny_folder)]
+    history = mlflow.tracking.MlflowClient(cfg.tracking.uri).get_metric_history(
+        logged.run_id[0], "nasca.fra_Latn.by_layer")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+
+
+def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
+    overrides = tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=standin", "dataset.max_units=2",
+                                                              "metric=nasca", "tracking.enabled=false"]
+    cfg = composed(overrides)
+    job.run(cfg, tmp_path / "run")
+    correlations = pd.read_csv(tmp_path / "run" / "correlations.csv")
+    assert correlations.benchmark.tolist() == ["standin:neg_bits_per_byte"]
+    assert "needs 3" in correlations.note[0]   # one target language: no correlation, and it says so
+
+
+@pytest.mark.integration
+def test_sweep_runs_each_forward_pass_once_and_fills_one_experiment(tiny_folder, tmp_path):
+    overrides = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca,mexa", "pooling=weighted,mean",
+                                                         "tracking.experiment=sweep",
+                                                         f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("stage one: 2 written") == 1
+    assert result.stdout.count("stage one: 2 reused") == 3
+    logged = runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "sweep")
+    assert len(logged) == 4
+    assert set(zip(logged["params.pooling.name"], logged["params.metric.name"])) == {
+        ("weighted", "nasca"), ("weighted", "mexa"), ("mean", "nasca"), ("mean", "mexa")}

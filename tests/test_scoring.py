@@ -1,0 +1,86 @@
+"""Stage two on a synthetic cache whose alignment is known, against a direct computation per layer."""
+
+import numpy as np
+import pytest
+
+from neuronxa import metrics
+from neuronxa.errors import NeuronXAError
+from neuronxa.scoring import METRICS, score, summarise
+from neuronxa.store import StateStore
+
+from test_metrics import loop_cosine, loop_weak_alignment
+
+LAYERS, UNITS, NEURONS, HIDDEN = 4, 12, 20, 6
+rng = np.random.default_rng(3)
+
+
+def synthetic(base, noise):
+    """NAS/NAV/hidden states equal to ``base`` plus noise that grows with the layer."""
+    out = {}
+    for kind, width in (("nas", NEURONS), ("nav", NEURONS), ("hidden", HIDDEN)):
+        layers = [np.abs(base[kind] + noise * layer * rng.normal(size=base[kind].shape)) for layer in range(LAYERS)]
+        out[kind] = {"weighted": np.stack(layers).astype(np.float32)}
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    base = {"nas": rng.random((UNITS, NEURONS)), "nav": rng.random((UNITS, NEURONS)),
+            "hidden": rng.normal(size=(UNITS, HIDDEN))}
+    store = StateStore(tmp_path, {"model": "synthetic", "corpus": "toy"})
+    ids = [f"u{i}" for i in range(UNITS)]
+    for language, noise in (("eng_Latn", 0.0), ("fra_Latn", 0.05), ("xxx_Latn", 2.0)):
+        store.write(language, synthetic(base, noise), ids, language, n_tokens=np.ones(UNITS), n_truncated=0)
+    # a language whose units come in another order, and only some of them (as Tatoeba pairs do)
+    order = rng.permutation(UNITS)[:8]
+    shuffled = {k: {"weighted": v["weighted"][:, order]} for k, v in synthetic(base, 0.0).items()}
+    store.write("deu_Latn", shuffled, [ids[i] for i in order], "deu", n_tokens=np.ones(8), n_truncated=0)
+    return store
+
+
+def test_scores_equal_a_direct_loop_computation(store):
+    scores = score(store, list(METRICS), "weighted", "eng_Latn", progress=False)
+    for language in ("fra_Latn", "xxx_Latn"):
+        for layer in range(LAYERS):
+            value = scores.set_index(["metric", "language", "layer"])["value"]
+            X = {k: store.read("eng_Latn", k, "weighted", layer) for k in ("nas", "nav", "hidden")}
+            Y = {k: store.read(language, k, "weighted", layer) for k in ("nas", "nav", "hidden")}
+            for metric, kind in (("nasca", "nas"), ("navca", "nav"), ("mexa", "hidden")):
+                expected = loop_weak_alignment(loop_cosine(X[kind], Y[kind]).tolist())
+                assert value[metric, language, layer] == pytest.approx(expected)
+            assert value["cka", language, layer] == pytest.approx(metrics.linear_cka(X["hidden"], Y["hidden"]))
+            assert value["anc", language, layer] == pytest.approx(metrics.anc(X["hidden"], Y["hidden"]))
+            retrieval = metrics.retrieval_accuracy(metrics.cosine_matrix(X["nas"], Y["nas"]))
+            assert value["retrieval.nas.target_to_pivot", language, layer] == retrieval["target_to_pivot"]
+
+
+def test_known_alignment(store):
+    scores = score(store, ["nasca", "mexa"], "weighted", "eng_Latn", progress=False)
+    values = scores.groupby(["metric", "language"])["value"]
+    assert values.min()["nasca", "fra_Latn"] == 1.0          # a small perturbation keeps every pair aligned
+    assert values.min()["nasca", "deu_Latn"] == 1.0          # aligned by unit id, whatever the order
+    assert (scores[scores.language == "deu_Latn"]["n"] == 8).all()
+    assert values.mean()["nasca", "xxx_Latn"] < values.mean()["nasca", "fra_Latn"]
+    assert set(scores.language) == {"fra_Latn", "xxx_Latn", "deu_Latn"}   # the pivot is not scored
+
+
+def test_summary_pools_layers_and_reports_chance(store):
+    scores = score(store, ["nasca", "cka"], "weighted", "eng_Latn", ["xxx_Latn"], progress=False)
+    by_layer = scores[scores.metric == "nasca"].set_index("layer")["value"]
+    for pool, expected in (("mean", by_layer.mean()), ("max", by_layer.max())):
+        row = summarise(scores, pool).set_index("metric").loc["nasca"]
+        assert row.score == pytest.approx(expected) and row.n == UNITS
+        assert row.best_layer == by_layer.idxmax()
+        assert row.chance_p == pytest.approx(metrics.chance_pvalue(round(expected * UNITS), UNITS))
+    assert np.isnan(summarise(scores).set_index("metric").loc["cka"].chance_p)
+
+
+def test_bad_requests_are_clear(store):
+    with pytest.raises(NeuronXAError, match="unknown metric 'nascar'"):
+        score(store, ["nascar"], "weighted", "eng_Latn", progress=False)
+    with pytest.raises(NeuronXAError, match="pivot language 'spa_Latn'"):
+        score(store, ["nasca"], "weighted", "spa_Latn", progress=False)
+    with pytest.raises(NeuronXAError, match="no cached states for ita_Latn"):
+        score(store, ["nasca"], "weighted", "eng_Latn", ["ita_Latn"], progress=False)
+    with pytest.raises(NeuronXAError, match="mean or max"):
+        summarise(score(store, ["nasca"], "weighted", "eng_Latn", progress=False), "median")
