@@ -12,10 +12,12 @@ PROFILE ?= embedded
 EXPERIMENT_SUFFIX := $(if $(filter paper,$(PROFILE)),_paper,)
 OUTPUTS ?= outputs
 
-.PHONY: help install run test test-quick ui reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-fig2
+REPRODUCIBLE := $(addprefix reproduce-,table1 table2 table3 table4 fig2)
+
+.PHONY: help install run test test-quick ui $(REPRODUCIBLE)
 
 help: ## Show the targets
-	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[^ :]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(REPRODUCIBLE): reproduce-%/reproduce-TABLE/' | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 install: $(INSTALLED) $(UDHR) $(MODELS) ## Virtual env, the package (editable), the UDHR corpus and the embedded models
 
@@ -47,6 +49,6 @@ test-quick: install ## Unit tests only
 ui: install ## Browse every logged run in the MLflow UI (http://127.0.0.1:5000)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --default-artifact-root $(OUTPUTS)/mlartifacts
 
-reproduce-%: install ## reproduce-table1|2|3|4, reproduce-fig2: run the sweep, print the table (PROFILE=paper: the paper's models and data)
+$(REPRODUCIBLE): reproduce-%: install ## TABLE = table1, table2, table3, table4 or fig2: run its sweep, print it beside the paper (PROFILE=paper: the paper's models and data)
 	$(PY) -m neuronxa.run experiment=$*$(EXPERIMENT_SUFFIX) $(ARGS)
 	$(PY) -m experiments.$* --experiment $*$(EXPERIMENT_SUFFIX)

@@ -121,12 +121,6 @@ def negative_bits_per_byte(model, tokenizer, texts: list[str], max_length: int =
 
 def standin(model, tokenizer, held_out: dict[str, list[str]], model_name: str, max_length: int = 512) -> pd.DataFrame:
     """The offline stand-in benchmark: per-language negative bits per byte on held-out units."""
-    empty = [language for language, texts in held_out.items() if not texts]
-    if empty:
-        raise NeuronXAError(
-            f"no held-out units for the stand-in benchmark in {', '.join(empty)}: set dataset.max_units below the "
-            "corpus size (the units after it are held out)"
-        )
     rows = [(model_name, STANDIN, language, negative_bits_per_byte(model, tokenizer, texts, max_length))
             for language, texts in held_out.items()]
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -143,16 +137,21 @@ def for_model(results: pd.DataFrame, model: str, aliases: tuple[str, ...] = ()) 
 
 
 def held_out_texts(full: ParallelCorpus, scored: ParallelCorpus, limit: int | None = None) -> dict[str, list[str]]:
-    """Per language, the texts of the units that are not scored (at most ``limit``)."""
-    return {language: [text for unit, text in full.units[language].items() if unit not in scored.units[language]][:limit]
-            for language in scored.languages}
+    """Per language, the texts of the units that are not scored (at most ``limit``); an error if none are left."""
+    held_out = {language: [text for unit, text in full.units[language].items()
+                           if unit not in scored.units[language]][:limit] for language in scored.languages}
+    empty = [language for language, texts in held_out.items() if not texts]
+    if empty:
+        raise NeuronXAError(
+            f"no held-out units in {', '.join(empty)}: set dataset.max_units below the corpus size "
+            f"({len(full.ids(empty[0]))} units; the units after max_units are held out)"
+        )
+    return held_out
 
 
-def cached_standin(spec: ModelSpec, full: ParallelCorpus, scored: ParallelCorpus, cache_dir: str | Path,
-                   limit: int | None = None, max_length: int = 512, dtype: str = "auto",
-                   device: str = "auto") -> pd.DataFrame:
-    """The stand-in benchmark for a model and corpus, computed once and kept beside the state cache."""
-    held_out = held_out_texts(full, scored, limit)
+def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: str | Path, max_length: int = 512,
+                   dtype: str = "auto", device: str = "auto") -> pd.DataFrame:
+    """The stand-in benchmark for a model and held-out texts, computed once and kept beside the state cache."""
     digest = hashlib.sha256(json.dumps(
         [models.identity(spec), held_out, max_length, dtype], sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "standin" / f"{digest}.csv"

@@ -64,6 +64,11 @@ def model_name(cfg: DictConfig) -> str:
     return spec_from_config(cfg.model).name
 
 
+def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
+    """Per language, the corpus units after ``dataset.max_units`` (read by the stand-in and deactivation)."""
+    return benchmarks.held_out_texts(load_corpus(cfg.dataset), corpus, cfg.benchmark.get("units"))
+
+
 def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | None:
     """Downstream results for this model: none, the offline stand-in, a CSV or lm-eval result files."""
     source = cfg.benchmark.source
@@ -71,9 +76,8 @@ def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | N
         return None
     spec = spec_from_config(cfg.model)
     if source == "standin":
-        full = load_corpus(cfg.dataset)
-        return benchmarks.cached_standin(spec, full, corpus, cfg.cache.dir, cfg.benchmark.get("units"),
-                                         cfg.extract.max_length, cfg.model.dtype, cfg.model.device)
+        return benchmarks.cached_standin(spec, held_out(cfg, corpus), cfg.cache.dir, cfg.extract.max_length,
+                                         cfg.model.dtype, cfg.model.device)
     if cfg.benchmark.get("path") is None:
         raise NeuronXAError(f"benchmark={source} needs its results: pass benchmark.path=/path/to/results")
     aliases = (spec.name_or_path, *cfg.benchmark.get("model_aliases", []))
@@ -138,6 +142,8 @@ def run(cfg: DictConfig, folder: Path) -> None:
         scoring.representations(metric)  # an unknown metric fails before any forward pass
     corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
     corpus.validate(corpus.resolve(cfg.score.pivot))
+    if cfg.benchmark.source == "standin":
+        held_out(cfg, corpus)  # no held-out text: say so before any forward pass
     store = stage_one(cfg, corpus)
     scores, summary = stage_two(cfg, corpus, store)
     results = load_benchmarks(cfg, corpus)

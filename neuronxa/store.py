@@ -77,17 +77,25 @@ class StateStore:
         return sorted(p.name for p in self.path.iterdir() if (self._attrs(p.name) or {}).get("complete"))
 
     def write(self, language: str, states: dict, ids: list[str], fingerprint: str, **metadata) -> None:
-        """Write one language's pooled states atomically: staged, marked complete, then renamed into place."""
+        """Write one language's pooled states atomically: staged, marked complete, then renamed into place.
+
+        ``states`` maps kind -> pooling -> (layers, units, width) array; ``n_tokens`` (per unit) is required.
+        """
+        arrays = {f"{kind}/{pooling}": array for kind, by_pooling in states.items()
+                  for pooling, array in by_pooling.items()}
+        self.write_arrays(language, {"n_tokens": np.asarray(metadata.pop("n_tokens"), dtype=np.int32), **arrays},
+                          ids, fingerprint, **metadata)
+
+    def write_arrays(self, language: str, arrays: dict[str, np.ndarray], ids: list[str], fingerprint: str,
+                     **metadata) -> None:
+        """Write named arrays of one language atomically (one chunk per index of the first axis)."""
         self._ensure_root()
         staging = self.root / ".staging" / f"{self.digest[:16]}-{language}-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
             group = zarr.open_group(staging, mode="w")
-            n_tokens = metadata.pop("n_tokens")
-            group.create_array("n_tokens", data=np.asarray(n_tokens, dtype=np.int32))
-            for kind, by_pooling in states.items():
-                for pooling, array in by_pooling.items():
-                    self._write_array(group, f"{kind}/{pooling}", array)
+            for name, array in arrays.items():
+                self._write_array(group, name, array)
             group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "complete": True})
             target = self.path / language
             if target.exists():
@@ -101,11 +109,14 @@ class StateStore:
 
     @staticmethod
     def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> None:
-        """Half precision where every value fits, float32 where one would overflow."""
-        fits = np.isfinite(array).all() and float(np.abs(array).max(initial=0.0)) < _FLOAT16_MAX
-        data = array.astype(np.float16 if fits else np.float32)
-        layers, units, width = data.shape
-        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(1, units, width),
+        """Floats in half precision where every value fits (float32 where one would overflow); integers as
+        they are. 3-D arrays are chunked one layer at a time, for stage two's per-layer reads."""
+        data = np.asarray(array)
+        if np.issubdtype(data.dtype, np.floating):
+            fits = np.isfinite(data).all() and float(np.abs(data).max(initial=0.0)) < _FLOAT16_MAX
+            data = data.astype(np.float16 if fits else np.float32)
+        chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
+        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
                                     compressors=COMPRESSOR)
         stored[...] = data
 
@@ -123,7 +134,11 @@ class StateStore:
 
     def n_tokens(self, language: str) -> np.ndarray:
         """Tokens per unit (after truncation, BOS included)."""
-        return np.asarray(self._group(language)["n_tokens"][:])
+        return self.array(language, "n_tokens")
+
+    def array(self, language: str, name: str) -> np.ndarray:
+        """A stored array as it was written (e.g. ``n_tokens``, ``active``)."""
+        return np.asarray(self._group(language)[name][...])
 
     def metadata(self, language: str) -> dict:
         return dict(self._group(language).attrs)

@@ -85,3 +85,5 @@ def test_held_out_units_are_the_ones_not_scored():
     held = held_out_texts(full, full.subset(max_units=2))
     assert held == {"eng_Latn": ["She reads a book every week."], "fra_Latn": ["Elle lit un livre chaque semaine."]}
     assert STANDIN.startswith("standin:")
+    with pytest.raises(NeuronXAError, match="no held-out units in eng_Latn, fra_Latn"):
+        held_out_texts(full, full)

@@ -85,7 +85,7 @@ def run_cli(*overrides, cwd):
 
 def test_command_line_writes_then_reuses(tiny_folder, tmp_path):
     args = ("model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
-            f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+            f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "benchmark=none")
     first = run_cli(*args, cwd=ROOT)
     assert first.returncode == 0, first.stderr
     assert "stage one: 2 written" in first.stdout

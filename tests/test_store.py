@@ -57,15 +57,29 @@ def test_status_missing_complete_stale(tmp_path):
     np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted"), states(1)["nas"]["weighted"], atol=1e-3)
 
 
-def test_failed_write_leaves_no_entry(tmp_path):
+def test_failed_write_leaves_no_entry(tmp_path, monkeypatch):
     store = StateStore(tmp_path, KEY)
-    broken = states()
-    broken["nav"] = {"weighted": np.zeros((2, 2))}  # not (layers, units, width): fails mid-write
-    with pytest.raises(ValueError):
-        write(store, data=broken)
+    real, calls = StateStore._write_array, []
+
+    def fail_on_third(group, name, array):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        real(group, name, array)
+
+    monkeypatch.setattr(StateStore, "_write_array", staticmethod(fail_on_third))
+    with pytest.raises(OSError):
+        write(store)
     assert store.status("eng_Latn", "f1") == "missing"
     assert store.languages() == []
     assert not list((tmp_path / ".staging").iterdir())
+
+
+def test_integer_arrays_keep_their_type(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    counts = np.arange(12, dtype=np.int64).reshape(3, 4) * 10**6
+    store.write_arrays("eng_Latn", {"active": counts}, [], "f", n_tokens_total=5)
+    np.testing.assert_array_equal(store.array("eng_Latn", "active"), counts)
 
 
 def test_reading_a_missing_language_is_a_clear_error(tmp_path):
