@@ -14,7 +14,7 @@ OUTPUTS ?= outputs
 
 REPRODUCIBLE := $(addprefix reproduce-,table1 table2 table3 table4 fig2)
 
-.PHONY: help install run test test-quick ui $(REPRODUCIBLE)
+.PHONY: help install run test test-quick neurons ui $(REPRODUCIBLE)
 
 help: ## Show the targets
 	@grep -hE '^[^ :]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(REPRODUCIBLE): reproduce-%/reproduce-TABLE/' | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test: install ## All tests: unit tests on tiny random models, integration tests 
 
 test-quick: install ## Unit tests only
 	$(PY) -m pytest -m "not integration and not slow"
+
+neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
+	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
 
 ui: install ## Browse every logged run in the MLflow UI (http://127.0.0.1:5000)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --default-artifact-root $(OUTPUTS)/mlartifacts

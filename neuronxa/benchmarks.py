@@ -105,18 +105,24 @@ def read_lm_eval(paths: list[str | Path], model: str | None = None, metric_key: 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def negative_bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 512) -> float:
-    """−(total negative log-likelihood in bits) / (total UTF-8 bytes): a tokenizer-independent LM measure."""
+def log_likelihood(model, tokenizer, texts: list[str], max_length: int = 512) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) of the texts' tokens after the first, and how many tokens that is."""
     token_ids, _ = tokenize(tokenizer, texts, max_length)
     device = model_device(model)
-    nll = 0.0
+    nll, predicted = 0.0, 0
     with torch.inference_mode():
         for ids in token_ids:  # one unit at a time: logits over a large vocabulary are big
             inputs = torch.tensor([ids], device=device)
             logits = model(input_ids=inputs, use_cache=False).logits[0, :-1].float()
             nll += float(torch.nn.functional.cross_entropy(logits, inputs[0, 1:], reduction="sum"))
-    n_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    return -nll / math.log(2) / n_bytes
+            predicted += len(ids) - 1
+    return nll, predicted
+
+
+def negative_bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 512) -> float:
+    """−(total negative log-likelihood in bits) / (total UTF-8 bytes): a tokenizer-independent LM measure."""
+    nll, _ = log_likelihood(model, tokenizer, texts, max_length)
+    return -nll / math.log(2) / sum(len(text.encode("utf-8")) for text in texts)
 
 
 def standin(model, tokenizer, held_out: dict[str, list[str]], model_name: str, max_length: int = 512) -> pd.DataFrame:

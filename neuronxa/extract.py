@@ -105,6 +105,43 @@ def pooled_states(
     return PooledStates(arrays, n_tokens, n_truncated)
 
 
+def activation_counts(
+    model,
+    tokenizer,
+    texts: list[str],
+    prompt: str | None = None,
+    batch_size: int = 16,
+    max_length: int = 512,
+    progress: bool = False,
+) -> tuple[np.ndarray, int, int]:
+    """How many tokens each neuron is active on (a > 0): an int64 array (layers, neurons); the number of
+    tokens counted; and the number of texts cut at ``max_length``.
+
+    With ``prompt``, each text is read after the prompt (``prompt + text``) and only the text's tokens count.
+    """
+    full = [(prompt or "") + text for text in texts]
+    token_ids, n_truncated = tokenize(tokenizer, full, max_length)
+    skip = [0] * len(texts)
+    if prompt:
+        skip = [len(ids) for ids in tokenize(tokenizer, [prompt] * len(texts), max_length)[0]]
+    probe = PoolingProbe(model, ("nas",))
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    active, total = None, 0
+    with torch.inference_mode(), probe.attached():
+        for batch in tqdm(length_batches([len(ids) for ids in token_ids], batch_size), desc="batches",
+                          unit="batch", disable=not progress, leave=False, position=1):
+            ids, attention = _pad([token_ids[i] for i in batch], pad_id, device)
+            start = torch.tensor([skip[i] for i in batch], device=device)
+            mask = real_token_mask(attention, ids, None, False, count_from=start)
+            probe.reset(pooling_weights(mask, ("sum",)))
+            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
+            counts = probe.collect()["nas"][:, 0].sum(dim=1).round().to(torch.int64).cpu().numpy()
+            active = counts if active is None else active + counts
+            total += int(mask.sum().item())
+    return active, total, n_truncated
+
+
 def forward_key(identity: dict, corpus_name: str, max_units: int | None, max_length: int, dtype: str,
                 skip_bos: bool) -> dict:
     """Everything that changes the forward pass's pooled states, and nothing else."""
@@ -123,15 +160,20 @@ def extract_corpus(
     device: str = "auto",
     device_map: str | None = None,
     skip_bos: bool = False,
+    counts_prompt: str | None = None,
 ) -> tuple[StateStore, pd.DataFrame]:
     """Stage one: cache pooled states for every language of ``corpus``, reusing complete entries.
 
+    With ``counts_prompt`` set (``""`` for none), the cached product is instead each neuron's count of
+    active tokens per language (``active``, layers × neurons), for the language-neuron analysis.
     The model is loaded only when some language is missing; each language is computed under a lock, so
     concurrent jobs sharing the cache compute it once. Returns the store and a report row per language.
     """
     device = resolve_device(device)
     torch_dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
+    if counts_prompt is not None:
+        key = {**key, "product": "activation_counts", "prompt": counts_prompt}
     store = StateStore(cache_dir, key)
     locks = Path(cache_dir) / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
@@ -147,14 +189,22 @@ def extract_corpus(
             if status != "complete":
                 if loaded is None:
                     loaded = models.load(spec, dtype=torch_dtype, device=device, device_map=device_map)
-                states = pooled_states(*loaded, corpus.texts(language), batch_size=batch_size,
-                                       max_length=max_length, skip_bos=skip_bos, progress=True)
-                store.write(language, states, corpus.ids(language), fingerprint, n_tokens=states.n_tokens,
-                            n_truncated=states.n_truncated, source_code=corpus.source_codes.get(language, language))
+                source = corpus.source_codes.get(language, language)
+                if counts_prompt is None:
+                    states = pooled_states(*loaded, corpus.texts(language), batch_size=batch_size,
+                                           max_length=max_length, skip_bos=skip_bos, progress=True)
+                    store.write(language, states, corpus.ids(language), fingerprint, n_tokens=states.n_tokens,
+                                n_truncated=states.n_truncated, source_code=source)
+                else:
+                    active, tokens, n_truncated = activation_counts(
+                        *loaded, corpus.texts(language), counts_prompt or None, batch_size, max_length, progress=True)
+                    store.write_arrays(language, {"active": active}, corpus.ids(language), fingerprint,
+                                       n_tokens_total=tokens, n_truncated=n_truncated, source_code=source)
         meta = store.metadata(language)
+        tokens = meta["n_tokens_total"] if "n_tokens_total" in meta else int(store.n_tokens(language).sum())
         rows.append({
             "language": language, "source": meta.get("source_code"), "units": len(meta["ids"]),
-            "tokens": int(store.n_tokens(language).sum()), "truncated": meta["n_truncated"],
+            "tokens": tokens, "truncated": meta["n_truncated"],
             "status": {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)"}[status],
             "seconds": round(time.perf_counter() - started, 2),
         })

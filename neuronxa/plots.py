@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _by_layer(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
+def by_layer(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
     """language × layer table of one metric, languages ordered by their mean score (best first)."""
     table = scores[scores.metric == metric].pivot(index="language", columns="layer", values="value")
     return table.loc[table.mean(axis=1).sort_values(ascending=False).index]
@@ -21,7 +21,7 @@ def _by_layer(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def layer_curves(scores: pd.DataFrame, metric: str, path: Path, title: str = "") -> Path:
     """One line per language over the layers (the paper's Figure 2)."""
-    table = _by_layer(scores, metric)
+    table = by_layer(scores, metric)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = plt.cm.viridis(np.linspace(0, 0.95, len(table)))
     for colour, (language, values) in zip(colours, table.iterrows()):
@@ -36,14 +36,14 @@ def layer_curves(scores: pd.DataFrame, metric: str, path: Path, title: str = "")
     return path
 
 
-def heatmap(scores: pd.DataFrame, metric: str, path: Path, title: str = "") -> Path:
-    """Languages (rows, best first) × layers, coloured by score."""
-    table = _by_layer(scores, metric)
-    fig, ax = plt.subplots(figsize=(0.35 * table.shape[1] + 2.5, 0.28 * len(table) + 1.5))
-    image = ax.imshow(table.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
+def heatmap(table: pd.DataFrame, path: Path, title: str, xlabel: str = "layer", vmin: float | None = 0,
+            vmax: float | None = 1, cmap: str = "magma") -> Path:
+    """A table as a coloured grid (e.g. languages × layers, or deactivated × evaluated language)."""
+    fig, ax = plt.subplots(figsize=(0.38 * table.shape[1] + 2.8, 0.3 * len(table) + 1.6))
+    image = ax.imshow(table.values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_yticks(range(len(table)), table.index, fontsize=7)
-    ax.set_xticks(range(table.shape[1]), table.columns, fontsize=7)
-    ax.set(xlabel="layer", title=title or metric)
+    ax.set_xticks(range(table.shape[1]), table.columns, fontsize=7, rotation=90 if xlabel != "layer" else 0)
+    ax.set(xlabel=xlabel, ylabel=table.index.name or "", title=title)
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -70,6 +70,22 @@ def tsne_pairs(panels: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[st
         ax.set(title=label, xticks=[], yticks=[])
         ax.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def stacked_by_layer(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Counts per layer (rows) stacked by column (e.g. neuron type)."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bottom = np.zeros(len(table))
+    for column in table.columns:
+        ax.bar(table.index, table[column], bottom=bottom, label=column)
+        bottom += table[column].to_numpy()
+    ax.set(xlabel="layer", ylabel="neurons", title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """Sentence pooling as weights over token positions, so that every pooling is one contraction on the device.
 
 Positions t = 1..T count real tokens from the first one (padding never counts):
-``weighted`` w_t = t / Σk, ``mean`` w_t = 1 / T, ``last`` puts all weight on the last real token.
+``weighted`` w_t = t / Σk, ``mean`` w_t = 1 / T, ``last`` puts all weight on the last real token; ``sum``
+(w_t = 1, not a sentence pooling) counts, e.g. the tokens on which a neuron is active.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ POOLINGS = ("weighted", "mean", "last")
 
 
 def real_token_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor, bos_token_id: int | None,
-                    skip_bos: bool) -> torch.Tensor:
-    """1 for the tokens that pooling counts: real tokens, without a leading BOS when ``skip_bos``."""
+                    skip_bos: bool, count_from: torch.Tensor | None = None) -> torch.Tensor:
+    """1 for the tokens that pooling counts: real tokens, without a leading BOS when ``skip_bos``, and only from
+    position ``count_from[b]`` on in row b (e.g. a response after its prompt) when given."""
     mask = attention_mask.to(torch.float32)
     if skip_bos and bos_token_id is not None:
         mask[:, 0] = mask[:, 0] * (input_ids[:, 0] != bos_token_id)
+    if count_from is not None:
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        mask = mask * (positions[None, :] >= count_from[:, None].to(mask.device))
     return mask
 
 
@@ -32,6 +37,8 @@ def pooling_weights(mask: torch.Tensor, poolings: tuple[str, ...] = POOLINGS) ->
             weights.append(mask / count)
         elif pooling == "last":
             weights.append((position == count) * mask)
+        elif pooling == "sum":
+            weights.append(mask)
         else:
             raise ValueError(f"unknown pooling {pooling!r}: choose from {', '.join(POOLINGS)}")
     return torch.stack(weights)

@@ -55,7 +55,8 @@ ARCHITECTURES = {
 }
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
+def submodule(module: nn.Module, path: str) -> nn.Module:
+    """``module.a.b`` for ``path='a.b'`` (the empty path is the module itself)."""
     for name in filter(None, path.split(".")):
         module = getattr(module, name)
     return module
@@ -73,7 +74,20 @@ def architecture(model: nn.Module) -> Architecture:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a causal LM (under its base model, which has no LM head)."""
-    return _get(model.base_model, architecture(model).layers)
+    return submodule(model.base_model, architecture(model).layers)
+
+
+def act_modules(model: nn.Module) -> list[nn.Module]:
+    """Each decoder layer's activation module (its output is a)."""
+    arch = architecture(model)
+    return [submodule(submodule(layer, arch.ffn), arch.act) for layer in decoder_layers(model)]
+
+
+def ffn_width(model: nn.Module) -> int:
+    """Neurons per FFN layer: the input width of the down projection."""
+    arch = architecture(model)
+    down = submodule(submodule(decoder_layers(model)[0], arch.ffn), arch.down)
+    return down.in_features if hasattr(down, "in_features") else down.weight.shape[0]  # GPT-2's Conv1D
 
 
 def module_paths(model: nn.Module) -> dict[str, str]:
@@ -103,7 +117,7 @@ class PoolingProbe:
             self._pooled[kind][layer] = pool(self.weights, states)
 
     def _hooks(self, index: int, layer: nn.Module):
-        ffn = _get(layer, self.arch.ffn)
+        ffn = submodule(layer, self.arch.ffn)
 
         def on_act(module, inputs, output):
             self._store("nas", index, output > 0)
@@ -116,9 +130,9 @@ class PoolingProbe:
         def on_layer(module, inputs, output):
             self._store("hidden", index, output[0] if isinstance(output, tuple) else output)
 
-        handles = [_get(ffn, self.arch.act).register_forward_hook(on_act)]
+        handles = [submodule(ffn, self.arch.act).register_forward_hook(on_act)]
         if self.arch.gated:
-            handles.append(_get(ffn, self.arch.down).register_forward_pre_hook(on_down))
+            handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
         handles.append(layer.register_forward_hook(on_layer))
         return handles
 

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa import benchmarks, plots, scoring, tracking
+from neuronxa import benchmarks, models, neurons, plots, scoring, tracking
 from neuronxa.corpus import ParallelCorpus, read_corpus
 from neuronxa.correlation import correlate
 from neuronxa.errors import NeuronXAError
@@ -98,7 +99,7 @@ def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder:
         if metric.startswith("retrieval.") and not metric.endswith("bidirectional"):
             continue
         made.append(plots.layer_curves(scores, metric, folder / f"{metric}_by_layer.png", f"{metric} · {title}"))
-        made.append(plots.heatmap(scores, metric, folder / f"{metric}_heatmap.png", f"{metric} · {title}"))
+        made.append(plots.heatmap(plots.by_layer(scores, metric), folder / f"{metric}_heatmap.png", f"{metric} · {title}"))
     pivot = scores["pivot"].iloc[0]
     target = cfg.score.tsne_language or scores.language.iloc[0]
     layer = cfg.score.tsne_layer if cfg.score.tsne_layer is not None else store.n_layers(pivot) // 2
@@ -166,22 +167,149 @@ def run(cfg: DictConfig, folder: Path) -> None:
     figures = make_plots(cfg, scores, store, folder / "plots")
     print(f"\nrun folder: {folder}")
     if cfg.tracking.enabled:
-        extra = {} if correlations is None else {
-            f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()}
-        run_id = tracking.log_run(
-            cfg.tracking.uri, cfg.tracking.experiment, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}",
-            tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
-            {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name,
-             "metric": cfg.metric.name, "experiment": cfg.tracking.experiment, "cache": str(store.path)},
-            summary, scores, tables + figures, extra, Path(cfg.tracking.artifacts),
-        )
-        print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); `make ui` to browse")
+        values, series = tracking.score_metrics(summary, scores)
+        if correlations is not None:
+            values.update({f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()})
+        log(cfg, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}",
+            {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": str(store.path)},
+            values, series, tables + figures)
+
+
+def log(cfg: DictConfig, run_name: str, tags: dict[str, str], values: dict[str, float],
+        series: list[tuple[str, float, int]], files: list[Path]) -> None:
+    """One MLflow run with the flattened config as params, the model and experiment as tags."""
+    run_id = tracking.log_run(
+        cfg.tracking.uri, cfg.tracking.experiment, run_name, tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
+        {"model": model_name(cfg), "experiment": cfg.tracking.experiment, "task": cfg.task.name, **tags},
+        values, series, files, Path(cfg.tracking.artifacts),
+    )
+    print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); `make ui` to browse")
+
+
+def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tuple[pd.DataFrame, int]:
+    """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
+    store, report = extract_corpus(
+        corpus, spec_from_config(model), cfg.cache.dir, max_units=cfg.dataset.get("max_units"),
+        max_length=cfg.extract.max_length, batch_size=cfg.extract.batch_size, dtype=model.dtype,
+        device=model.device, device_map=model.get("device_map"), counts_prompt=cfg.task.prompt or "",
+    )
+    print(report.to_string(index=False))
+    active = [store.array(language, "active") for language in corpus.languages]
+    prob = neurons.probabilities(active, [store.metadata(lang)["n_tokens_total"] for lang in corpus.languages])
+    found = neurons.identify(prob, cfg.task.method, cfg.task.top_rate, cfg.task.filter_rate, cfg.task.bar_rate,
+                             cfg.task.lam)
+    return found, prob.shape[0]
+
+
+def neurons_job(cfg: DictConfig, folder: Path) -> None:
+    """Language neurons: identify, locate over layers, compare with an aligned model, deactivate."""
+    if cfg.tracking.enabled:
+        tracking.check_reachable(cfg.tracking.uri)
+    dataset = cfg.dataset.copy()
+    if cfg.task.languages:
+        dataset.languages = list(cfg.task.languages)
+    corpus = load_corpus(dataset, cfg.dataset.get("max_units"))
+    corpus.validate()
+    texts = None
+    if cfg.task.deactivate:
+        full = load_corpus(dataset)
+        texts = benchmarks.held_out_texts(full, corpus, cfg.task.eval_units)
+    found, n_layers = identified(cfg, cfg.model, corpus)
+    languages = corpus.languages
+    named = found.assign(languages=found.languages.map(lambda idx: " ".join(languages[i] for i in idx)))
+    per_language = neurons.counts_by_language(found, languages)
+    layers = neurons.by_layer(found, n_layers)
+    stages = neurons.stages(layers)
+    shared = neurons.overlap(found, languages)
+    lam = found.attrs["lam"]
+    print(f"\n{cfg.task.method}: {len(found)} neurons classified (bar p > {found.attrs['bar']:.4f}"
+          + (f", lambda = {lam:.4f}" if lam is not None else "") + ")")
+    print(per_language.to_string(index=False))
+    print("\nby layer:\n" + layers.T.to_string())
+    print(f"\nstages ({neurons.STAGE_RULE}):\n" + stages.to_string(index=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plots").mkdir(exist_ok=True)
+    title = f"{model_name(cfg)} · {corpus.name} · {cfg.task.method}"
+    files = [_csv(named, folder / "neurons.csv"), _csv(per_language, folder / "counts_by_language.csv"),
+             _csv(layers, folder / "by_layer.csv", index=True), _csv(stages, folder / "stages.csv"),
+             _csv(shared, folder / "overlap.csv", index=True),
+             plots.stacked_by_layer(layers, folder / "plots" / "neurons_by_layer.png", f"neuron types by layer · {title}"),
+             plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}", "language",
+                           vmin=0, vmax=None, cmap="viridis")]
+    values = {f"{kind}.{row.language}": getattr(row, kind) for row in per_language.itertuples() for kind in neurons.TYPES}
+    series = [(f"{kind}.by_layer", layers.loc[layer, kind], layer) for layer in layers.index for kind in neurons.TYPES]
+    if cfg.task.compare_model:
+        files += compare_models(cfg, corpus, found, n_layers, folder)
+    if cfg.task.deactivate:
+        model, tokenizer = models.load(spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device)
+        own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, languages, texts, cfg.task.seed,
+                                                           cfg.extract.max_length)
+        summary = deactivation_summary(own, control, intact)
+        print("\nintact perplexity on held-out units:\n" + intact.round(2).to_frame("perplexity").T.to_string())
+        print("\nperplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
+        print(own.round(2).to_string())
+        print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
+        print("\n" + summary.round(3).to_string(index=False))
+        values.update({f"deactivation.{row.set}.{row.cell}": row.mean_log_ratio for row in summary.itertuples()})
+        limit = float(np.nanmax(np.abs(np.concatenate([own.values, control.values])))) or 1.0
+        files += [_csv(own, folder / "deactivation.csv", index=True),
+                  _csv(intact.to_frame("perplexity"), folder / "perplexity_intact.csv", index=True),
+                  _csv(control, folder / "deactivation_random.csv", index=True),
+                  _csv(summary, folder / "deactivation_summary.csv"),
+                  plots.heatmap(own, folder / "plots" / "deactivation.png", f"perplexity change · {title}",
+                                "evaluated language", -limit, limit, "RdBu_r"),
+                  plots.heatmap(control, folder / "plots" / "deactivation_random.png",
+                                f"random control · {title}", "evaluated language", -limit, limit, "RdBu_r")]
+    print(f"\nrun folder: {folder}")
+    if cfg.tracking.enabled:
+        log(cfg, f"{cfg.model.name}-neurons-{cfg.task.method}", {"dataset": corpus.name, "method": cfg.task.method},
+            values, series, files)
+
+
+def deactivation_summary(own: pd.DataFrame, control: pd.DataFrame, intact: pd.Series) -> pd.DataFrame:
+    """Per neuron set (a language's own neurons, or the random control), on the diagonal (the language's own
+    text) and off it: the mean log perplexity ratio (deactivated / intact, so that languages with a high
+    perplexity do not dominate), and how many evaluated languages suffer most from their own row."""
+    diagonal = np.eye(len(own), dtype=bool)
+    rows = []
+    for name, frame in (("language", own), ("random", control)):
+        log_ratio = np.log((frame + intact) / intact).to_numpy()
+        own_worst = int(sum(np.argmax(log_ratio[:, j]) == j for j in range(len(frame))))
+        for cell, mask in (("diagonal", diagonal), ("off_diagonal", ~diagonal)):
+            rows.append({"set": name, "cell": cell, "mean_log_ratio": float(np.nanmean(log_ratio[mask])),
+                         "own_row_hurts_most": f"{own_worst}/{len(frame)}" if cell == "diagonal" else ""})
+    return pd.DataFrame(rows)
+
+
+def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, n_layers: int,
+                   folder: Path) -> list[Path]:
+    """Base (the run's model) vs ``task.compare_model`` (e.g. its aligned version) on the same corpus."""
+    config = models.CONF_DIR / "model" / f"{cfg.task.compare_model}.yaml"
+    other = OmegaConf.load(config) if config.is_file() else OmegaConf.merge(
+        cfg.model, {"name": "hf", "name_or_path": cfg.task.compare_model, "gguf": None})
+    aligned, other_layers = identified(cfg, other, corpus)
+    if other_layers != n_layers:
+        raise NeuronXAError(f"task.compare_model has {other_layers} layers, the model {n_layers}: "
+                            "base and aligned models must share an architecture")
+    aligned_languages = ([corpus.resolve(code) for code in cfg.task.aligned_languages]
+                         if cfg.task.aligned_languages else None)
+    layers, per_language = neurons.compare(base, aligned, corpus.languages, n_layers, aligned_languages)
+    print(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
+    print("\nper layer:\n" + layers.T.to_string())
+    return [_csv(layers, folder / "compare_by_layer.csv", index=True),
+            _csv(per_language, folder / "compare_by_language.csv")]
+
+
+def _csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:
+    frame.to_csv(path, index=index)
+    return path
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        job = neurons_job if cfg.task.name == "neurons" else run
+        job(cfg, Path(HydraConfig.get().runtime.output_dir))
     except NeuronXAError as error:
         if cfg.debug:
             raise

@@ -51,19 +51,26 @@ def _experiment_id(mlflow, name: str, artifacts: Path) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def score_metrics(summary: pd.DataFrame, scores: pd.DataFrame) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
+    """MLflow metrics of a scoring run: ``metric.language`` (layer-pooled) and ``metric.language.by_layer``
+    curves with step = layer."""
+    values = {f"{row.metric}.{row.language}": row.score for row in summary.itertuples()}
+    series = [(f"{row.metric}.{row.language}.by_layer", row.value, row.layer) for row in scores.itertuples()]
+    return values, series
+
+
 def log_run(
     uri: str,
     experiment: str,
     run_name: str,
     params: dict[str, str],
     tags: dict[str, str],
-    summary: pd.DataFrame,
-    scores: pd.DataFrame,
+    values: dict[str, float],
+    series: list[tuple[str, float, int]],
     artifacts: list[Path],
-    extra_metrics: dict[str, float] | None = None,
     artifact_root: Path = Path("outputs/mlartifacts"),
 ) -> str:
-    """Log one run; returns its run id."""
+    """Log one run: params, tags, single values, (name, value, step) series and artifact files; returns its id."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -72,14 +79,11 @@ def log_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(params)
         mlflow.set_tags(tags)
-        values = {f"{row.metric}.{row.language}": row.score for row in summary.itertuples()}
-        values.update(extra_metrics or {})
-        series = [Metric(f"{row.metric}.{row.language}.by_layer", row.value, 0, row.layer)
-                  for row in scores.itertuples() if pd.notna(row.value)]
-        series += [Metric(key, float(value), 0, 0) for key, value in values.items() if pd.notna(value)]
+        metrics = [Metric(name, float(value), 0, int(step)) for name, value, step in series if pd.notna(value)]
+        metrics += [Metric(name, float(value), 0, 0) for name, value in values.items() if pd.notna(value)]
         client = mlflow.tracking.MlflowClient()
-        for start in range(0, len(series), 1000):
-            client.log_batch(run.info.run_id, metrics=series[start : start + 1000])
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
         for path in artifacts:
             mlflow.log_artifact(str(path))
         return run.info.run_id

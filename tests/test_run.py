@@ -67,3 +67,23 @@ def test_sweep_runs_each_forward_pass_once_and_fills_one_experiment(tiny_folder,
     assert len(logged) == 4
     assert set(zip(logged["params.pooling.name"], logged["params.metric.name"])) == {
         ("weighted", "nasca"), ("weighted", "mexa"), ("mean", "nasca"), ("mean", "mexa")}
+
+
+def test_neurons_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
+    overrides = tiny_overrides(tiny_folder, tmp_path) + [
+        "task=neurons", "task.languages=null", "dataset.max_units=2", "task.top_rate=0.1",
+        f"task.compare_model={tiny_folder}", "task.aligned_languages=[eng_Latn]", "tracking.experiment=neurons"]
+    job.neurons_job(composed(overrides), tmp_path / "run")
+    folder = tmp_path / "run"
+    found = pd.read_csv(folder / "neurons.csv")
+    assert set(found.type) <= {"specific", "related", "agnostic"} and len(found) > 0
+    assert set(pd.read_csv(folder / "by_layer.csv").layer) == {0, 1, 2}
+    assert len(pd.read_csv(folder / "stages.csv")) == 4
+    compared = pd.read_csv(folder / "compare_by_language.csv")
+    assert (compared[["specific", "related", "agnostic"]] == 0).all().all()   # the same model: nothing changed
+    assert compared.in_aligned_set.tolist() == [True, False]
+    matrix = pd.read_csv(folder / "deactivation.csv", index_col=0)
+    assert matrix.shape == (2, 2) and list(matrix.index) == ["eng_Latn", "fra_Latn"]
+    assert (folder / "plots" / "deactivation.png").is_file()
+    logged = runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "neurons")
+    assert logged["tags.task"].tolist() == ["neurons"]

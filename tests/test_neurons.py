@@ -1,0 +1,200 @@
+"""Language neurons: identification on synthetic probabilities with planted neurons and against a slow loop
+reference of the entropy rule; counting, stages, overlap, comparison and deactivation on tiny models."""
+
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neuronxa import neurons
+from neuronxa.extract import activation_counts, tokenize
+from neuronxa.neurons import identify
+
+from conftest import tiny_model, tiny_tokenizer
+from test_extract import SENTENCES, manual_token_states
+
+K, LAYERS, WIDTH = 4, 2, 200
+SPECIFIC = {(0, 5): 0, (0, 17): 1, (0, 40): 2, (0, 99): 3, (1, 3): 0, (1, 8): 1, (1, 60): 2, (1, 61): 3,
+            (1, 150): 0, (0, 123): 2}
+RELATED = {(0, 7): (0, 1), (0, 70): (2, 3), (1, 11): (0, 2), (1, 12): (1, 3), (1, 190): (0, 3), (0, 180): (1, 2)}
+AGNOSTIC = [(0, 1), (0, 2), (1, 100), (1, 101)]
+
+
+def planted(seed=0):
+    """Probabilities with known specific, related and agnostic neurons among near-uniform low ones."""
+    rng = np.random.default_rng(seed)
+    prob = 0.02 + 0.001 * rng.random((LAYERS, WIDTH, K))
+    for (layer, neuron), language in SPECIFIC.items():
+        prob[layer, neuron] = 0.01
+        prob[layer, neuron, language] = 0.9
+    for (layer, neuron), languages in RELATED.items():
+        prob[layer, neuron] = 0.01
+        prob[layer, neuron, list(languages)] = 0.9
+    for layer, neuron in AGNOSTIC:
+        prob[layer, neuron] = 0.95
+    return prob
+
+
+def as_dict(frame, kind):
+    rows = frame[frame.type == kind]
+    return {(r.layer, r.neuron): r.languages for r in rows.itertuples()}
+
+
+def slow_lape(prob, top_rate, filter_rate, bar_rate):
+    """LAPE written out with loops over neurons and a sorted list for each percentile."""
+    values = sorted(prob.ravel().tolist())
+    floor = values[round(len(values) * filter_rate) - 1]
+    bar = values[round(len(values) * bar_rate) - 1]
+    scored = []
+    for layer in range(prob.shape[0]):
+        for neuron in range(prob.shape[1]):
+            p = prob[layer, neuron].tolist()
+            if max(p) <= floor:
+                continue
+            q = [v / sum(p) for v in p]
+            entropy = -sum(v * math.log(v) for v in q if v > 0) / math.log(len(p))
+            scored.append((entropy, layer * prob.shape[1] + neuron, layer, neuron))
+    kept = sorted(scored)[: round(prob.shape[0] * prob.shape[1] * top_rate)]
+    result = {}
+    for _, _, layer, neuron in kept:
+        languages = tuple(i for i, v in enumerate(prob[layer, neuron]) if v > bar)
+        if 0 < len(languages) < prob.shape[2]:
+            result[layer, neuron] = ("specific" if len(languages) == 1 else "related", languages)
+    for layer in range(prob.shape[0]):
+        for neuron in range(prob.shape[1]):
+            if all(v > bar for v in prob[layer, neuron]):
+                result[layer, neuron] = ("agnostic", tuple(range(prob.shape[2])))
+    return result
+
+
+def test_lape_finds_the_planted_neurons():
+    found = identify(planted(), "lape", top_rate=(len(SPECIFIC) + len(RELATED)) / (LAYERS * WIDTH))
+    assert as_dict(found, "specific") == {key: (language,) for key, language in SPECIFIC.items()}
+    assert as_dict(found, "related") == RELATED
+    assert set(as_dict(found, "agnostic")) == set(AGNOSTIC)
+    assert list(found.columns) == ["layer", "neuron", "type", "languages"]
+
+
+@pytest.mark.parametrize("seed, top_rate", [(1, 0.01), (2, 0.05), (3, 0.2)])
+def test_lape_matches_the_slow_reference_on_random_probabilities(seed, top_rate):
+    rng = np.random.default_rng(seed)
+    prob = rng.beta(0.3, 3, size=(3, 60, 5))
+    found = identify(prob, "lape", top_rate=top_rate, filter_rate=0.9, bar_rate=0.93)
+    ours = {(r.layer, r.neuron): (r.type, r.languages) for r in found.itertuples()}
+    assert ours == slow_lape(prob, top_rate, 0.9, 0.93)
+    assert len(ours) > 0
+
+
+def test_finegrained_lambda_is_the_largest_that_keeps_no_all_language_neuron():
+    prob = planted()
+    top_rate = (len(SPECIFIC) + len(RELATED) + 1) / (LAYERS * WIDTH)   # one place more than the planted ones
+    found = identify(prob, "finegrained", top_rate=top_rate)
+    lam, bar = found.attrs["lam"], found.attrs["bar"]
+    entropy = neurons.normalised_entropy(prob)
+    eligible = prob.max(-1) > neurons._percentile_value(prob, 0.95)
+
+    def kept_all_language(value):
+        kept = neurons._kept(neurons._finegrained_score(entropy, prob, value), eligible, top_rate)
+        return (prob.reshape(-1, K)[kept] > bar).all(axis=1).any()
+
+    assert found.attrs["lam_found"] and not kept_all_language(lam)
+    assert lam == 0.2 or kept_all_language(lam + 2e-3)
+    assert as_dict(found, "related") == RELATED
+
+
+def test_finegrained_with_a_given_lambda_ranks_by_the_penalised_score():
+    prob = planted()
+    n = prob.shape[-1]
+    norm_max = sum(1 / k for k in range(1, n + 1)) / n
+    score = neurons.normalised_entropy(prob) - 0.1 * prob.max(-1) / norm_max
+    found = identify(prob, "finegrained", top_rate=0.01, lam=0.1)
+    kept_specific = set(as_dict(found, "specific")) | set(as_dict(found, "related"))
+    lowest = np.argsort(score.ravel(), kind="stable")[:4]
+    assert kept_specific == {divmod(int(i), WIDTH) for i in lowest}
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(Exception, match="two languages or more"):
+        identify(np.zeros((2, 3, 1)))
+    with pytest.raises(Exception, match="unknown method"):
+        identify(planted(), "magic")
+
+
+def test_counts_layers_overlap_and_comparison():
+    languages = ["eng", "fra", "deu", "zho"]
+    found = identify(planted(), "lape", top_rate=16 / 400)
+    counts = neurons.counts_by_language(found, languages).set_index("language")
+    assert counts.loc["eng"].tolist() == [3, 3, 4]          # specific, related (shared), agnostic
+    layers = neurons.by_layer(found, LAYERS)
+    assert layers.loc[0].tolist() == [5, 3, 2] and layers.loc[1].tolist() == [5, 3, 2]
+    shared = neurons.overlap(found, languages)
+    assert shared.loc["eng", "fra"] == 1 and shared.loc["eng", "eng"] == 6 and (shared == shared.T).all().all()
+    base = found[found.type != "related"]
+    by_layer_change, per_language = neurons.compare(base, found, languages, LAYERS, aligned_languages=["eng"])
+    assert by_layer_change["related"].tolist() == [3, 3] and by_layer_change["specific"].tolist() == [0, 0]
+    assert per_language.set_index("language").loc["zho", "related"] == 3
+    assert per_language.in_aligned_set.tolist() == [True, False, False, False]
+
+
+def test_stages_by_the_stated_rule():
+    counts = [10, 8, 2, 1, 1, 3, 9, 12, 4]
+    layers = pd.DataFrame({"specific": counts, "related": [0] * 9, "agnostic": [0, 5, 9, 9, 9, 6, 2, 1, 3]})
+    found = neurons.stages(layers)
+    assert list(zip(found.first_layer, found.last_layer)) == [(0, 1), (2, 5), (6, 7), (8, 8)]
+
+
+def test_probabilities_need_tokens():
+    assert neurons.probabilities([np.array([[2, 4]])], [8]).tolist() == [[[0.25], [0.5]]]
+    with pytest.raises(Exception, match="no counted tokens"):
+        neurons.probabilities([np.array([[1]])], [0])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_activation_counts_match_a_manual_count(kind):
+    model, tokenizer = tiny_model(kind), tiny_tokenizer(bos=kind != "gpt2")
+    active, total, truncated = activation_counts(model, tokenizer, SENTENCES, batch_size=2)
+    expected = sum(np.stack([layer.sum(axis=0) for layer in manual_token_states(model, ids)["nas"]])
+                   for ids in tokenize(tokenizer, SENTENCES, 512)[0])
+    np.testing.assert_array_equal(active, expected.astype(np.int64))
+    assert total == sum(len(ids) for ids in tokenize(tokenizer, SENTENCES, 512)[0]) and truncated == 0
+
+
+def test_activation_counts_after_a_prompt_count_only_the_text():
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    prompt = "the right to "
+    active, total, _ = activation_counts(model, tokenizer, SENTENCES[:3], prompt=prompt)
+    expected, tokens = 0, 0
+    skip = len(tokenizer(prompt)["input_ids"])
+    for ids in tokenize(tokenizer, [prompt + s for s in SENTENCES[:3]], 512)[0]:
+        states = manual_token_states(model, ids)["nas"]
+        expected = expected + np.stack([layer[skip:].sum(axis=0) for layer in states])
+        tokens += len(ids) - skip
+    np.testing.assert_array_equal(active, expected.astype(np.int64))
+    assert total == tokens
+
+
+def test_deactivation_equals_zeroing_the_down_projection_columns():
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    chosen = {0: [1, 5], 2: [3]}
+    ids = torch.tensor([tokenizer(SENTENCES[0])["input_ids"]])
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, indices in chosen.items():
+            edited.model.layers[layer].mlp.down_proj.weight[:, indices] = 0
+        with neurons.deactivated(model, chosen):
+            hooked = model(input_ids=ids).logits
+        torch.testing.assert_close(hooked, edited(input_ids=ids).logits)
+        assert not torch.allclose(model(input_ids=ids).logits, hooked)   # and the hooks are gone afterwards
+
+
+def test_deactivation_matrix_shape_and_control_sizes():
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    found = pd.DataFrame({"layer": [0, 1, 2], "neuron": [1, 2, 3], "type": ["specific", "specific", "related"],
+                          "languages": [(0,), (1,), (0, 1)]})
+    texts = {"eng": SENTENCES[:2], "fra": SENTENCES[2:4]}
+    own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, ["eng", "fra"], texts)
+    assert own.shape == control.shape == (2, 2) and (intact > 1).all()
+    assert neurons.random_like({0: [1, 2], 3: [5]}, 24, np.random.default_rng(0)).keys() == {0, 3}
