@@ -29,7 +29,13 @@ def table(scores: pd.DataFrame) -> pd.DataFrame:
         ["dataset", "group"])
     counts = best.groupby(["dataset", "group"]).language.nunique()
     wide.columns = [f"{dataset} {group} (n={counts[dataset, group]})" for dataset, group in wide.columns]
-    return wide.rename(index=REPRESENTATIONS, level=1).rename(index=DIRECTIONS, level=2)
+    return _ordered(wide.rename(index=REPRESENTATIONS, level=1).rename(index=DIRECTIONS, level=2))
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows as the paper orders them: Embedding then NAS; En→xx, xx→En, En⇔xx."""
+    rank = {name: i for i, name in enumerate([*REPRESENTATIONS.values(), *DIRECTIONS.values()])}
+    return table.sort_index(key=lambda level: level.map(lambda value: rank.get(value, -1)))
 
 
 def main() -> None:
@@ -39,7 +45,8 @@ def main() -> None:
                 table(scores), 2)
     paper = pd.read_csv(PAPER / "table1.csv").pivot_table(
         index=["representation", "direction"], columns=["dataset", "group"], values="value")
-    paper = paper.rename(index={"embedding": "Embedding", "nas": "NAS"}, level=0).rename(index=DIRECTIONS, level=1)
+    paper = _ordered(paper.rename(index={"embedding": "Embedding", "nas": "NAS"}, level=0).rename(
+        index=DIRECTIONS, level=1))
     print_table("The paper's Table 1 (Llama 3.1 8B, FLORES-200 and Tatoeba):", paper, 2)
 
 
