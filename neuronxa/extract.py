@@ -21,7 +21,7 @@ from neuronxa.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError
 from neuronxa.models import ModelSpec, resolve_device, resolve_dtype
 from neuronxa.pooling import POOLINGS, pooling_weights, real_token_mask
-from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe
+from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of
 from neuronxa.store import StateStore
 
 
@@ -34,10 +34,14 @@ class PooledStates(dict):
         self.n_truncated = n_truncated
 
 
+def check_max_length(max_length: int) -> None:
+    if max_length < 2:
+        raise NeuronXAError(f"extract.max_length must be at least 2 tokens, not {max_length}")
+
+
 def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], int]:
     """Token ids per sentence (with the tokenizer's special tokens), cut at ``max_length``; and how many were cut."""
-    if max_length < 2:
-        raise NeuronXAError(f"max_length must be at least 2 tokens, not {max_length}")
+    check_max_length(max_length)
     encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
     n_truncated = sum(len(ids) > max_length for ids in encoded)
     return [ids[:max_length] for ids in encoded], n_truncated
@@ -169,8 +173,10 @@ def extract_corpus(
     The model is loaded only when some language is missing; each language is computed under a lock, so
     concurrent jobs sharing the cache compute it once. Returns the store and a report row per language.
     """
+    check_max_length(max_length)
     device = resolve_device(device)
     torch_dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    architecture_of(models.model_type(spec))  # an unsupported architecture fails before any weights load
     key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
     if counts_prompt is not None:
         key = {**key, "product": "activation_counts", "prompt": counts_prompt}
@@ -205,7 +211,8 @@ def extract_corpus(
         rows.append({
             "language": language, "source": meta.get("source_code"), "units": len(meta["ids"]),
             "tokens": tokens, "truncated": meta["n_truncated"],
-            "status": {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)"}[status],
+            "status": {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)",
+                       "corrupt": "rewritten (corrupt entry)"}[status],
             "seconds": round(time.perf_counter() - started, 2),
         })
     return store, pd.DataFrame(rows)

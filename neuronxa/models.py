@@ -195,6 +195,18 @@ def identity(name_or_path: str | ModelSpec, revision: str | None = None, models_
     return {"model": spec.name_or_path, "revision": _hub_commit(spec.name_or_path, spec.revision)}
 
 
+def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:
+    """The model type from the model's ``config.json`` alone (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    folder = local_path(spec, models_dir)
+    try:
+        config = AutoConfig.from_pretrained(str(folder) if folder else spec.name_or_path, revision=spec.revision)
+    except (OSError, ValueError) as error:
+        raise NeuronXAError(f"cannot read the config of {spec.name_or_path!r}: {str(error).splitlines()[0]}") from None
+    return config.model_type
+
+
 def load(
     name_or_path: str | ModelSpec,
     dtype: str = "auto",

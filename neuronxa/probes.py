@@ -64,7 +64,11 @@ def submodule(module: nn.Module, path: str) -> nn.Module:
 
 def architecture(model: nn.Module) -> Architecture:
     """The FFN layout of a model, or a clear error naming its unsupported model type."""
-    model_type = getattr(model.config, "model_type", type(model).__name__)
+    return architecture_of(getattr(model.config, "model_type", type(model).__name__))
+
+
+def architecture_of(model_type: str) -> Architecture:
+    """The FFN layout of a model type (as ``config.json`` names it), checked before any weights load."""
     if model_type not in ARCHITECTURES:
         raise NeuronXAError(
             f"model type {model_type!r} has no known FFN probe site; supported: {', '.join(sorted(ARCHITECTURES))}"

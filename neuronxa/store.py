@@ -5,10 +5,12 @@ length, probe sites, dtype, BOS handling). Inside, each language is a group writ
 folder and moved into place in one rename, with its metadata, so an interrupted write never looks complete:
 
     {root}/{model}__{corpus}__{digest}/            attrs: key, library versions
-        {language}/                                attrs: ids, fingerprint, n_truncated, complete
+        {language}/                                attrs: ids, fingerprint, chunks, store digest, complete
             n_tokens                               (units,) int32
             {nas|nav|hidden}/{weighted|mean|last}  (layers, units, width), one chunk per layer
 
+Every chunk carries a CRC32C checksum and each entry records its chunk count and its store's key digest, so
+a truncated, missing or misplaced chunk is detected and the entry recomputed, never used.
 Open it in a notebook with ``zarr.open_group(path, mode="r")``.
 """
 
@@ -25,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from neuronxa.errors import NeuronXAError
 
 FORMAT_VERSION = 1
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+# zstd with bit shuffling, then a CRC32C checksum per chunk: a truncated or altered chunk fails on read.
+CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
 
 
 def library_versions() -> dict[str, str]:
@@ -52,7 +55,7 @@ class StateStore:
         self.path = self.root / f"{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
 
     def _ensure_root(self) -> None:
-        if not (self.path / "zarr.json").is_file():
+        if not self._root_matches():
             self.path.mkdir(parents=True, exist_ok=True)
             group = zarr.open_group(self.path, mode="a")
             group.attrs.update({"key": self.key, "digest": self.digest, "versions": library_versions()})
@@ -61,13 +64,37 @@ class StateStore:
         meta = self.path / language / "zarr.json"
         if not meta.is_file():
             return None
-        return json.loads(meta.read_text()).get("attributes", {})
+        try:
+            return json.loads(meta.read_text()).get("attributes", {})
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"complete": True, "unreadable": True}
+
+    def _root_matches(self) -> bool:
+        """The store's recorded key is the key it is filed under (no misplaced or edited metadata)."""
+        meta = self.path / "zarr.json"
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        return attrs.get("digest") == self.digest and attrs.get("key") == self.key
+
+    def _chunks_present(self, language: str, chunks: dict[str, int]) -> bool:
+        """Every array of the entry has all the chunk files it was written with."""
+        for name, expected in chunks.items():
+            folder = self.path / language / name / "c"
+            if sum(1 for path in folder.rglob("*") if path.is_file()) != expected:
+                return False
+        return True
 
     def status(self, language: str, fingerprint: str) -> str:
-        """``complete`` (reusable), ``stale`` (written from other text) or ``missing``."""
+        """``complete`` (reusable), ``stale`` (written from other text), ``corrupt`` (metadata that does not
+        match its key, or missing chunks) or ``missing``."""
         attrs = self._attrs(language)
         if attrs is None or not attrs.get("complete"):
             return "missing"
+        if (attrs.get("unreadable") or attrs.get("store_digest") != self.digest or not self._root_matches()
+                or not self._chunks_present(language, attrs.get("chunks", {}))):
+            return "corrupt"
         return "complete" if attrs.get("fingerprint") == fingerprint else "stale"
 
     def languages(self) -> list[str]:
@@ -94,21 +121,27 @@ class StateStore:
         staging.mkdir(parents=True)
         try:
             group = zarr.open_group(staging, mode="w")
-            for name, array in arrays.items():
-                self._write_array(group, name, array)
-            group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "complete": True})
+            chunks = {name: self._write_array(group, name, array) for name, array in arrays.items()}
+            group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "chunks": chunks,
+                                "store_digest": self.digest, "complete": True})
             target = self.path / language
             if target.exists():
                 trash = self.root / ".staging" / f"old-{uuid.uuid4().hex}"
                 os.replace(target, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(staging, target)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise NeuronXAError(
+                f"could not write the cache entry for {language} under {self.root}: "
+                f"{error.strerror or error}. Nothing was marked complete; free space (or fix permissions) and rerun"
+            ) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
     @staticmethod
-    def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> None:
+    def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> int:
         """Floats in half precision where every value fits (float32 where one would overflow); integers as
         they are. 3-D arrays are chunked one layer at a time, for stage two's per-layer reads."""
         data = np.asarray(array)
@@ -116,9 +149,9 @@ class StateStore:
             fits = np.isfinite(data).all() and float(np.abs(data).max(initial=0.0)) < _FLOAT16_MAX
             data = data.astype(np.float16 if fits else np.float32)
         chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
-        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                                    compressors=COMPRESSOR)
+        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=CODECS)
         stored[...] = data
+        return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
 
     def _group(self, language: str) -> zarr.Group:
         if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
@@ -127,7 +160,15 @@ class StateStore:
 
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
         """Pooled states as float32: (layers, units, width), or (units, width) for one layer; read lazily."""
-        return np.asarray(self._group(language)[f"{kind}/{pooling}"][layer], dtype=np.float32)
+        return self._checked(language, f"{kind}/{pooling}", layer).astype(np.float32)
+
+    def _checked(self, language: str, name: str, index=...) -> np.ndarray:
+        """Read part of an array; a chunk failing its checksum is a clear error, never data."""
+        try:
+            return np.asarray(self._group(language)[name][index])
+        except (ValueError, RuntimeError) as error:
+            raise NeuronXAError(f"cache entry {language} in {self.path} is corrupt ({str(error)[:80]}): "
+                                "rerun stage one to recompute it") from None
 
     def ids(self, language: str) -> list[str]:
         return list(self._group(language).attrs["ids"])
@@ -138,7 +179,7 @@ class StateStore:
 
     def array(self, language: str, name: str) -> np.ndarray:
         """A stored array as it was written (e.g. ``n_tokens``, ``active``)."""
-        return np.asarray(self._group(language)[name][...])
+        return self._checked(language, name)
 
     def metadata(self, language: str) -> dict:
         return dict(self._group(language).attrs)

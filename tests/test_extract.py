@@ -118,7 +118,7 @@ def test_truncation_is_counted_and_applied(tiny):
 
 def test_max_length_below_two_is_refused(tiny):
     _, model, tokenizer = tiny
-    with pytest.raises(NeuronXAError, match="at least 2"):
+    with pytest.raises(NeuronXAError, match="at least 2 tokens"):
         pooled_states(model, tokenizer, SENTENCES, max_length=1)
 
 

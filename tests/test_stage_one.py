@@ -8,6 +8,7 @@ import pytest
 
 from neuronxa import extract, models
 from neuronxa.corpus import read_tsv, read_udhr
+from neuronxa.errors import NeuronXAError
 from neuronxa.extract import extract_corpus, pooled_states
 from neuronxa.models import ModelSpec
 
@@ -46,6 +47,17 @@ def test_changed_text_is_recomputed_never_reused(tiny_folder, tmp_path):
     store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
     assert report.status.tolist() == ["reused", "rewritten (corpus changed)"]
     assert store.metadata("fra_Latn")["fingerprint"] == corpus.fingerprint("fra_Latn")
+
+
+def test_corrupt_entry_is_recomputed(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    before = store.read("fra_Latn", "nav", "mean")
+    for chunk in [p for p in (store.path / "fra_Latn" / "nav" / "mean" / "c").rglob("*") if p.is_file()][:1]:
+        chunk.unlink()
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    assert report.status.tolist() == ["reused", "rewritten (corrupt entry)"]
+    np.testing.assert_array_equal(store.read("fra_Latn", "nav", "mean"), before)
 
 
 def test_forward_pass_settings_change_the_store(tiny_folder, tmp_path):
@@ -113,3 +125,25 @@ def test_embedded_model_on_a_udhr_slice(tmp_path):
     assert store.read("eng_Latn", "hidden", "last").shape == (18, 3, 640)
     direct = pooled_states(*models.load(embedded), corpus.texts("fra_Latn"))
     np.testing.assert_allclose(nas, direct["nas"]["weighted"], atol=1e-3)
+
+
+def test_unsupported_architecture_fails_before_loading_weights(tmp_path, monkeypatch):
+    from transformers import BertConfig
+
+    folder = tmp_path / "bert"
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(folder)
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("weights were loaded"))
+    with pytest.raises(NeuronXAError, match="model type 'bert' has no known FFN probe site"):
+        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec(folder), tmp_path / "cache")
+
+
+def test_max_length_below_two_fails_before_anything_loads(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "identity", lambda *a, **k: pytest.fail("the model was looked at"))
+    with pytest.raises(NeuronXAError, match="max_length must be at least 2"):
+        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec(tiny_folder), tmp_path / "cache", max_length=1)
+
+
+def test_hub_id_without_network_says_how_to_use_a_folder(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NeuronXAError, match="cannot reach the Hugging Face hub.*model.name_or_path=/path/to/folder"):
+        models.identity("meta-llama/Llama-2-7b-hf")

@@ -1,5 +1,9 @@
 """The Zarr cache: round trips, precision, lazy reads, atomic entries, staleness."""
 
+import errno
+import json
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -57,18 +61,18 @@ def test_status_missing_complete_stale(tmp_path):
     np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted"), states(1)["nas"]["weighted"], atol=1e-3)
 
 
-def test_failed_write_leaves_no_entry(tmp_path, monkeypatch):
+def test_disk_full_during_a_write_leaves_no_entry_and_says_why(tmp_path, monkeypatch):
     store = StateStore(tmp_path, KEY)
     real, calls = StateStore._write_array, []
 
     def fail_on_third(group, name, array):
         calls.append(name)
         if len(calls) == 3:
-            raise OSError("No space left on device")
-        real(group, name, array)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(group, name, array)
 
     monkeypatch.setattr(StateStore, "_write_array", staticmethod(fail_on_third))
-    with pytest.raises(OSError):
+    with pytest.raises(NeuronXAError, match="No space left on device. Nothing was marked complete"):
         write(store)
     assert store.status("eng_Latn", "f1") == "missing"
     assert store.languages() == []
@@ -85,3 +89,42 @@ def test_integer_arrays_keep_their_type(tmp_path):
 def test_reading_a_missing_language_is_a_clear_error(tmp_path):
     with pytest.raises(NeuronXAError, match="run stage one"):
         StateStore(tmp_path, KEY).read("fra_Latn", "nas", "weighted")
+
+
+def chunk_files(store, language, name):
+    return sorted(p for p in (store.path / language / name / "c").rglob("*") if p.is_file())
+
+
+def test_truncated_chunk_is_detected_on_read(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    write(store)
+    chunk = chunk_files(store, "eng_Latn", "nas/weighted")[1]
+    chunk.write_bytes(chunk.read_bytes()[:-5])
+    assert store.status("eng_Latn", "f1") == "complete"     # the file is there: only its checksum can tell
+    store.read("eng_Latn", "nas", "weighted", 0)              # other layers still read
+    with pytest.raises(NeuronXAError, match="corrupt.*rerun stage one"):
+        store.read("eng_Latn", "nas", "weighted", 1)
+
+
+def test_missing_chunk_makes_the_entry_corrupt(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    write(store)
+    chunk_files(store, "eng_Latn", "hidden/weighted")[2].unlink()
+    assert store.status("eng_Latn", "f1") == "corrupt"
+    with pytest.raises(NeuronXAError, match="no complete cached states"):
+        store.read("eng_Latn", "hidden", "weighted", 0)
+
+
+def test_metadata_that_does_not_match_its_key_is_never_used(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    write(store)
+    other = StateStore(tmp_path, {**KEY, "max_length": 9})
+    os.replace(store.path, other.path)                       # an entry filed under another key
+    assert other.status("eng_Latn", "f1") == "corrupt"
+    write(other)                                               # rewriting repairs it
+    assert other.status("eng_Latn", "f1") == "complete"
+    meta = other.path / "zarr.json"
+    attrs = json.loads(meta.read_text())
+    attrs["attributes"]["key"]["max_length"] = 10              # edited root metadata
+    meta.write_text(json.dumps(attrs))
+    assert other.status("eng_Latn", "f1") == "corrupt"

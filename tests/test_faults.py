@@ -1,0 +1,93 @@
+"""Faults with real processes: a stage one killed by SIGKILL resumes to the same result, and two jobs writing
+the same cache entries at once compute each language once and leave it intact."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+
+from neuronxa.corpus import read_tsv
+from neuronxa.extract import extract_corpus
+from neuronxa.models import ModelSpec
+from neuronxa.store import StateStore
+
+from conftest import ROOT
+
+LANGUAGES = {
+    "eng_Latn": ["all human beings are born free", "everyone has the right to life", "the right to liberty"],
+    "fra_Latn": ["tous les êtres humains naissent libres", "toute personne a droit à la vie", "la vie et droits"],
+    "deu_Latn": ["alle menschen sind frei geboren", "jeder hat das recht auf leben", "das recht auf leben"],
+    "spa_Latn": ["all beings are free and equal", "human rights and dignity", "everyone has rights"],
+}
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from neuronxa import extract
+    from neuronxa.corpus import read_tsv
+    from neuronxa.models import ModelSpec
+    slow = float(sys.argv[4])
+    real = extract.pooled_states
+    def paced(*args, **kwargs):
+        time.sleep(slow)
+        return real(*args, **kwargs)
+    extract.pooled_states = paced
+    store, report = extract.extract_corpus(read_tsv(sys.argv[1]), ModelSpec("tiny", sys.argv[2]), sys.argv[3])
+    print(" ".join(report.status), flush=True)
+""")
+
+
+def corpus_file(tmp_path):
+    path = tmp_path / "four.tsv"
+    rows = ["\t".join(["id", *LANGUAGES])]
+    rows += ["\t".join([f"s{i}", *(units[i] for units in LANGUAGES.values())]) for i in range(3)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def child(tsv, folder, cache, slow):
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(tsv), str(folder), str(cache), str(slow)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_cache(first: StateStore, second: StateStore):
+    for language in LANGUAGES:
+        for kind in ("nas", "nav", "hidden"):
+            np.testing.assert_array_equal(first.read(language, kind, "weighted"), second.read(language, kind, "weighted"))
+
+
+def test_sigkill_in_the_middle_of_stage_one_resumes_to_the_same_result(tiny_folder, tmp_path):
+    tsv, cache = corpus_file(tmp_path), tmp_path / "cache"
+    process = child(tsv, tiny_folder, cache, slow=1.5)
+    spec = ModelSpec("tiny", str(tiny_folder))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if cache.exists() and any(not p.parts[-3].startswith(".") for p in cache.glob("*/eng_Latn/zarr.json")):
+            break  # the first language is in place; the child is now working on the second
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    store, report = extract_corpus(read_tsv(tsv), spec, cache)
+    statuses = report.status.tolist()
+    assert statuses[0] == "reused" and "written" in statuses and set(statuses) <= {"reused", "written"}
+    fresh, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "fresh")
+    assert_same_cache(store, fresh)
+
+
+def test_two_jobs_writing_one_cache_compute_each_language_once(tiny_folder, tmp_path):
+    tsv, cache = corpus_file(tmp_path), tmp_path / "cache"
+    jobs = [child(tsv, tiny_folder, cache, slow=0.3) for _ in range(2)]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), [err[-2000:] for _, err in outputs]
+    statuses = [out.split() for out, _ in outputs]
+    for index in range(len(LANGUAGES)):
+        assert sorted(s[index] for s in statuses) == ["reused", "written"]
+    spec = ModelSpec("tiny", str(tiny_folder))
+    shared, report = extract_corpus(read_tsv(tsv), spec, cache)
+    assert set(report.status) == {"reused"}
+    fresh, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "fresh")
+    assert_same_cache(shared, fresh)
