@@ -60,7 +60,7 @@ class ParallelCorpus:
         matches = [language for language in self.units if language.split("_")[0] == requested]
         if len(matches) == 1:
             return matches[0]
-        known = self.languages + list(self.source_codes.values())
+        known = list(dict.fromkeys(self.languages + list(self.source_codes.values())))
         close = difflib.get_close_matches(requested, known, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise NeuronXAError(
@@ -164,10 +164,12 @@ def _declaration_folder(path: Path) -> Path:
 
 def _parse_declaration(path: Path) -> _DeclarationParser:
     parser = _DeclarationParser()
+    raw = path.read_bytes()
     try:
-        parser.feed(path.read_text(encoding="utf-8"))
+        parser.feed(raw.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise NeuronXAError(f"{path}: not valid UTF-8 (byte {error.start})") from None
+        line = raw[: error.start].count(b"\n") + 1
+        raise NeuronXAError(f"{path}, line {line}: not valid UTF-8") from None
     return parser
 
 

