@@ -2,6 +2,7 @@
 
 Numpy in, float out, float64 inside. A zero vector has no direction: its cosine similarities are NaN, and
 a NaN pair is never aligned (a NaN off the diagonal does not compete; a NaN on the diagonal is a miss).
+The baselines (CKA, SVCCA, ANC) of representations holding a NaN or an infinity are NaN.
 """
 
 from __future__ import annotations
@@ -60,8 +61,14 @@ def _centred(X: np.ndarray) -> np.ndarray:
     return X - X.mean(axis=0, keepdims=True)
 
 
+def _finite(*arrays: np.ndarray) -> bool:
+    return all(np.isfinite(np.asarray(array, dtype=np.float64)).all() for array in arrays)
+
+
 def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     """Linear CKA (Kornblith et al. 2019) over units, from the units' Gram matrices (cheap when width ≫ units)."""
+    if not _finite(X, Y):
+        return float("nan")
     K = _centred(X) @ _centred(X).T
     L = _centred(Y) @ _centred(Y).T
     denominator = np.linalg.norm(K) * np.linalg.norm(L)
@@ -87,6 +94,8 @@ def canonical_correlations(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def svcca(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> float:
     """SVCCA (Raghu et al. 2017): SVD keeping ``keep`` of the variance, then the mean canonical correlation."""
+    if not _finite(X, Y):
+        return float("nan")
     A, B = _top_directions(X, keep), _top_directions(Y, keep)
     if A.shape[1] == 0 or B.shape[1] == 0:
         return float("nan")
@@ -96,6 +105,8 @@ def svcca(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> float:
 def anc(X: np.ndarray, Y: np.ndarray) -> float:
     """ANC (Del & Fishel 2022): mean over neurons of the Pearson correlation of a neuron across the two
     languages' units; neurons constant in either language have no correlation and are left out."""
+    if not _finite(X, Y):
+        return float("nan")
     Xc, Yc = _centred(X), _centred(Y)
     scale = np.linalg.norm(Xc, axis=0) * np.linalg.norm(Yc, axis=0)
     defined = scale > 0

@@ -150,11 +150,15 @@ def run(cfg: DictConfig, folder: Path) -> None:
         scoring.representations(metric)  # an unknown metric fails before any forward pass
     corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
     corpus.validate(pivot_language(cfg, corpus))
+    results = None
     if cfg.benchmark.source == "standin":
         held_out(cfg, corpus)  # no held-out text: say so before any forward pass
+    else:
+        results = load_benchmarks(cfg, corpus)  # a bad results file fails before any forward pass
     store = stage_one(cfg, corpus)
     scores, summary = stage_two(cfg, corpus, store)
-    results = load_benchmarks(cfg, corpus)
+    if cfg.benchmark.source == "standin":
+        results = load_benchmarks(cfg, corpus)
     correlations = None
     if results is not None:
         correlations = correlate(summary, results, summary["pivot"].iloc[0])

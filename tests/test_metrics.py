@@ -147,3 +147,15 @@ def test_anc_by_hand_and_by_loop():
     expected = np.mean([pearsonr(X[:, k], Y[:, k])[0] for k in range(6) if k != 2])
     assert anc(X, Y) == pytest.approx(expected)
     assert math.isnan(anc(np.ones((4, 3)), Y[:4, :3]))
+
+
+def test_nan_inputs_give_nan_baselines_and_no_alignment_for_the_nan_unit():
+    X, Y = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    Y[:] = X + 0.01 * Y                                       # well aligned ...
+    X[2, 1] = np.nan                                          # ... but unit 2 of the pivot holds a NaN
+    assert weak_alignment(cosine_matrix(X, Y)) == pytest.approx(5 / 6)
+    assert retrieval_accuracy(cosine_matrix(X, Y))["pivot_to_target"] == pytest.approx(5 / 6)
+    for baseline in (linear_cka, svcca, anc):
+        assert math.isnan(baseline(X, Y))
+        assert math.isnan(baseline(np.full((6, 5), np.inf), Y))
+    assert math.isnan(svcca(np.zeros((6, 5)), Y)) and math.isnan(linear_cka(np.zeros((6, 5)), Y))

@@ -106,3 +106,23 @@ def test_truncated_units_are_counted_in_the_output(tiny_folder, tmp_path, capsys
                                                             "tracking.enabled=false"])
     job.run(cfg, tmp_path / "run")
     assert "truncated units: 6 (max_length 3)" in capsys.readouterr().out
+
+
+def test_a_bad_benchmark_file_fails_before_stage_one(tiny_folder, tmp_path, monkeypatch):
+    bad = tmp_path / "bench.csv"
+    bad.write_text("model,benchmark,language,value\nx,xnli,fr,high\n")
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=csv", f"benchmark.path={bad}"])
+    monkeypatch.setattr(job, "stage_one", lambda *a: pytest.fail("stage one started"))
+    with pytest.raises(job.NeuronXAError, match="row 2: value 'high' is not a number"):
+        job.run(cfg, tmp_path / "run")
+
+
+def test_csv_benchmarks_correlate_for_the_runs_model(tiny_folder, tmp_path):
+    results = tmp_path / "bench.csv"
+    results.write_text("model,benchmark,language,value\n"
+                       f"{tiny_folder},xnli,fr,0.5\n{tiny_folder},xnli,en,0.9\nother,xnli,fr,0.1\n")
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=csv", f"benchmark.path={results}",
+                                                                 "metric=nasca", "tracking.enabled=false"])
+    job.run(cfg, tmp_path / "run")
+    row = pd.read_csv(tmp_path / "run" / "correlations.csv").iloc[0]
+    assert row.benchmark == "xnli" and row.n == 1 and "needs 3" in row.note
