@@ -21,7 +21,7 @@ from neuronxa.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError
 from neuronxa.models import ModelSpec, resolve_device, resolve_dtype
 from neuronxa.pooling import POOLINGS, pooling_weights, real_token_mask
-from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of
+from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of, module_paths
 from neuronxa.store import StateStore
 
 
@@ -196,16 +196,18 @@ def extract_corpus(
                 if loaded is None:
                     loaded = models.load(spec, dtype=torch_dtype, device=device, device_map=device_map)
                 source = corpus.source_codes.get(language, language)
+                sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(loaded[0]).items()}
                 if counts_prompt is None:
                     states = pooled_states(*loaded, corpus.texts(language), batch_size=batch_size,
                                            max_length=max_length, skip_bos=skip_bos, progress=True)
                     store.write(language, states, corpus.ids(language), fingerprint, n_tokens=states.n_tokens,
-                                n_truncated=states.n_truncated, source_code=source)
+                                n_truncated=states.n_truncated, source_code=source, sites=sites)
                 else:
                     active, tokens, n_truncated = activation_counts(
                         *loaded, corpus.texts(language), counts_prompt or None, batch_size, max_length, progress=True)
                     store.write_arrays(language, {"active": active}, corpus.ids(language), fingerprint,
-                                       n_tokens_total=tokens, n_truncated=n_truncated, source_code=source)
+                                       n_tokens_total=tokens, n_truncated=n_truncated, source_code=source,
+                                       sites=sites)
         meta = store.metadata(language)
         tokens = meta["n_tokens_total"] if "n_tokens_total" in meta else int(store.n_tokens(language).sum())
         rows.append({

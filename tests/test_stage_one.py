@@ -24,6 +24,7 @@ def test_second_run_reuses_the_cache_without_loading_the_model(tiny_folder, tmp_
     store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
     assert report.status.tolist() == ["written", "written"]
     assert report.units.tolist() == [3, 3]
+    assert store.metadata("fra_Latn")["sites"]["nav"] == "|blocks.{layer}.mlp.hook_post| = layers.{layer}.mlp.down_proj (input)"
 
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model was loaded on a warm cache"))
     again, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
