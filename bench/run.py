@@ -1,0 +1,214 @@
+"""Performance figures of stage one and two, measured in one run on the same model, data and threads.
+
+    python -m bench.run            # the embedded model (Gemma 3 270M) on UDHR
+    python -m bench.run --quick    # a tiny random Llama on the same text, in seconds
+
+Prints a table and writes outputs/bench/latest.json:
+- extract_over_bare: stage one (hooks, pooling, host copy, Zarr write) ÷ a bare forward pass of the decoder
+  stack over the same batches (no hooks, no LM head, no storage)
+- naive_over_extract: the common way (one sentence per call, full model with logits, output_hidden_states,
+  per-token activations copied to the host and pooled there in float32) ÷ stage one, on the same sentences
+- rerun_over_first: a sweep over pooling × metric on a warm cache ÷ the same sweep on a cold one
+- rss_many_over_few: peak memory of stage one on many languages ÷ on few (separate processes)
+- bytes_per_value: cache bytes on disk per stored value (float16 + blosc-zstd + crc32c)
+- stage two for all metrics, split into reading and computing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuronxa import models, scoring
+from neuronxa.corpus import ParallelCorpus, read_udhr
+from neuronxa.extract import _pad, length_batches, model_device, pooled_states, tokenize
+from neuronxa.models import ModelSpec
+from neuronxa.pooling import POOLINGS
+from neuronxa.probes import architecture, decoder_layers, submodule
+from neuronxa.store import StateStore
+
+UDHR = Path("data/udhr/package")
+MANY = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "por_Latn", "ita_Latn", "rus_Cyrl", "pol_Latn", "tur_Latn",
+        "zho_Hans", "jpn_Jpan", "kor_Hang", "arb_Arab", "hin_Deva", "vie_Latn", "ind_Latn", "swh_Latn", "yor_Latn",
+        "amh_Ethi", "quy_Latn", "nld_Latn", "swe_Latn", "dan_Latn", "fin_Latn", "hun_Latn", "ces_Latn", "ron_Latn",
+        "bul_Cyrl", "ukr_Cyrl", "ell_Grek", "heb_Hebr", "tha_Thai", "ben_Beng", "tam_Taml", "urd_Arab", "kat_Geor",
+        "hye_Armn", "zul_Latn", "hau_Latn", "cat_Latn"]
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def bare_forward(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> float:
+    """Seconds for the decoder stack alone over the same length-sorted, right-padded batches."""
+    token_ids, _ = tokenize(tokenizer, texts, max_length)
+    device = model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in length_batches([len(ids) for ids in token_ids], batch_size):
+            ids, attention = _pad([token_ids[i] for i in batch], pad, device)
+            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
+    return time.perf_counter() - start
+
+
+def naive_extraction(model, tokenizer, texts: list[str], max_length: int) -> float:
+    """Seconds for the common way: a sentence per call, logits, hidden states and activations on the host."""
+    captured = {}
+    hooks = []
+    arch = architecture(model)
+    for index, layer in enumerate(decoder_layers(model)):
+        ffn = submodule(layer, arch.ffn)
+        hooks.append(submodule(ffn, arch.act).register_forward_hook(
+            lambda m, i, o, index=index: captured.__setitem__(("a", index), o.float().cpu().numpy())))
+        hooks.append(submodule(ffn, arch.down).register_forward_pre_hook(
+            lambda m, i, index=index: captured.__setitem__(("z", index), i[0].float().cpu().numpy())))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
+            output = model(**{k: v.to(model_device(model)) for k, v in ids.items()}, output_hidden_states=True)
+            hidden = [h[0].float().cpu().numpy() for h in output.hidden_states[1:]]
+            n = hidden[0].shape[0]
+            weights = np.arange(1, n + 1) / (n * (n + 1) / 2)
+            for layer in range(len(hidden)):
+                a, z = captured["a", layer][0], captured["z", layer][0]
+                for states in ((a > 0).astype(np.float32), np.abs(z), hidden[layer]):
+                    (weights @ states, states.mean(axis=0), states[-1])
+    for hook in hooks:
+        hook.remove()
+    return time.perf_counter() - start
+
+
+def stage_one_only(model, tokenizer, corpus: ParallelCorpus, folder: Path, batch_size: int, max_length: int) -> float:
+    """Seconds of stage one's own work with the model in memory: extraction and the cache write."""
+    store = StateStore(folder, {"model": "bench", "corpus": corpus.name})
+    start = time.perf_counter()
+    for language in corpus.languages:
+        states = pooled_states(model, tokenizer, corpus.texts(language), POOLINGS, batch_size, max_length)
+        store.write(language, states, corpus.ids(language), corpus.fingerprint(language), n_tokens=states.n_tokens,
+                    n_truncated=states.n_truncated)
+    return time.perf_counter() - start
+
+
+def peak_rss_of_stage_one(spec: ModelSpec, languages: list[str], units: int, cache: Path) -> float:
+    """Peak resident memory (MiB) of a separate process that runs stage one over the given languages."""
+    code = (
+        "import resource, sys; from neuronxa.corpus import read_udhr; from neuronxa.extract import extract_corpus;"
+        "from neuronxa.models import ModelSpec;"
+        f"c = read_udhr({str(UDHR)!r}, {languages!r}).subset(max_units={units});"
+        f"extract_corpus(c, ModelSpec(**{spec.__dict__!r}), {str(cache)!r});"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def sweep_seconds(spec_cfg: list[str], cache: Path) -> float:
+    """Seconds of `python -m neuronxa.run -m pooling=... metric=...` (no tracking, no benchmark)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *spec_cfg, "pooling=weighted,mean,last",
+                    "metric=nasca,mexa", "benchmark=none", "tracking.enabled=false", f"cache.dir={cache}",
+                    f"hydra.sweep.dir={cache.parent / 'sweep'}"], capture_output=True, text=True, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny random Llama instead of Gemma 3 270M")
+    parser.add_argument("--units", type=int, default=24, help="UDHR articles per language")
+    parser.add_argument("--languages", type=int, default=8, help="languages timed for the ratios")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="neuronxa-bench-"))
+    if args.quick:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        folder = work / "tiny-llama"
+        config = LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=262144)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(models.converted_folder(models.model_spec("gemma3_270m"))).save_pretrained(
+            folder)  # a real multilingual tokenizer
+        spec = ModelSpec("bench-tiny-llama", str(folder))
+        spec_cfg = ["model=hf", f"model.name_or_path={folder}"]
+    else:
+        spec = models.model_spec("gemma3_270m")
+        spec_cfg = ["model=gemma3_270m"]
+    model, tokenizer = models.load(spec, dtype="float32", device="cpu")
+    corpus = read_udhr(UDHR, MANY[: args.languages]).subset(max_units=args.units)
+    texts = [text for language in corpus.languages for text in corpus.texts(language)]
+    tokens = sum(len(ids) for ids in tokenize(tokenizer, texts, 512)[0])
+    figures: dict[str, float | str] = {"model": spec.name, "threads": torch.get_num_threads(),
+                                       "languages": len(corpus.languages), "units": len(texts), "tokens": tokens}
+
+    bare_forward(model, tokenizer, texts[:16], args.batch_size, 512)  # warm-up
+    bare = min(bare_forward(model, tokenizer, texts, args.batch_size, 512) for _ in range(2))
+    ours = min(stage_one_only(model, tokenizer, corpus, work / f"cache{i}", args.batch_size, 512) for i in range(2))
+    figures.update(bare_seconds=bare, stage_one_seconds=ours, extract_over_bare=ours / bare,
+                   tokens_per_second_stage_one=tokens / ours, tokens_per_second_bare=tokens / bare)
+
+    sample = corpus.subset(corpus.languages[:2])
+    sample_texts = [t for language in sample.languages for t in sample.texts(language)]
+    naive = naive_extraction(model, tokenizer, sample_texts, 512)
+    ours_sample = stage_one_only(model, tokenizer, sample, work / "cache-sample", args.batch_size, 512)
+    figures.update(naive_seconds=naive, stage_one_sample_seconds=ours_sample, naive_over_extract=naive / ours_sample)
+
+    store = StateStore(work / "cache0", {"model": "bench", "corpus": corpus.name})
+    values = sum(np.prod(store._group(lang)[f"{k}/{p}"].shape) for lang in corpus.languages
+                 for k in ("nas", "nav", "hidden") for p in POOLINGS)
+    size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    figures.update(bytes_per_value=size / values, compressor="float16 + blosc zstd-3 bitshuffle + crc32c")
+
+    read, _ = timed(lambda: [store.read(lang, k, "weighted") for lang in corpus.languages
+                             for k in ("nas", "nav", "hidden")])
+    total, _ = timed(scoring.score, store, list(scoring.METRICS), "weighted", corpus.languages[0], progress=False)
+    figures.update(stage_two_seconds=total, stage_two_read_seconds=read, stage_two_compute_seconds=total - read)
+
+    cache = work / "sweep-cache"
+    first = sweep_seconds(spec_cfg + [f"dataset.languages=[{','.join(corpus.languages)}]",
+                                      f"dataset.max_units={args.units}"], cache)
+    second = sweep_seconds(spec_cfg + [f"dataset.languages=[{','.join(corpus.languages)}]",
+                                       f"dataset.max_units={args.units}"], cache)
+    figures.update(sweep_first_seconds=first, sweep_rerun_seconds=second, rerun_over_first=second / first)
+
+    few = peak_rss_of_stage_one(spec, MANY[:4], 8, work / "rss-few")
+    many = peak_rss_of_stage_one(spec, MANY[:40], 8, work / "rss-many")
+    figures.update(rss_few_mib=few, rss_many_mib=many, rss_many_over_few=many / few)
+
+    targets = {"extract_over_bare": ("<=", 1.10), "naive_over_extract": (">=", 4), "rerun_over_first": ("<=", 0.05),
+               "rss_many_over_few": ("<=", 1.2)}
+    print(f"\n{spec.name}: {len(texts)} units, {tokens} tokens, {torch.get_num_threads()} threads")
+    for name, value in figures.items():
+        target = targets.get(name)
+        verdict = ""
+        if target:
+            met = value <= target[1] if target[0] == "<=" else value >= target[1]
+            verdict = f"   target {target[0]} {target[1]}: {'met' if met else 'NOT met'}"
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        print(f"  {name:<30} {shown}{verdict}")
+    out = Path(os.environ.get("NEURONXA_OUTPUTS", "outputs")) / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ("quick.json" if args.quick else "latest.json")).write_text(json.dumps(figures, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"written: {out / ('quick.json' if args.quick else 'latest.json')}")
+
+
+if __name__ == "__main__":
+    main()
