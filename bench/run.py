@@ -32,7 +32,7 @@ import torch
 
 from neuronxa import models, scoring
 from neuronxa.corpus import ParallelCorpus, read_udhr
-from neuronxa.extract import _pad, length_batches, model_device, pooled_states, tokenize
+from neuronxa.extract import _pad, extract_languages, language_groups, length_batches, model_device, tokenize
 from neuronxa.models import ModelSpec
 from neuronxa.pooling import POOLINGS
 from neuronxa.probes import architecture, decoder_layers, submodule
@@ -53,7 +53,8 @@ def timed(function, *args, **kwargs):
 
 
 def bare_forward(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> float:
-    """Seconds for the decoder stack alone over the same length-sorted, right-padded batches."""
+    """Seconds for the decoder stack alone over the same length-sorted, right-padded batches as stage one
+    (one group of languages: all their units sorted together)."""
     token_ids, _ = tokenize(tokenizer, texts, max_length)
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -93,14 +94,14 @@ def naive_extraction(model, tokenizer, texts: list[str], max_length: int) -> flo
     return time.perf_counter() - start
 
 
-def stage_one_only(model, tokenizer, corpus: ParallelCorpus, folder: Path, batch_size: int, max_length: int) -> float:
-    """Seconds of stage one's own work with the model in memory: extraction and the cache write."""
+def stage_one_only(model, tokenizer, corpus: ParallelCorpus, folder: Path, batch_size: int, max_length: int,
+                   group_units: int = 256) -> float:
+    """Seconds of stage one's own work with the model in memory: extraction and the cache writes."""
     store = StateStore(folder, {"model": "bench", "corpus": corpus.name})
+    units = {language: len(corpus.units[language]) for language in corpus.languages}
     start = time.perf_counter()
-    for language in corpus.languages:
-        states = pooled_states(model, tokenizer, corpus.texts(language), POOLINGS, batch_size, max_length)
-        store.write(language, states, corpus.ids(language), corpus.fingerprint(language), n_tokens=states.n_tokens,
-                    n_truncated=states.n_truncated)
+    for group in language_groups(corpus.languages, units, group_units):
+        extract_languages(store, corpus, group, (model, tokenizer), {}, None, batch_size, max_length, False)
     return time.perf_counter() - start
 
 
@@ -161,7 +162,9 @@ def main() -> None:
     bare_forward(model, tokenizer, texts[:16], args.batch_size, 512)  # warm-up
     bare = min(bare_forward(model, tokenizer, texts, args.batch_size, 512) for _ in range(2))
     ours = min(stage_one_only(model, tokenizer, corpus, work / f"cache{i}", args.batch_size, 512) for i in range(2))
+    one_by_one = stage_one_only(model, tokenizer, corpus, work / "cache-per-language", args.batch_size, 512, 1)
     figures.update(bare_seconds=bare, stage_one_seconds=ours, extract_over_bare=ours / bare,
+                   stage_one_per_language_seconds=one_by_one,
                    tokens_per_second_stage_one=tokens / ours, tokens_per_second_bare=tokens / bare)
 
     sample = corpus.subset(corpus.languages[:2])

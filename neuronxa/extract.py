@@ -8,6 +8,7 @@ the probes pooling on the device.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,12 @@ from neuronxa.store import StateStore
 class PooledStates(dict):
     """``states[kind][pooling]``: float32 array (layers, sentences, width); with token counts per sentence."""
 
-    def __init__(self, arrays: dict, n_tokens: np.ndarray, n_truncated: int) -> None:
+    def __init__(self, arrays: dict, n_tokens: np.ndarray, n_truncated: int,
+                 truncated: np.ndarray | None = None) -> None:
         super().__init__(arrays)
         self.n_tokens = n_tokens
         self.n_truncated = n_truncated
+        self.n_truncated_each = truncated if truncated is not None else np.zeros(len(n_tokens), dtype=bool)
 
 
 def check_max_length(max_length: int) -> None:
@@ -41,10 +44,15 @@ def check_max_length(max_length: int) -> None:
 
 def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], int]:
     """Token ids per sentence (with the tokenizer's special tokens), cut at ``max_length``; and how many were cut."""
+    token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
+    return token_ids, int(cut.sum())
+
+
+def tokenize_each(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per sentence, cut at ``max_length``, and for each sentence whether it was cut."""
     check_max_length(max_length)
     encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
-    n_truncated = sum(len(ids) > max_length for ids in encoded)
-    return [ids[:max_length] for ids in encoded], n_truncated
+    return [ids[:max_length] for ids in encoded], np.array([len(ids) > max_length for ids in encoded], dtype=bool)
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -87,7 +95,7 @@ def pooled_states(
     """
     if batch_size < 1:
         raise NeuronXAError(f"batch_size must be at least 1, not {batch_size}")
-    token_ids, n_truncated = tokenize(tokenizer, sentences, max_length)
+    token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
     probe = PoolingProbe(model, kinds)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -106,7 +114,7 @@ def pooled_states(
                         arrays[kind][pooling] = np.zeros((pooled.shape[0], len(sentences), pooled.shape[3]), np.float32)
                     arrays[kind][pooling][:, batch, :] = pooled[:, p]
     n_tokens = np.array([len(ids) for ids in token_ids], dtype=np.int32)
-    return PooledStates(arrays, n_tokens, n_truncated)
+    return PooledStates(arrays, n_tokens, int(cut.sum()), cut)
 
 
 def activation_counts(
@@ -153,6 +161,28 @@ def forward_key(identity: dict, corpus_name: str, max_units: int | None, max_len
             "dtype": dtype, "skip_bos": skip_bos, "sites": SITE_NAMES}
 
 
+def language_groups(languages: list[str], units: dict[str, int], group_units: int) -> list[list[str]]:
+    """Consecutive languages packed into groups of at most ``group_units`` units (a larger language alone)."""
+    groups: list[list[str]] = []
+    size = 0
+    for language in languages:
+        if groups and size + units[language] <= group_units:
+            groups[-1].append(language)
+            size += units[language]
+        else:
+            groups.append([language])
+            size = units[language]
+    return groups
+
+
+def split_states(states: PooledStates, sizes: list[int]) -> list[PooledStates]:
+    """Pooled states of concatenated sentences, split back into consecutive parts of the given sizes."""
+    bounds = np.cumsum([0, *sizes])
+    return [PooledStates({kind: {p: a[:, lo:hi] for p, a in by.items()} for kind, by in states.items()},
+                         states.n_tokens[lo:hi], int(states.n_truncated_each[lo:hi].sum()))
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
 def extract_corpus(
     corpus: ParallelCorpus,
     spec: ModelSpec,
@@ -165,13 +195,17 @@ def extract_corpus(
     device_map: str | None = None,
     skip_bos: bool = False,
     counts_prompt: str | None = None,
+    group_units: int = 256,
 ) -> tuple[StateStore, pd.DataFrame]:
     """Stage one: cache pooled states for every language of ``corpus``, reusing complete entries.
 
-    With ``counts_prompt`` set (``""`` for none), the cached product is instead each neuron's count of
-    active tokens per language (``active``, layers × neurons), for the language-neuron analysis.
-    The model is loaded only when some language is missing; each language is computed under a lock, so
-    concurrent jobs sharing the cache compute it once. Returns the store and a report row per language.
+    Languages to compute are packed into groups of up to ``group_units`` units whose sentences are batched
+    together by length (far less padding than one language at a time), then written language by language;
+    memory is bounded by the group, not the corpus. With ``counts_prompt`` set (``""`` for none), the cached
+    product is instead each neuron's count of active tokens per language (``active``, layers × neurons),
+    computed one language at a time. The model is loaded only when some language is missing; languages are
+    computed under per-language locks, so concurrent jobs sharing the cache compute each once. Returns the
+    store and a report row per language (a group's seconds are shared out by tokens).
     """
     check_max_length(max_length)
     device = resolve_device(device)
@@ -180,41 +214,64 @@ def extract_corpus(
     key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
     if counts_prompt is not None:
         key = {**key, "product": "activation_counts", "prompt": counts_prompt}
+        group_units = 1
     store = StateStore(cache_dir, key)
     locks = Path(cache_dir) / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     loaded = None
-    rows = []
-    bar = tqdm(corpus.languages, desc=f"stage one: {spec.name}", unit="language")
-    for language in bar:
-        bar.set_postfix_str(language)
-        fingerprint = corpus.fingerprint(language)
+    seconds: dict[str, float] = {}
+    units = {language: len(corpus.units[language]) for language in corpus.languages}
+    status = {lang: store.status(lang, corpus.fingerprint(lang)) for lang in corpus.languages}
+    pending = [language for language in corpus.languages if status[language] != "complete"]
+    seconds.update({language: 0.0 for language in corpus.languages if language not in pending})
+    bar = tqdm(total=len(pending), desc=f"stage one: {spec.name}", unit="language", disable=not pending)
+    for group in language_groups(pending, units, group_units):
+        bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
         started = time.perf_counter()
-        with FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")):
-            status = store.status(language, fingerprint)
-            if status != "complete":
-                if loaded is None:
-                    loaded = models.load(spec, dtype=torch_dtype, device=device, device_map=device_map)
-                source = corpus.source_codes.get(language, language)
+        with ExitStack() as held:
+            for language in sorted(group):  # one global order: overlapping groups cannot deadlock
+                held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
+            status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})  # under the lock
+            todo = [language for language in group if status[language] != "complete"]
+            if todo and loaded is None:
+                loaded = models.load(spec, dtype=torch_dtype, device=device, device_map=device_map)
+            if todo:
                 sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(loaded[0]).items()}
-                if counts_prompt is None:
-                    states = pooled_states(*loaded, corpus.texts(language), batch_size=batch_size,
-                                           max_length=max_length, skip_bos=skip_bos, progress=True)
-                    store.write(language, states, corpus.ids(language), fingerprint, n_tokens=states.n_tokens,
-                                n_truncated=states.n_truncated, source_code=source, sites=sites)
-                else:
-                    active, tokens, n_truncated = activation_counts(
-                        *loaded, corpus.texts(language), counts_prompt or None, batch_size, max_length, progress=True)
-                    store.write_arrays(language, {"active": active}, corpus.ids(language), fingerprint,
-                                       n_tokens_total=tokens, n_truncated=n_truncated, source_code=source,
-                                       sites=sites)
+                extract_languages(store, corpus, todo, loaded, sites, counts_prompt, batch_size, max_length, skip_bos)
+        elapsed = time.perf_counter() - started
+        group_tokens = {language: store.n_tokens_total(language) for language in group}
+        for language in group:
+            seconds[language] = elapsed * group_tokens[language] / max(sum(group_tokens.values()), 1)
+        bar.update(len(group))
+    bar.close()
+    rows = []
+    for language in corpus.languages:
         meta = store.metadata(language)
-        tokens = meta["n_tokens_total"] if "n_tokens_total" in meta else int(store.n_tokens(language).sum())
         rows.append({
             "language": language, "source": meta.get("source_code"), "units": len(meta["ids"]),
-            "tokens": tokens, "truncated": meta["n_truncated"],
+            "tokens": store.n_tokens_total(language), "truncated": meta["n_truncated"],
             "status": {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)",
-                       "corrupt": "rewritten (corrupt entry)"}[status],
-            "seconds": round(time.perf_counter() - started, 2),
+                       "corrupt": "rewritten (corrupt entry)"}[status[language]],
+            "seconds": round(seconds[language], 2),
         })
     return store, pd.DataFrame(rows)
+
+
+def extract_languages(store: StateStore, corpus: ParallelCorpus, languages: list[str], loaded, sites: dict,
+                       counts_prompt: str | None, batch_size: int, max_length: int, skip_bos: bool) -> None:
+    """Stage one's work for some languages: one batched pass over all their units, one entry per language."""
+    meta = {language: {"source_code": corpus.source_codes.get(language, language), "sites": sites}
+            for language in languages}
+    if counts_prompt is not None:
+        for language in languages:
+            active, tokens, n_truncated = activation_counts(
+                *loaded, corpus.texts(language), counts_prompt or None, batch_size, max_length, progress=True)
+            store.write_arrays(language, {"active": active}, corpus.ids(language), corpus.fingerprint(language),
+                               n_tokens_total=tokens, n_truncated=n_truncated, **meta[language])
+        return
+    texts = [text for language in languages for text in corpus.texts(language)]
+    states = pooled_states(*loaded, texts, batch_size=batch_size, max_length=max_length, skip_bos=skip_bos,
+                           progress=True)
+    for language, part in zip(languages, split_states(states, [len(corpus.units[lang]) for lang in languages])):
+        store.write(language, part, corpus.ids(language), corpus.fingerprint(language), n_tokens=part.n_tokens,
+                    n_truncated=part.n_truncated, **meta[language])

@@ -41,13 +41,16 @@ def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
         raise NeuronXAError(f"score.pivot: {error} Set score.pivot to one of the corpus languages.") from None
 
 
-def stage_one(cfg: DictConfig, corpus: ParallelCorpus) -> StateStore:
-    """Cache pooled states for the configured model and corpus; print what was written or reused."""
+def cached(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
+           counts_prompt: str | None = None) -> StateStore:
+    """Stage one for ``model``: pooled states (or, with ``counts_prompt``, activation counts), reusing the
+    cache; prints what was written or reused."""
     store, report = extract_corpus(
-        corpus, spec_from_config(cfg.model), cfg.cache.dir,
+        corpus, spec_from_config(model), cfg.cache.dir,
         max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
-        batch_size=cfg.extract.batch_size, dtype=cfg.model.dtype, device=cfg.model.device,
-        device_map=cfg.model.get("device_map"), skip_bos=cfg.pooling.skip_bos,
+        batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
+        device_map=model.get("device_map"), skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt,
+        group_units=cfg.extract.group_units,
     )
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(report.to_string(index=False))
@@ -73,7 +76,7 @@ def model_name(cfg: DictConfig) -> str:
 
 
 def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
-    """Per language, the corpus units after ``dataset.max_units`` (read by the stand-in and deactivation)."""
+    """Per language, the corpus units after ``dataset.max_units`` (what the stand-in benchmark reads)."""
     return benchmarks.held_out_texts(load_corpus(cfg.dataset), corpus, cfg.benchmark.get("units"))
 
 
@@ -155,7 +158,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
         held_out(cfg, corpus)  # no held-out text: say so before any forward pass
     else:
         results = load_benchmarks(cfg, corpus)  # a bad results file fails before any forward pass
-    store = stage_one(cfg, corpus)
+    store = cached(cfg, cfg.model, corpus)
     scores, summary = stage_two(cfg, corpus, store)
     if cfg.benchmark.source == "standin":
         results = load_benchmarks(cfg, corpus)
@@ -199,12 +202,7 @@ def log(cfg: DictConfig, run_name: str, tags: dict[str, str], values: dict[str, 
 
 def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tuple[pd.DataFrame, int]:
     """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
-    store, report = extract_corpus(
-        corpus, spec_from_config(model), cfg.cache.dir, max_units=cfg.dataset.get("max_units"),
-        max_length=cfg.extract.max_length, batch_size=cfg.extract.batch_size, dtype=model.dtype,
-        device=model.device, device_map=model.get("device_map"), counts_prompt=cfg.task.prompt or "",
-    )
-    print(report.to_string(index=False))
+    store = cached(cfg, model, corpus, counts_prompt=cfg.task.prompt or "")
     active = [store.array(language, "active") for language in corpus.languages]
     prob = neurons.probabilities(active, [store.metadata(lang)["n_tokens_total"] for lang in corpus.languages])
     found = neurons.identify(prob, cfg.task.method, cfg.task.top_rate, cfg.task.filter_rate, cfg.task.bar_rate,

@@ -177,6 +177,11 @@ class StateStore:
         """Tokens per unit (after truncation, BOS included)."""
         return self.array(language, "n_tokens")
 
+    def n_tokens_total(self, language: str) -> int:
+        """Tokens the entry was computed from (counted tokens for activation counts)."""
+        meta = self.metadata(language)
+        return int(meta["n_tokens_total"]) if "n_tokens_total" in meta else int(self.n_tokens(language).sum())
+
     def array(self, language: str, name: str) -> np.ndarray:
         """A stored array as it was written (e.g. ``n_tokens``, ``active``)."""
         return self._checked(language, name)

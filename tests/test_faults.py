@@ -35,7 +35,8 @@ CHILD = textwrap.dedent("""
         time.sleep(slow)
         return real(*args, **kwargs)
     extract.pooled_states = paced
-    store, report = extract.extract_corpus(read_tsv(sys.argv[1]), ModelSpec("tiny", sys.argv[2]), sys.argv[3])
+    store, report = extract.extract_corpus(read_tsv(sys.argv[1]), ModelSpec("tiny", sys.argv[2]), sys.argv[3],
+                                           group_units=int(sys.argv[5]))
     print(" ".join(report.status), flush=True)
 """)
 
@@ -48,8 +49,10 @@ def corpus_file(tmp_path):
     return path
 
 
-def child(tsv, folder, cache, slow):
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(tsv), str(folder), str(cache), str(slow)], cwd=ROOT,
+def child(tsv, folder, cache, slow, group_units=3):
+    """Stage one in a separate process, one language per group (3 units each) unless told otherwise."""
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(tsv), str(folder), str(cache), str(slow),
+                             str(group_units)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

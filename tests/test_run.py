@@ -96,7 +96,7 @@ def test_unreachable_tracking_server_fails_before_stage_one(tiny_folder, tmp_pat
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]          # closed once the block ends: nothing listens there
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"tracking.uri=http://127.0.0.1:{port}"])
-    monkeypatch.setattr(job, "stage_one", lambda *a: pytest.fail("stage one started"))
+    monkeypatch.setattr(job, "cached", lambda *a, **k: pytest.fail("stage one started"))
     with pytest.raises(job.NeuronXAError, match=f"MLflow server http://127.0.0.1:{port} is unreachable"):
         job.run(cfg, tmp_path / "run")
 
@@ -112,7 +112,7 @@ def test_a_bad_benchmark_file_fails_before_stage_one(tiny_folder, tmp_path, monk
     bad = tmp_path / "bench.csv"
     bad.write_text("model,benchmark,language,value\nx,xnli,fr,high\n")
     cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=csv", f"benchmark.path={bad}"])
-    monkeypatch.setattr(job, "stage_one", lambda *a: pytest.fail("stage one started"))
+    monkeypatch.setattr(job, "cached", lambda *a, **k: pytest.fail("stage one started"))
     with pytest.raises(job.NeuronXAError, match="row 2: value 'high' is not a number"):
         job.run(cfg, tmp_path / "run")
 

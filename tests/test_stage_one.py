@@ -9,7 +9,7 @@ import pytest
 from neuronxa import extract, models
 from neuronxa.corpus import read_tsv, read_udhr
 from neuronxa.errors import NeuronXAError
-from neuronxa.extract import extract_corpus, pooled_states
+from neuronxa.extract import extract_corpus, language_groups, pooled_states
 from neuronxa.models import ModelSpec
 
 from conftest import FIXTURES, ROOT, UDHR
@@ -39,6 +39,25 @@ def test_cached_states_equal_a_direct_extraction(tiny_folder, tmp_path):
         for pooling in ("weighted", "mean", "last"):
             np.testing.assert_allclose(store.read("fra_Latn", kind, pooling), direct[kind][pooling],
                                        rtol=2e-3, atol=2e-3)  # stored in half precision
+
+
+def test_languages_batched_together_equal_one_language_at_a_time(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    together, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "together", batch_size=4)
+    alone, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "alone", batch_size=4, group_units=1)
+    assert report.seconds.sum() > 0
+    for language in corpus.languages:
+        assert together.ids(language) == alone.ids(language)
+        np.testing.assert_array_equal(together.n_tokens(language), alone.n_tokens(language))
+        for kind in ("nas", "nav", "hidden"):
+            for pooling in ("weighted", "mean", "last"):
+                np.testing.assert_allclose(together.read(language, kind, pooling), alone.read(language, kind, pooling),
+                                           rtol=2e-3, atol=2e-3)
+
+
+def test_language_groups_pack_consecutive_languages():
+    assert language_groups(["a", "b", "c", "d"], {"a": 100, "b": 150, "c": 300, "d": 10}, 256) == [
+        ["a", "b"], ["c"], ["d"]]
 
 
 def test_changed_text_is_recomputed_never_reused(tiny_folder, tmp_path):
@@ -82,7 +101,7 @@ def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, m
 
     monkeypatch.setattr(extract, "pooled_states", failing_second)
     with pytest.raises(KeyboardInterrupt):
-        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
     monkeypatch.setattr(extract, "pooled_states", real)
     store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
     assert report.status.tolist() == ["reused", "written"]
