@@ -14,7 +14,7 @@ OUTPUTS ?= outputs
 
 REPRODUCIBLE := $(addprefix reproduce-,table1 table2 table3 table4 fig2)
 
-.PHONY: help install run test test-quick neurons ui $(REPRODUCIBLE)
+.PHONY: help install run test test-quick neurons bench bench-quick ui $(REPRODUCIBLE)
 
 help: ## Show the targets
 	@grep -hE '^[^ :]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(REPRODUCIBLE): reproduce-%/reproduce-TABLE/' | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ test-quick: install ## Unit tests only
 
 neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
+
+bench: install ## Performance figures in one run (stage one vs bare forward and the naive way, sweeps, memory) -> outputs/bench/latest.json
+	$(PY) -m bench.run $(ARGS)
+
+bench-quick: install ## The same on a tiny random model, in about a minute
+	$(PY) -m bench.run --quick $(ARGS)
 
 ui: install ## Browse every logged run in the MLflow UI (http://127.0.0.1:5000)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --default-artifact-root $(OUTPUTS)/mlartifacts

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from neuronxa.errors import NeuronXAError
 
@@ -70,7 +72,16 @@ def log_run(
     artifacts: list[Path],
     artifact_root: Path = Path("outputs/mlartifacts"),
 ) -> str:
-    """Log one run: params, tags, single values, (name, value, step) series and artifact files; returns its id."""
+    """Log one run: params, tags, single values, (name, value, step) series and artifact files; returns its id.
+
+    Parallel jobs of a sweep logging to one local SQLite store take turns (a file lock), so that none of them
+    races another to create the store's tables."""
+    lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
+    with lock:
+        return _log_run(uri, experiment, run_name, params, tags, values, series, artifacts, artifact_root)
+
+
+def _log_run(uri, experiment, run_name, params, tags, values, series, artifacts, artifact_root) -> str:
     import mlflow
     from mlflow.entities import Metric
 

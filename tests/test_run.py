@@ -126,3 +126,16 @@ def test_csv_benchmarks_correlate_for_the_runs_model(tiny_folder, tmp_path):
     job.run(cfg, tmp_path / "run")
     row = pd.read_csv(tmp_path / "run" / "correlations.csv").iloc[0]
     assert row.benchmark == "xnli" and row.n == 1 and "needs 3" in row.note
+
+
+@pytest.mark.slow
+def test_sweep_through_the_submitit_launcher(tiny_folder, tmp_path):
+    overrides = tiny_overrides(tiny_folder, tmp_path) + ["hydra/launcher=local", "metric=nasca,mexa",
+                                                         "tracking.experiment=submitit",
+                                                         f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "submitit")) == 2
+    logs = "".join(p.read_text() for p in (tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
+    assert logs.count("stage one: 2 written") + logs.count("stage one: 2 reused") == 2
