@@ -20,6 +20,15 @@ def tiny_overrides(tiny_folder, tmp_path):
             f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none"]
 
 
+def multirun(overrides, tmp_path, experiment):
+    """A sweep through the command line; returns its stdout and the runs it logged to ``experiment``."""
+    result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides, f"tracking.experiment={experiment}",
+                             f"hydra.sweep.dir={tmp_path / 'multirun'}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", experiment)
+
+
 def composed(overrides):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -55,15 +64,10 @@ def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
 
 @pytest.mark.integration
 def test_sweep_runs_each_forward_pass_once_and_fills_one_experiment(tiny_folder, tmp_path):
-    overrides = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca,mexa", "pooling=weighted,mean",
-                                                         "tracking.experiment=sweep",
-                                                         f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("stage one: 2 written") == 1
-    assert result.stdout.count("stage one: 2 reused") == 3
-    logged = runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "sweep")
+    overrides = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca,mexa", "pooling=weighted,mean"]
+    stdout, logged = multirun(overrides, tmp_path, "sweep")
+    assert stdout.count("stage one: 2 written") == 1
+    assert stdout.count("stage one: 2 reused") == 3
     assert len(logged) == 4
     assert set(zip(logged["params.pooling.name"], logged["params.metric.name"])) == {
         ("weighted", "nasca"), ("weighted", "mexa"), ("mean", "nasca"), ("mean", "mexa")}
@@ -130,12 +134,8 @@ def test_csv_benchmarks_correlate_for_the_runs_model(tiny_folder, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_through_the_submitit_launcher(tiny_folder, tmp_path):
-    overrides = tiny_overrides(tiny_folder, tmp_path) + ["hydra/launcher=local", "metric=nasca,mexa",
-                                                         "tracking.experiment=submitit",
-                                                         f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "submitit")) == 2
+    overrides = tiny_overrides(tiny_folder, tmp_path) + ["hydra/launcher=local", "metric=nasca,mexa"]
+    _, logged = multirun(overrides, tmp_path, "submitit")
+    assert len(logged) == 2
     logs = "".join(p.read_text() for p in (tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
     assert logs.count("stage one: 2 written") + logs.count("stage one: 2 reused") == 2
