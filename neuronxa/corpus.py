@@ -14,6 +14,7 @@ import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -163,6 +164,12 @@ def _declaration_folder(path: Path) -> Path:
 
 
 def _parse_declaration(path: Path) -> _DeclarationParser:
+    """A declaration's parsed paragraphs, parsed once per file version (sweep jobs share a process)."""
+    return _parse_file(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=2048)
+def _parse_file(path: Path, mtime_ns: int) -> _DeclarationParser:
     parser = _DeclarationParser()
     raw = path.read_bytes()
     try:

@@ -1,5 +1,7 @@
 """Corpus readers on small fixtures in each source's real format, and language-code normalisation."""
 
+import os
+
 import pytest
 
 from neuronxa.corpus import read_corpus, read_flores, read_jsonl, read_tatoeba, read_tsv, read_udhr
@@ -163,3 +165,15 @@ def test_ragged_tsv_and_bad_jsonl_name_the_line(tmp_path):
     path.write_text('{"eng_Latn": "a", "fra_Latn": "b"}\n{"eng_Latn": "c", \n')
     with pytest.raises(NeuronXAError, match="line 2: not valid JSON"):
         read_jsonl(path)
+
+
+def test_an_edited_declaration_is_parsed_again(tmp_path):
+    folder = tmp_path / "declaration"
+    folder.mkdir()
+    for name in ("eng.html", "fra.html"):
+        (folder / name).write_bytes((FIXTURES / "udhr" / "declaration" / name).read_bytes())
+    assert read_udhr(tmp_path).units["fra_Latn"]["1"].startswith("Tous")
+    page = folder / "fra.html"
+    page.write_text(page.read_text().replace("Tous les", "Chacun des"))
+    os.utime(page, ns=(page.stat().st_atime_ns, page.stat().st_mtime_ns + 10**9))
+    assert read_udhr(tmp_path).units["fra_Latn"]["1"].startswith("Chacun des")
