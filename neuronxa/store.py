@@ -53,6 +53,7 @@ class StateStore:
         self.key = {"format": FORMAT_VERSION, **key}
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
         self.path = self.root / f"{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
+        self._verified: dict[str, zarr.Group] = {}  # entries checked once, then read without re-checking
 
     def _ensure_root(self) -> None:
         if not self._root_matches():
@@ -117,6 +118,7 @@ class StateStore:
                      **metadata) -> None:
         """Write named arrays of one language atomically (one chunk per index of the first axis)."""
         self._ensure_root()
+        self._verified.pop(language, None)
         staging = self.root / ".staging" / f"{self.digest[:16]}-{language}-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
@@ -154,9 +156,12 @@ class StateStore:
         return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
 
     def _group(self, language: str) -> zarr.Group:
-        if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
-            raise NeuronXAError(f"no complete cached states for {language} in {self.path}: run stage one first")
-        return zarr.open_group(self.path / language, mode="r")
+        """The entry's group, verified (key, completeness, chunks) on first use by this store object."""
+        if language not in self._verified:
+            if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
+                raise NeuronXAError(f"no complete cached states for {language} in {self.path}: run stage one first")
+            self._verified[language] = zarr.open_group(self.path / language, mode="r")
+        return self._verified[language]
 
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
         """Pooled states as float32: (layers, units, width), or (units, width) for one layer; read lazily."""
