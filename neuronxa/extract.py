@@ -29,12 +29,14 @@ from neuronxa.store import StateStore
 class PooledStates(dict):
     """``states[kind][pooling]``: float32 array (layers, sentences, width); with token counts per sentence."""
 
-    def __init__(self, arrays: dict, n_tokens: np.ndarray, n_truncated: int,
-                 truncated: np.ndarray | None = None) -> None:
+    def __init__(self, arrays: dict, n_tokens: np.ndarray, truncated: np.ndarray) -> None:
         super().__init__(arrays)
         self.n_tokens = n_tokens
-        self.n_truncated = n_truncated
-        self.n_truncated_each = truncated if truncated is not None else np.zeros(len(n_tokens), dtype=bool)
+        self.truncated = truncated  # per sentence: cut at max_length
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
 
 
 def check_max_length(max_length: int) -> None:
@@ -93,28 +95,41 @@ def pooled_states(
     ``kind`` is ``nas`` (share of tokens with a > 0), ``nav`` (|z|) or ``hidden`` (decoder layer output);
     layer 0 is the first decoder layer.
     """
+    token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+
+    def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:
+        return pooling_weights(real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos), poolings)
+
+    for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds, weights, batch_size, progress):
+        for kind, pooled in pooled_by_kind.items():
+            pooled = pooled.float().cpu().numpy()  # (layers, poolings, batch, width)
+            for p, pooling in enumerate(poolings):
+                if pooling not in arrays.setdefault(kind, {}):
+                    arrays[kind][pooling] = np.zeros((pooled.shape[0], len(sentences), pooled.shape[3]), np.float32)
+                arrays[kind][pooling][:, batch, :] = pooled[:, p]
+    n_tokens = np.array([len(ids) for ids in token_ids], dtype=np.int32)
+    return PooledStates(arrays, n_tokens, cut)
+
+
+def probed_batches(model, tokenizer, token_ids: list[list[int]], kinds: tuple[str, ...], weights, batch_size: int,
+                   progress: bool):
+    """Run length-sorted, right-padded batches through the base model with the probes attached; yield each
+    batch's indices, its pooling weights and the pooled states (``kind -> (layers, poolings, batch, width)``).
+    ``weights(ids, attention, batch)`` gives the (poolings, batch, tokens) weights of a batch."""
     if batch_size < 1:
         raise NeuronXAError(f"batch_size must be at least 1, not {batch_size}")
-    token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
     probe = PoolingProbe(model, kinds)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    arrays: dict[str, dict[str, np.ndarray]] = {}
     batches = length_batches([len(ids) for ids in token_ids], batch_size)
     with torch.inference_mode(), probe.attached():
         for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False, position=1):
             ids, attention = _pad([token_ids[i] for i in batch], pad_id, device)
-            mask = real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos)
-            probe.reset(pooling_weights(mask, poolings))
+            batch_weights = weights(ids, attention, batch)
+            probe.reset(batch_weights)
             model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
-            for kind, pooled in probe.collect().items():
-                pooled = pooled.float().cpu().numpy()  # (layers, poolings, batch, width)
-                for p, pooling in enumerate(poolings):
-                    if pooling not in arrays.setdefault(kind, {}):
-                        arrays[kind][pooling] = np.zeros((pooled.shape[0], len(sentences), pooled.shape[3]), np.float32)
-                    arrays[kind][pooling][:, batch, :] = pooled[:, p]
-    n_tokens = np.array([len(ids) for ids in token_ids], dtype=np.int32)
-    return PooledStates(arrays, n_tokens, int(cut.sum()), cut)
+            yield batch, batch_weights, probe.collect()
 
 
 def activation_counts(
@@ -136,21 +151,16 @@ def activation_counts(
     skip = [0] * len(texts)
     if prompt:
         skip = [len(ids) for ids in tokenize(tokenizer, [prompt] * len(texts), max_length)[0]]
-    probe = PoolingProbe(model, ("nas",))
-    device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:
+        start = torch.tensor([skip[i] for i in batch], device=ids.device)
+        return pooling_weights(real_token_mask(attention, ids, None, False, count_from=start), ("sum",))
+
     active, total = None, 0
-    with torch.inference_mode(), probe.attached():
-        for batch in tqdm(length_batches([len(ids) for ids in token_ids], batch_size), desc="batches",
-                          unit="batch", disable=not progress, leave=False, position=1):
-            ids, attention = _pad([token_ids[i] for i in batch], pad_id, device)
-            start = torch.tensor([skip[i] for i in batch], device=device)
-            mask = real_token_mask(attention, ids, None, False, count_from=start)
-            probe.reset(pooling_weights(mask, ("sum",)))
-            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
-            counts = probe.collect()["nas"][:, 0].sum(dim=1).round().to(torch.int64).cpu().numpy()
-            active = counts if active is None else active + counts
-            total += int(mask.sum().item())
+    for _, counted, pooled in probed_batches(model, tokenizer, token_ids, ("nas",), weights, batch_size, progress):
+        counts = pooled["nas"][:, 0].sum(dim=1).round().to(torch.int64).cpu().numpy()
+        active = counts if active is None else active + counts
+        total += int(counted.sum().item())
     return active, total, n_truncated
 
 
@@ -179,7 +189,7 @@ def split_states(states: PooledStates, sizes: list[int]) -> list[PooledStates]:
     """Pooled states of concatenated sentences, split back into consecutive parts of the given sizes."""
     bounds = np.cumsum([0, *sizes])
     return [PooledStates({kind: {p: a[:, lo:hi] for p, a in by.items()} for kind, by in states.items()},
-                         states.n_tokens[lo:hi], int(states.n_truncated_each[lo:hi].sum()))
+                         states.n_tokens[lo:hi], states.truncated[lo:hi])
             for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
