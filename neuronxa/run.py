@@ -170,14 +170,9 @@ def run(cfg: DictConfig, folder: Path) -> None:
     print_results(summary, correlations)
 
     folder.mkdir(parents=True, exist_ok=True)
-    tables = [folder / "scores.csv", folder / "summary.csv"]
-    scores.to_csv(tables[0], index=False)
-    summary.to_csv(tables[1], index=False)
+    tables = [_csv(scores, folder / "scores.csv"), _csv(summary, folder / "summary.csv")]
     if correlations is not None:
-        tables.append(folder / "correlations.csv")
-        correlations.to_csv(tables[-1], index=False)
-        results.to_csv(folder / "benchmarks.csv", index=False)
-        tables.append(folder / "benchmarks.csv")
+        tables += [_csv(correlations, folder / "correlations.csv"), _csv(results, folder / "benchmarks.csv")]
     figures = make_plots(cfg, scores, store, folder / "plots")
     print(f"\nrun folder: {folder}")
     if cfg.tracking.enabled:
@@ -204,7 +199,7 @@ def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tu
     """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
     store = cached(cfg, model, corpus, counts_prompt=cfg.task.prompt or "")
     active = [store.array(language, "active") for language in corpus.languages]
-    prob = neurons.probabilities(active, [store.metadata(lang)["n_tokens_total"] for lang in corpus.languages])
+    prob = neurons.probabilities(active, [store.n_tokens_total(lang) for lang in corpus.languages])
     found = neurons.identify(prob, cfg.task.method, cfg.task.top_rate, cfg.task.filter_rate, cfg.task.bar_rate,
                              cfg.task.lam)
     return found, prob.shape[0]
