@@ -176,7 +176,7 @@ def main() -> None:
     store = StateStore(work / "cache0", {"model": "bench", "corpus": corpus.name})
     values = sum(np.prod(store._group(lang)[f"{k}/{p}"].shape) for lang in corpus.languages
                  for k in ("nas", "nav", "hidden") for p in POOLINGS)
-    size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    size = store.fs.du(store.path)
     figures.update(bytes_per_value=size / values, compressor="float16 + blosc zstd-3 bitshuffle + crc32c")
 
     read, _ = timed(lambda: [store.read(lang, k, "weighted") for lang in corpus.languages

@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import torch
@@ -160,13 +161,16 @@ def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: s
     """The stand-in benchmark for a model and held-out texts, computed once and kept beside the state cache."""
     digest = hashlib.sha256(json.dumps(
         [models.identity(spec), held_out, max_length, dtype], sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / "standin" / f"{digest}.csv"
-    if path.is_file():
-        return pd.read_csv(path)
+    fs, root = fsspec.core.url_to_fs(str(cache_dir))
+    path = f"{root}/standin/{digest}.csv"
+    if fs.isfile(path):
+        with fs.open(path) as file:
+            return pd.read_csv(file)
     model, tokenizer = models.load(spec, dtype=dtype, device=device)
     results = standin(model, tokenizer, held_out, spec.name, max_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".{os.getpid()}.tmp")
-    results.to_csv(staging, index=False)
-    os.replace(staging, path)
+    fs.makedirs(f"{root}/standin", exist_ok=True)
+    staging = f"{path}.{os.getpid()}.tmp"
+    with fs.open(staging, "w") as file:
+        results.to_csv(file, index=False)
+    fs.mv(staging, path)
     return results

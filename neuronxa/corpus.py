@@ -108,6 +108,7 @@ class ParallelCorpus:
                 )
 
 
+@lru_cache(maxsize=4096)
 def _normalised(code: str, iso639_3: str, text: str) -> str:
     """FLORES-style code where one can be made, else the code as given."""
     if is_flores_code(code):

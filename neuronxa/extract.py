@@ -226,7 +226,7 @@ def extract_corpus(
         key = {**key, "product": "activation_counts", "prompt": counts_prompt}
         group_units = 1
     store = StateStore(cache_dir, key)
-    locks = Path(cache_dir) / ".locks"
+    locks = store.lock_dir()
     locks.mkdir(parents=True, exist_ok=True)
     loaded = None
     seconds: dict[str, float] = {}

@@ -56,7 +56,7 @@ def cached(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
         print(report.to_string(index=False))
     counts = report.status.value_counts().to_dict()
     print(f"stage one: {', '.join(f'{n} {s}' for s, n in counts.items())}; truncated units: "
-          f"{int(report.truncated.sum())} (max_length {cfg.extract.max_length}); cache: {store.path}")
+          f"{int(report.truncated.sum())} (max_length {cfg.extract.max_length}); cache: {store.url()}")
     return store
 
 
@@ -180,7 +180,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
         if correlations is not None:
             values.update({f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()})
         log(cfg, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}",
-            {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": str(store.path)},
+            {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url()},
             values, series, tables + figures)
 
 

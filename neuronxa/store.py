@@ -7,10 +7,14 @@ folder and moved into place in one rename, with its metadata, so an interrupted 
     {root}/{model}__{corpus}__{digest}/            attrs: key, library versions
         {language}/                                attrs: ids, fingerprint, chunks, store digest, complete
             n_tokens                               (units,) int32
-            {nas|nav|hidden}/{weighted|mean|last}  (layers, units, width), one chunk per layer
+            {nas|nav|hidden}/{weighted|mean|last}  (layers, units, width), one chunk file per layer (c.{layer}.0.0)
 
 Every chunk carries a CRC32C checksum and each entry records its chunk count and its store's key digest, so
 a truncated, missing or misplaced chunk is detected and the entry recomputed, never used.
+
+The root is a local folder or any fsspec URL (``s3://bucket/cache``, ``gs://…``, ``memory://…``). Locally the
+staged entry moves in with one atomic rename; object stores have no rename, so there the move is a copy, and an
+entry caught half-copied fails its chunk count and is recomputed.
 Open it in a notebook with ``zarr.open_group(path, mode="r")``.
 """
 
@@ -20,18 +24,21 @@ import hashlib
 import json
 import os
 import re
-import shutil
+import tempfile
 import uuid
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from neuronxa.errors import NeuronXAError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunk files c.{layer}.0.0 beside each array's zarr.json (one listing per array)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 # zstd with bit shuffling, then a CRC32C checksum per chunk: a truncated or altered chunk fails on read.
 CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
@@ -49,43 +56,56 @@ class StateStore:
     """Pooled states of one forward-pass key, written and read one language (and one layer) at a time."""
 
     def __init__(self, root: str | Path, key: dict) -> None:
-        self.root = Path(root)
+        self.fs, self.root = fsspec.core.url_to_fs(str(root))
+        self.local = isinstance(self.fs, LocalFileSystem)
         self.key = {"format": FORMAT_VERSION, **key}
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
-        self.path = self.root / f"{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
+        self.path = f"{self.root}/{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
         self._verified: dict[str, zarr.Group] = {}  # entries checked once, then read without re-checking
+
+    def url(self, path: str | None = None) -> str:
+        """A path of this store's filesystem as zarr and users open it (a plain path for local folders)."""
+        path = self.path if path is None else path
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def lock_dir(self) -> Path:
+        """Where jobs sharing this cache take their per-language locks: beside a local cache; for a remote one,
+        in this machine's temporary folder (jobs on other machines may then compute an entry twice, and the
+        last complete copy wins)."""
+        if self.local:
+            return Path(self.root) / ".locks"
+        return Path(tempfile.gettempdir()) / "neuronxa-locks" / hashlib.sha256(self.url().encode()).hexdigest()[:16]
 
     def _ensure_root(self) -> None:
         if not self._root_matches():
-            self.path.mkdir(parents=True, exist_ok=True)
-            group = zarr.open_group(self.path, mode="a")
+            self.fs.makedirs(self.path, exist_ok=True)
+            group = zarr.open_group(self.url(), mode="a")
             group.attrs.update({"key": self.key, "digest": self.digest, "versions": library_versions()})
 
-    def _attrs(self, language: str) -> dict | None:
-        meta = self.path / language / "zarr.json"
-        if not meta.is_file():
-            return None
+    def _json(self, path: str) -> dict | None:
+        """A zarr.json's attributes; None when the file is missing; ``{"unreadable": True}`` when it is garbled."""
         try:
-            return json.loads(meta.read_text()).get("attributes", {})
+            return json.loads(self.fs.cat_file(path)).get("attributes", {})
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return {"complete": True, "unreadable": True}
+            return {"unreadable": True}
+
+    def _attrs(self, language: str) -> dict | None:
+        attrs = self._json(f"{self.path}/{language}/zarr.json")
+        return {"complete": True, **attrs} if attrs and attrs.get("unreadable") else attrs
 
     def _root_matches(self) -> bool:
         """The store's recorded key is the key it is filed under (no misplaced or edited metadata)."""
-        meta = self.path / "zarr.json"
-        try:
-            attrs = json.loads(meta.read_text()).get("attributes", {})
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return False
+        attrs = self._json(f"{self.path}/zarr.json") or {}
         return attrs.get("digest") == self.digest and attrs.get("key") == self.key
 
     def _chunks_present(self, language: str, chunks: dict[str, int]) -> bool:
-        """Every array of the entry has all the chunk files it was written with."""
-        for name, expected in chunks.items():
-            folder = self.path / language / name / "c"
-            if sum(1 for path in folder.rglob("*") if path.is_file()) != expected:
-                return False
-        return True
+        """Every array of the entry has all the chunk files it was written with (one listing of the entry)."""
+        entry = f"{self.path}/{language}/"
+        found = Counter(folder[len(entry):] for folder, _, name in (p.rpartition("/") for p in self.fs.find(entry))
+                        if name.startswith("c."))
+        return all(found[name] == expected for name, expected in chunks.items())
 
     def status(self, language: str, fingerprint: str) -> str:
         """``complete`` (reusable), ``stale`` (written from other text), ``corrupt`` (metadata that does not
@@ -100,9 +120,10 @@ class StateStore:
 
     def languages(self) -> list[str]:
         """Languages with a complete entry."""
-        if not self.path.is_dir():
+        if not self.fs.isdir(self.path):
             return []
-        return sorted(p.name for p in self.path.iterdir() if (self._attrs(p.name) or {}).get("complete"))
+        names = [path.rstrip("/").rsplit("/", 1)[-1] for path in self.fs.ls(self.path, detail=False)]
+        return sorted(name for name in names if (self._attrs(name) or {}).get("complete"))
 
     def write(self, language: str, states: dict, ids: list[str], fingerprint: str, **metadata) -> None:
         """Write one language's pooled states atomically: staged, marked complete, then renamed into place.
@@ -119,28 +140,41 @@ class StateStore:
         """Write named arrays of one language atomically (one chunk per index of the first axis)."""
         self._ensure_root()
         self._verified.pop(language, None)
-        staging = self.root / ".staging" / f"{self.digest[:16]}-{language}-{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
+        staging = f"{self.root}/.staging/{self.digest[:16]}-{language}-{uuid.uuid4().hex}"
+        self.fs.makedirs(staging, exist_ok=True)
         try:
-            group = zarr.open_group(staging, mode="w")
+            group = zarr.open_group(self.url(staging), mode="w")
             chunks = {name: self._write_array(group, name, array) for name, array in arrays.items()}
             group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "chunks": chunks,
                                 "store_digest": self.digest, "complete": True})
-            target = self.path / language
-            if target.exists():
-                trash = self.root / ".staging" / f"old-{uuid.uuid4().hex}"
-                os.replace(target, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(staging, target)
+            target = f"{self.path}/{language}"
+            if self.fs.exists(target):
+                trash = f"{self.root}/.staging/old-{uuid.uuid4().hex}"
+                self._move(target, trash)
+                self._remove(trash)
+            self._move(staging, target)
         except OSError as error:
-            shutil.rmtree(staging, ignore_errors=True)
+            self._remove(staging)
             raise NeuronXAError(
-                f"could not write the cache entry for {language} under {self.root}: "
+                f"could not write the cache entry for {language} under {self.url(self.root)}: "
                 f"{error.strerror or error}. Nothing was marked complete; free space (or fix permissions) and rerun"
             ) from None
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            self._remove(staging)
             raise
+
+    def _move(self, source: str, target: str) -> None:
+        """One atomic rename on a local disk; a recursive copy and delete elsewhere."""
+        if self.local:
+            os.replace(source, target)
+        else:
+            self.fs.mv(source, target, recursive=True)
+
+    def _remove(self, path: str) -> None:
+        try:
+            self.fs.rm(path, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
 
     @staticmethod
     def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> int:
@@ -151,7 +185,8 @@ class StateStore:
             fits = np.isfinite(data).all() and float(np.abs(data).max(initial=0.0)) < _FLOAT16_MAX
             data = data.astype(np.float16 if fits else np.float32)
         chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
-        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=CODECS)
+        stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=CODECS,
+                                    chunk_key_encoding={"name": "default", "separator": "."})
         stored[...] = data
         return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
 
@@ -159,8 +194,8 @@ class StateStore:
         """The entry's group, verified (key, completeness, chunks) on first use by this store object."""
         if language not in self._verified:
             if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
-                raise NeuronXAError(f"no complete cached states for {language} in {self.path}: run stage one first")
-            self._verified[language] = zarr.open_group(self.path / language, mode="r")
+                raise NeuronXAError(f"no complete cached states for {language} in {self.url()}: run stage one first")
+            self._verified[language] = zarr.open_group(self.url(f"{self.path}/{language}"), mode="r")
         return self._verified[language]
 
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
@@ -172,7 +207,7 @@ class StateStore:
         try:
             return np.asarray(self._group(language)[name][index])
         except (ValueError, RuntimeError) as error:
-            raise NeuronXAError(f"cache entry {language} in {self.path} is corrupt ({str(error)[:80]}): "
+            raise NeuronXAError(f"cache entry {language} in {self.url()} is corrupt ({str(error)[:80]}): "
                                 "rerun stage one to recompute it") from None
 
     def ids(self, language: str) -> list[str]:

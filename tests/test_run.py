@@ -4,12 +4,13 @@ and the MLflow experiment they fill."""
 import subprocess
 import sys
 
+import fsspec
 import mlflow
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from neuronxa import run as job
+from neuronxa import models, run as job
 from neuronxa.tracking import runs
 
 from conftest import FIXTURES, ROOT
@@ -60,6 +61,20 @@ def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
     correlations = pd.read_csv(tmp_path / "run" / "correlations.csv")
     assert correlations.benchmark.tolist() == ["standin:neg_bits_per_byte"]
     assert "needs 3" in correlations.note[0]   # one target language: no correlation, and it says so
+
+
+def test_a_cache_at_an_fsspec_url_serves_stage_one_and_the_standin(tiny_folder, tmp_path, monkeypatch):
+    fs = fsspec.filesystem("memory")
+    cache = f"memory://neuronxa-run-{tmp_path.name}"
+    overrides = tiny_overrides(tiny_folder, tmp_path)[:-1] + [
+        "benchmark=standin", "dataset.max_units=2", "metric=nasca", "tracking.enabled=false", f"cache.dir={cache}"]
+    job.run(composed(overrides), tmp_path / "first")
+    assert len(fs.glob(f"{cache}/standin/*.csv")) == 1 and len(fs.glob(f"{cache}/*/fra_Latn/zarr.json")) == 1
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model was loaded on a warm cache"))
+    job.run(composed(overrides), tmp_path / "second")
+    for name in ("scores.csv", "benchmarks.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "first" / name), pd.read_csv(tmp_path / "second" / name))
+    fs.rm(cache.removeprefix("memory://"), recursive=True)
 
 
 @pytest.mark.integration

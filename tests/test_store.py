@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_round_trip_and_lazy_layer_read(tmp_path):
     np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted", 2), data["nas"]["weighted"][2], atol=1e-3)
     assert store.ids("eng_Latn") == ["u0", "u1", "u2", "u3", "u4"]
     assert store.n_tokens("eng_Latn").tolist() == [0, 1, 2, 3, 4]
-    array = zarr.open_group(store.path / "eng_Latn", mode="r")["nas/weighted"]
+    array = zarr.open_group(Path(store.path) / "eng_Latn", mode="r")["nas/weighted"]
     assert array.dtype == np.float16 and array.chunks == (1, 5, 7)
 
 
@@ -92,7 +93,7 @@ def test_reading_a_missing_language_is_a_clear_error(tmp_path):
 
 
 def chunk_files(store, language, name):
-    return sorted(p for p in (store.path / language / name / "c").rglob("*") if p.is_file())
+    return sorted(p for p in (Path(store.path) / language / name).glob("c.*") if p.is_file())
 
 
 def test_truncated_chunk_is_detected_on_read(tmp_path):
@@ -123,8 +124,55 @@ def test_metadata_that_does_not_match_its_key_is_never_used(tmp_path):
     assert other.status("eng_Latn", "f1") == "corrupt"
     write(other)                                               # rewriting repairs it
     assert other.status("eng_Latn", "f1") == "complete"
-    meta = other.path / "zarr.json"
+    meta = Path(other.path) / "zarr.json"
     attrs = json.loads(meta.read_text())
     attrs["attributes"]["key"]["max_length"] = 10              # edited root metadata
     meta.write_text(json.dumps(attrs))
     assert other.status("eng_Latn", "f1") == "corrupt"
+
+
+@pytest.fixture
+def memory_root():
+    """A fresh in-memory fsspec filesystem, cleared afterwards."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"memory://neuronxa-test-{os.urandom(4).hex()}"
+    yield root
+    fs.rm(root.removeprefix("memory://"), recursive=True)
+
+
+def test_a_cache_at_an_fsspec_url_round_trips_and_detects_damage(memory_root):
+    store = StateStore(memory_root, KEY)
+    assert not store.local and store.url().startswith("memory://")
+    assert store.status("eng_Latn", "f1") == "missing"
+    data = states()
+    write(store, data=data)
+    assert store.status("eng_Latn", "f1") == "complete" and store.languages() == ["eng_Latn"]
+    assert store.status("eng_Latn", "f2") == "stale"
+    again = StateStore(memory_root, KEY)                       # a new process would see the same entry
+    np.testing.assert_allclose(again.read("eng_Latn", "nas", "weighted", 1), data["nas"]["weighted"][1], atol=1e-3)
+    assert zarr.open_group(again.url() + "/eng_Latn", mode="r")["hidden/weighted"].dtype == np.float16
+    write(store, data=states(seed=1), fingerprint="f2")        # a rewrite replaces the entry whole
+    np.testing.assert_allclose(StateStore(memory_root, KEY).read("eng_Latn", "nas", "weighted"),
+                               states(1)["nas"]["weighted"], atol=1e-3)
+    assert store.fs.ls(f"{store.root}/.staging") == []
+    chunks = [p for p in store.fs.find(f"{store.path}/eng_Latn/nas/weighted") if p.rsplit("/", 1)[-1].startswith("c.")]
+    store.fs.rm(chunks[0])
+    assert store.status("eng_Latn", "f2") == "corrupt"
+
+
+def test_a_failed_write_at_an_fsspec_url_leaves_nothing_complete(memory_root, monkeypatch):
+    store = StateStore(memory_root, KEY)
+    real = StateStore._write_array
+
+    def fail_on_second(group, name, array, calls=[]):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(group, name, array)
+
+    monkeypatch.setattr(StateStore, "_write_array", staticmethod(fail_on_second))
+    with pytest.raises(NeuronXAError, match="Nothing was marked complete"):
+        write(store)
+    assert store.status("eng_Latn", "f1") == "missing" and store.fs.ls(f"{store.root}/.staging") == []
