@@ -8,7 +8,9 @@ the probes pooling on the device.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +91,12 @@ def pooled_states(
     kinds: tuple[str, ...] = KINDS,
     skip_bos: bool = False,
     progress: bool = False,
+    layers: int | None = None,
 ) -> PooledStates:
     """Pooled neuron states of ``sentences``: ``states[kind][pooling]`` of shape (layers, sentences, width).
 
     ``kind`` is ``nas`` (share of tokens with a > 0), ``nav`` (|z|) or ``hidden`` (decoder layer output);
-    layer 0 is the first decoder layer.
+    layer 0 is the first decoder layer; ``layers`` keeps the first N and stops the forward pass there.
     """
     token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -101,7 +104,8 @@ def pooled_states(
     def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:
         return pooling_weights(real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos), poolings)
 
-    for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds, weights, batch_size, progress):
+    for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds, weights, batch_size, progress,
+                                                   layers):
         for kind, pooled in pooled_by_kind.items():
             pooled = pooled.float().cpu().numpy()  # (layers, poolings, batch, width)
             for p, pooling in enumerate(poolings):
@@ -113,13 +117,13 @@ def pooled_states(
 
 
 def probed_batches(model, tokenizer, token_ids: list[list[int]], kinds: tuple[str, ...], weights, batch_size: int,
-                   progress: bool):
+                   progress: bool, layers: int | None = None):
     """Run length-sorted, right-padded batches through the base model with the probes attached; yield each
     batch's indices, its pooling weights and the pooled states (``kind -> (layers, poolings, batch, width)``).
     ``weights(ids, attention, batch)`` gives the (poolings, batch, tokens) weights of a batch."""
     if batch_size < 1:
         raise NeuronXAError(f"batch_size must be at least 1, not {batch_size}")
-    probe = PoolingProbe(model, kinds)
+    probe = PoolingProbe(model, kinds, layers)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = length_batches([len(ids) for ids in token_ids], batch_size)
@@ -128,7 +132,7 @@ def probed_batches(model, tokenizer, token_ids: list[list[int]], kinds: tuple[st
             ids, attention = _pad([token_ids[i] for i in batch], pad_id, device)
             batch_weights = weights(ids, attention, batch)
             probe.reset(batch_weights)
-            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
+            probe.run(model.base_model, input_ids=ids, attention_mask=attention, use_cache=False)
             yield batch, batch_weights, probe.collect()
 
 
@@ -140,6 +144,7 @@ def activation_counts(
     batch_size: int = 16,
     max_length: int = 512,
     progress: bool = False,
+    layers: int | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """How many tokens each neuron is active on (a > 0): an int64 array (layers, neurons); the number of
     tokens counted; and the number of texts cut at ``max_length``.
@@ -157,7 +162,8 @@ def activation_counts(
         return pooling_weights(real_token_mask(attention, ids, None, False, count_from=start), ("sum",))
 
     active, total = None, 0
-    for _, counted, pooled in probed_batches(model, tokenizer, token_ids, ("nas",), weights, batch_size, progress):
+    for _, counted, pooled in probed_batches(model, tokenizer, token_ids, ("nas",), weights, batch_size, progress,
+                                             layers):
         counts = pooled["nas"][:, 0].sum(dim=1).round().to(torch.int64).cpu().numpy()
         active = counts if active is None else active + counts
         total += int(counted.sum().item())
@@ -202,57 +208,87 @@ def extract_corpus(
     batch_size: int = 16,
     dtype: str = "auto",
     device: str = "auto",
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
     skip_bos: bool = False,
     counts_prompt: str | None = None,
     group_units: int = 256,
+    layers: int | None = None,
+    loaded: tuple | None = None,
+    offload_folder: str | None = None,
 ) -> tuple[StateStore, pd.DataFrame]:
     """Stage one: cache pooled states for every language of ``corpus``, reusing complete entries.
 
     Languages to compute are packed into groups of up to ``group_units`` units whose sentences are batched
-    together by length (far less padding than one language at a time), then written language by language;
-    memory is bounded by the group, not the corpus. With ``counts_prompt`` set (``""`` for none), the cached
-    product is instead each neuron's count of active tokens per language (``active``, layers × neurons),
-    computed one language at a time. The model is loaded only when some language is missing; languages are
+    together by length (far less padding than one language at a time); a group's entries are written by a
+    background thread while the next group runs through the model, and memory is bounded by two groups, not
+    the corpus. ``layers`` keeps the first N decoder layers and stops each forward pass there. With
+    ``counts_prompt`` set (``""`` for none), the cached product is instead each neuron's count of active tokens
+    per language (``active``, layers × neurons), computed one language at a time. The model is loaded only when
+    some language is missing (``loaded``: a ``(model, tokenizer)`` of ``spec`` already in memory); languages are
     computed under per-language locks, so concurrent jobs sharing the cache compute each once. Returns the
-    store and a report row per language (a group's seconds are shared out by tokens).
+    store and a report row per language (a group's seconds, forward pass and write, shared out by tokens).
     """
     check_max_length(max_length)
     device = resolve_device(device)
     torch_dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     architecture_of(models.model_type(spec))  # an unsupported architecture fails before any weights load
     key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
+    if layers is not None:
+        if layers < 1:
+            raise NeuronXAError(f"extract.layers must be at least 1 (or null for all), not {layers}")
+        key["layers"] = layers
     if counts_prompt is not None:
         key = {**key, "product": "activation_counts", "prompt": counts_prompt}
         group_units = 1
     store = StateStore(cache_dir, key)
     locks = store.lock_dir()
     locks.mkdir(parents=True, exist_ok=True)
-    loaded = None
     seconds: dict[str, float] = {}
     units = {language: len(corpus.units[language]) for language in corpus.languages}
     status = {lang: store.status(lang, corpus.fingerprint(lang)) for lang in corpus.languages}
     pending = [language for language in corpus.languages if status[language] != "complete"]
     seconds.update({language: 0.0 for language in corpus.languages if language not in pending})
     bar = tqdm(total=len(pending), desc=f"stage one: {spec.name}", unit="language", disable=not pending)
-    for group in language_groups(pending, units, group_units):
-        bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
-        started = time.perf_counter()
-        with ExitStack() as held:
-            for language in sorted(group):  # one global order: overlapping groups cannot deadlock
-                held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
-            status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})  # under the lock
-            todo = [language for language in group if status[language] != "complete"]
-            if todo and loaded is None:
-                loaded = models.load(spec, dtype=torch_dtype, device=device, device_map=device_map)
-            if todo:
-                sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(loaded[0]).items()}
-                extract_languages(store, corpus, todo, loaded, sites, counts_prompt, batch_size, max_length, skip_bos)
-        elapsed = time.perf_counter() - started
+    in_flight: list[tuple[Future, ExitStack, list[str], float]] = []  # the group being written, locks held
+
+    def settle() -> None:
+        """Wait for the group being written, release its locks, and account its seconds."""
+        future, held, group, compute_seconds = in_flight.pop()
+        with held:
+            elapsed = compute_seconds + future.result()
         group_tokens = {language: store.n_tokens_total(language) for language in group}
         for language in group:
             seconds[language] = elapsed * group_tokens[language] / max(sum(group_tokens.values()), 1)
         bar.update(len(group))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronxa-write") as writer:
+        try:
+            for group in language_groups(pending, units, group_units):
+                bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
+                started = time.perf_counter()
+                held = ExitStack()
+                with ExitStack() as on_error:
+                    on_error.enter_context(held)
+                    for language in sorted(group):  # one global order: overlapping groups cannot deadlock
+                        held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
+                    status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})
+                    todo = [language for language in group if status[language] != "complete"]  # under the lock
+                    writes = []
+                    if todo:
+                        loaded = loaded or models.load(spec, dtype=torch_dtype, device=device, device_map=device_map,
+                                                       offload_folder=offload_folder)
+                        writes = compute_languages(store, corpus, todo, loaded, counts_prompt, batch_size, max_length,
+                                                   skip_bos, layers)
+                    on_error.pop_all()  # from here on the locks are released by settle()
+                if in_flight:
+                    settle()
+                in_flight.append((writer.submit(timed_writes, writes), held, group, time.perf_counter() - started))
+            if in_flight:
+                settle()
+        finally:
+            for future, held, _, _ in in_flight:  # interrupted: let the write in progress finish, then unlock
+                future.exception()
+                held.close()
     bar.close()
     rows = []
     for language in corpus.languages:
@@ -267,21 +303,34 @@ def extract_corpus(
     return store, pd.DataFrame(rows)
 
 
-def extract_languages(store: StateStore, corpus: ParallelCorpus, languages: list[str], loaded, sites: dict,
-                       counts_prompt: str | None, batch_size: int, max_length: int, skip_bos: bool) -> None:
-    """Stage one's work for some languages: one batched pass over all their units, one entry per language."""
+def timed_writes(writes: list) -> float:
+    """Run the cache writes of one group; return their seconds."""
+    started = time.perf_counter()
+    for write in writes:
+        write()
+    return time.perf_counter() - started
+
+
+def compute_languages(store: StateStore, corpus: ParallelCorpus, languages: list[str], loaded,
+                      counts_prompt: str | None, batch_size: int, max_length: int, skip_bos: bool,
+                      layers: int | None = None) -> list:
+    """Stage one's forward work for some languages (one batched pass over all their units); returns one
+    cache write per language, to run when convenient."""
+    sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(loaded[0]).items()}
     meta = {language: {"source_code": corpus.source_codes.get(language, language), "sites": sites}
             for language in languages}
+    ids = {language: (corpus.ids(language), corpus.fingerprint(language)) for language in languages}
     if counts_prompt is not None:
+        writes = []
         for language in languages:
-            active, tokens, n_truncated = activation_counts(
-                *loaded, corpus.texts(language), counts_prompt or None, batch_size, max_length, progress=True)
-            store.write_arrays(language, {"active": active}, corpus.ids(language), corpus.fingerprint(language),
-                               n_tokens_total=tokens, n_truncated=n_truncated, **meta[language])
-        return
+            active, tokens, n_truncated = activation_counts(*loaded, corpus.texts(language), counts_prompt or None,
+                                                            batch_size, max_length, progress=True, layers=layers)
+            writes.append(partial(store.write_arrays, language, {"active": active}, *ids[language],
+                                  n_tokens_total=tokens, n_truncated=n_truncated, **meta[language]))
+        return writes
     texts = [text for language in languages for text in corpus.texts(language)]
     states = pooled_states(*loaded, texts, batch_size=batch_size, max_length=max_length, skip_bos=skip_bos,
-                           progress=True)
-    for language, part in zip(languages, split_states(states, [len(corpus.units[lang]) for lang in languages])):
-        store.write(language, part, corpus.ids(language), corpus.fingerprint(language), n_tokens=part.n_tokens,
+                           progress=True, layers=layers)
+    return [partial(store.write, language, part, *ids[language], n_tokens=part.n_tokens,
                     n_truncated=part.n_truncated, **meta[language])
+            for language, part in zip(languages, split_states(states, [len(corpus.units[lang]) for lang in languages]))]

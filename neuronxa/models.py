@@ -196,10 +196,16 @@ def identity(name_or_path: str | ModelSpec, revision: str | None = None, models_
 
 
 def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:
-    """The model type from the model's ``config.json`` alone (no weights are loaded)."""
+    """The model type from the model's ``config.json`` alone (no weights are loaded; for a local folder, not
+    even transformers is imported, so a job on a warm cache starts fast)."""
+    folder = local_path(spec, models_dir)
+    if folder is not None:
+        try:
+            return json.loads((Path(folder) / "config.json").read_text())["model_type"]
+        except (OSError, ValueError, KeyError):
+            pass  # no plain config.json: let transformers read it and explain what is wrong
     from transformers import AutoConfig
 
-    folder = local_path(spec, models_dir)
     try:
         config = AutoConfig.from_pretrained(str(folder) if folder else spec.name_or_path, revision=spec.revision)
     except (OSError, ValueError) as error:
@@ -212,10 +218,14 @@ def load(
     dtype: str = "auto",
     device: str = "auto",
     revision: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
     models_dir: Path | None = None,
+    offload_folder: str | None = None,
 ):
-    """Load a causal LM and its tokenizer, in eval mode, from a config name, a hub id or a folder."""
+    """Load a causal LM and its tokenizer, in eval mode, from a config name, a hub id or a folder.
+
+    ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over the GPUs, the CPU and, with
+    ``offload_folder``, the disk (accelerate's big-model inference)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = model_spec(name_or_path, revision)
@@ -227,6 +237,8 @@ def load(
         kwargs["revision"] = spec.revision
     if device_map:
         kwargs["device_map"] = device_map
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": spec.revision} if "revision" in kwargs else {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
@@ -54,14 +55,10 @@ def heatmap(table: pd.DataFrame, path: Path, title: str, xlabel: str = "layer", 
 def tsne_pairs(panels: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str], path: Path,
                title: str = "", seed: int = 0) -> Path:
     """t-SNE of pivot and target units, one panel per representation, parallel units joined by a line."""
-    from sklearn.manifold import TSNE
-
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (label, (X, Y)) in zip(axes[0], panels.items()):
         points = np.vstack([X, Y]).astype(np.float64)
-        perplexity = max(2.0, min(30.0, (len(points) - 1) / 3))
-        embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                        metric="cosine").fit_transform(points)
+        embedded = _tsne(points.tobytes(), points.shape, seed)
         first, second = embedded[: len(X)], embedded[len(X):]
         for a, b in zip(first, second):
             ax.plot([a[0], b[0]], [a[1], b[1]], color="0.8", linewidth=0.6, zorder=1)
@@ -74,6 +71,18 @@ def tsne_pairs(panels: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[st
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@lru_cache(maxsize=32)
+def _tsne(points: bytes, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """2-D t-SNE (cosine) of the rows; memoised on their bytes, so the jobs of a sweep that plot the same
+    states (one pooling, several metrics) fit it once."""
+    from sklearn.manifold import TSNE
+
+    data = np.frombuffer(points, dtype=np.float64).reshape(shape)
+    perplexity = max(2.0, min(30.0, (len(data) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                metric="cosine").fit_transform(data)
 
 
 def stacked_by_layer(table: pd.DataFrame, path: Path, title: str) -> Path:

@@ -102,23 +102,33 @@ def module_paths(model: nn.Module) -> dict[str, str]:
     return {"nas": f"{ffn}.{arch.act} (output)", "nav": down, "hidden": f"{arch.layers}.{{layer}} (output)"}
 
 
-class PoolingProbe:
-    """Pools NAS, NAV and hidden states of every decoder layer during a forward pass.
+class StopForward(Exception):
+    """Raised by the last probed layer when later layers are not wanted: the forward pass ends there."""
 
-    Use as ``with probe.attached(): probe.weights = w; model.base_model(...)``, then ``probe.collect()``.
+
+class PoolingProbe:
+    """Pools NAS, NAV and hidden states of every decoder layer (or the first ``layers``) during a forward pass.
+
+    Use as ``with probe.attached(): probe.reset(w); probe.run(model.base_model, ...)``, then ``probe.collect()``.
     """
 
     def __init__(self, model: nn.Module, kinds: tuple[str, ...] = KINDS, layers: int | None = None) -> None:
         self.model = model
         self.arch = architecture(model)
         self.kinds = kinds
-        self.layers = list(decoder_layers(model))[:layers]
+        every = list(decoder_layers(model))
+        self.layers = every[:layers]
+        self.stops_early = len(self.layers) < len(every)
         self.weights: torch.Tensor | None = None
+        self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
 
     def _store(self, kind: str, layer: int, states: torch.Tensor) -> None:
         if kind in self.kinds:
-            self._pooled[kind][layer] = pool(self.weights, states)
+            # with device_map, layers may sit on several devices: pool where the states are, gather on the first
+            if states.device not in self._weights_by_device:
+                self._weights_by_device[states.device] = self.weights.to(states.device)
+            self._pooled[kind][layer] = pool(self._weights_by_device[states.device], states).to(self.weights.device)
 
     def _hooks(self, index: int, layer: nn.Module):
         ffn = submodule(layer, self.arch.ffn)
@@ -133,6 +143,8 @@ class PoolingProbe:
 
         def on_layer(module, inputs, output):
             self._store("hidden", index, output[0] if isinstance(output, tuple) else output)
+            if self.stops_early and index == len(self.layers) - 1:
+                raise StopForward
 
         handles = [submodule(ffn, self.arch.act).register_forward_hook(on_act)]
         if self.arch.gated:
@@ -153,7 +165,15 @@ class PoolingProbe:
     def reset(self, weights: torch.Tensor) -> None:
         """Start a batch with pooling weights of shape (poolings, batch, tokens)."""
         self.weights = weights
+        self._weights_by_device = {weights.device: weights}
         self._pooled = {kind: [None] * len(self.layers) for kind in self.kinds}
+
+    def run(self, module: nn.Module, **inputs) -> None:
+        """A forward pass of ``module`` that ends after the last probed layer."""
+        try:
+            module(**inputs)
+        except StopForward:
+            pass
 
     def collect(self) -> dict[str, torch.Tensor]:
         """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device."""

@@ -34,6 +34,11 @@ def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCo
     return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
 
 
+def plain(value):
+    """A config value as plain Python (a mapping such as a device map given as a DictConfig)."""
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
 def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
     try:
         return corpus.resolve(cfg.score.pivot)
@@ -49,8 +54,8 @@ def cached(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
         corpus, spec_from_config(model), cfg.cache.dir,
         max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
         batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
-        device_map=model.get("device_map"), skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt,
-        group_units=cfg.extract.group_units,
+        device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"), skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt,
+        group_units=cfg.extract.group_units, layers=cfg.extract.get("layers"),
     )
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(report.to_string(index=False))
@@ -173,7 +178,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
     tables = [_csv(scores, folder / "scores.csv"), _csv(summary, folder / "summary.csv")]
     if correlations is not None:
         tables += [_csv(correlations, folder / "correlations.csv"), _csv(results, folder / "benchmarks.csv")]
-    figures = make_plots(cfg, scores, store, folder / "plots")
+    figures = make_plots(cfg, scores, store, folder / "plots") if cfg.score.plots else []
     print(f"\nrun folder: {folder}")
     if cfg.tracking.enabled:
         values, series = tracking.score_metrics(summary, scores)

@@ -138,3 +138,22 @@ def test_hooks_are_removed_after_use(tiny):
     _, model, tokenizer = tiny
     pooled_states(model, tokenizer, SENTENCES[:2])
     assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())
+
+
+def test_asking_for_the_first_layers_stops_the_forward_pass_there(tiny):
+    _, model, tokenizer = tiny
+    full = pooled_states(model, tokenizer, SENTENCES, batch_size=3)
+    ran = []
+    handles = [layer.register_forward_pre_hook(lambda m, i, index=index: ran.append(index))
+               for index, layer in enumerate(decoder_layers(model))]
+    try:
+        first = pooled_states(model, tokenizer, SENTENCES, batch_size=3, layers=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert set(ran) == {0, 1}                                  # layer 2 never ran
+    for kind in full:
+        for pooling in full[kind]:
+            assert first[kind][pooling].shape[0] == 2
+            np.testing.assert_allclose(first[kind][pooling], full[kind][pooling][:2], rtol=1e-5, atol=1e-6)
+    assert all(not module._forward_hooks for module in model.modules())

@@ -55,9 +55,11 @@ def test_every_metric_and_output_on_a_tiny_model(tiny_folder, tmp_path):
 
 def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
     overrides = tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=standin", "dataset.max_units=2",
-                                                              "metric=nasca", "tracking.enabled=false"]
+                                                              "metric=nasca", "tracking.enabled=false",
+                                                              "score.plots=false"]
     cfg = composed(overrides)
     job.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "plots").exists()
     correlations = pd.read_csv(tmp_path / "run" / "correlations.csv")
     assert correlations.benchmark.tolist() == ["standin:neg_bits_per_byte"]
     assert "needs 3" in correlations.note[0]   # one target language: no correlation, and it says so

@@ -168,3 +168,53 @@ def test_hub_id_without_network_says_how_to_use_a_folder(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(NeuronXAError, match="cannot reach the Hugging Face hub.*model.name_or_path=/path/to/folder"):
         models.identity("meta-llama/Llama-2-7b-hf")
+
+
+def test_a_layer_limit_is_its_own_cache_entry(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    full, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    first, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=2)
+    assert first.path != full.path and set(report.status) == {"written"}
+    assert first.n_layers("fra_Latn") == 2 and full.n_layers("fra_Latn") == 3
+    np.testing.assert_array_equal(first.read("fra_Latn", "nas", "mean"), full.read("fra_Latn", "nas", "mean", slice(0, 2)))
+    with pytest.raises(NeuronXAError, match="extract.layers must be at least 1"):
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=0)
+
+
+def test_a_failed_background_write_stops_stage_one_and_frees_its_locks(tiny_folder, tmp_path, monkeypatch):
+    from neuronxa.store import StateStore
+
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    real = StateStore.write
+
+    def full_disk_on_fra(self, language, *args, **kwargs):
+        if language == "fra_Latn":
+            raise NeuronXAError("could not write the cache entry for fra_Latn: No space left on device")
+        return real(self, language, *args, **kwargs)
+
+    monkeypatch.setattr(StateStore, "write", full_disk_on_fra)
+    with pytest.raises(NeuronXAError, match="No space left"):
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
+    monkeypatch.setattr(StateStore, "write", real)
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)  # locks are free
+    assert report.status.tolist() == ["reused", "written"]
+
+
+@pytest.mark.parametrize("device_map", ["auto", "offloaded"])
+def test_a_model_spread_by_device_map_gives_the_same_states(tiny_folder, tmp_path, device_map, monkeypatch):
+    """accelerate's big-model inference (here: the last two layers offloaded to disk and loaded per forward)
+    leaves every pooled state as it is."""
+    loads, real = [], models.load
+    monkeypatch.setattr(models, "load", lambda *a, **k: loads.append(real(*a, **k)) or loads[-1])
+    if device_map == "offloaded":
+        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                      "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    plain, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "plain")
+    spread, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "spread", device_map=device_map,
+                               offload_folder=str(tmp_path / "offload"))
+    if isinstance(device_map, dict):                       # the weights of layers 1 and 2 really are not in memory
+        assert loads[-1][0].hf_device_map["model.layers.2"] == "disk"
+        assert loads[-1][0].model.layers[2].mlp.down_proj.weight.device.type == "meta"
+    for kind in ("nas", "nav", "hidden"):
+        np.testing.assert_array_equal(spread.read("fra_Latn", kind, "weighted"), plain.read("fra_Latn", kind, "weighted"))
