@@ -58,6 +58,7 @@ class StateStore:
     def __init__(self, root: str | Path, key: dict) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(str(root))
         self.local = isinstance(self.fs, LocalFileSystem)
+        self._relative = self.local and not os.path.isabs(str(root))  # shown as given: outputs/cache/…
         self.key = {"format": FORMAT_VERSION, **key}
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
         self.path = f"{self.root}/{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
@@ -66,7 +67,9 @@ class StateStore:
     def url(self, path: str | None = None) -> str:
         """A path of this store's filesystem as zarr and users open it (a plain path for local folders)."""
         path = self.path if path is None else path
-        return path if self.local else self.fs.unstrip_protocol(path)
+        if self.local:
+            return os.path.relpath(path) if self._relative else path
+        return self.fs.unstrip_protocol(path)
 
     def lock_dir(self) -> Path:
         """Where jobs sharing this cache take their per-language locks: beside a local cache; for a remote one,
