@@ -266,9 +266,8 @@ def extract_corpus(
             for group in language_groups(pending, units, group_units):
                 bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
                 started = time.perf_counter()
-                held = ExitStack()
-                with ExitStack() as on_error:
-                    on_error.enter_context(held)
+                held = ExitStack()  # the group's locks, released by settle() once its entries are written
+                try:
                     for language in sorted(group):  # one global order: overlapping groups cannot deadlock
                         held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
                     status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})
@@ -279,7 +278,9 @@ def extract_corpus(
                                                        offload_folder=offload_folder)
                         writes = compute_languages(store, corpus, todo, loaded, counts_prompt, batch_size, max_length,
                                                    skip_bos, layers)
-                    on_error.pop_all()  # from here on the locks are released by settle()
+                except BaseException:
+                    held.close()
+                    raise
                 if in_flight:
                     settle()
                 in_flight.append((writer.submit(timed_writes, writes), held, group, time.perf_counter() - started))

@@ -54,8 +54,9 @@ def cached(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
         corpus, spec_from_config(model), cfg.cache.dir,
         max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
         batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
-        device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"), skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt,
-        group_units=cfg.extract.group_units, layers=cfg.extract.get("layers"),
+        device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
+        skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt, group_units=cfg.extract.group_units,
+        layers=cfg.extract.get("layers"),
     )
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(report.to_string(index=False))

@@ -176,7 +176,7 @@ class StateStore:
     def _remove(self, path: str) -> None:
         try:
             self.fs.rm(path, recursive=True)
-        except (FileNotFoundError, OSError):
+        except OSError:  # already gone, or the disk is failing: nothing marked complete is left either way
             pass
 
     @staticmethod

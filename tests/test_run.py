@@ -65,6 +65,13 @@ def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
     assert "needs 3" in correlations.note[0]   # one target language: no correlation, and it says so
 
 
+def test_a_device_map_from_the_command_line_reaches_transformers_as_a_dict(tiny_folder, tmp_path):
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["model.device_map={model.layers.0: cpu}"])
+    device_map = job.plain(cfg.model.device_map)
+    assert device_map == {"model.layers.0": "cpu"} and type(device_map) is dict
+    assert job.plain(composed(tiny_overrides(tiny_folder, tmp_path)).model.device_map) is None
+
+
 def test_a_cache_at_an_fsspec_url_serves_stage_one_and_the_standin(tiny_folder, tmp_path, monkeypatch):
     fs = fsspec.filesystem("memory")
     cache = f"memory://neuronxa-run-{tmp_path.name}"

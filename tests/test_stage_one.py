@@ -176,7 +176,8 @@ def test_a_layer_limit_is_its_own_cache_entry(tiny_folder, tmp_path):
     first, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=2)
     assert first.path != full.path and set(report.status) == {"written"}
     assert first.n_layers("fra_Latn") == 2 and full.n_layers("fra_Latn") == 3
-    np.testing.assert_array_equal(first.read("fra_Latn", "nas", "mean"), full.read("fra_Latn", "nas", "mean", slice(0, 2)))
+    np.testing.assert_array_equal(first.read("fra_Latn", "nas", "mean"),
+                                  full.read("fra_Latn", "nas", "mean", slice(0, 2)))
     with pytest.raises(NeuronXAError, match="extract.layers must be at least 1"):
         extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=0)
 
@@ -217,4 +218,5 @@ def test_a_model_spread_by_device_map_gives_the_same_states(tiny_folder, tmp_pat
         assert loads[-1][0].hf_device_map["model.layers.2"] == "disk"
         assert loads[-1][0].model.layers[2].mlp.down_proj.weight.device.type == "meta"
     for kind in ("nas", "nav", "hidden"):
-        np.testing.assert_array_equal(spread.read("fra_Latn", kind, "weighted"), plain.read("fra_Latn", kind, "weighted"))
+        np.testing.assert_array_equal(spread.read("fra_Latn", kind, "weighted"),
+                                      plain.read("fra_Latn", kind, "weighted"))
