@@ -62,17 +62,22 @@ def test_status_missing_complete_stale(tmp_path):
     np.testing.assert_allclose(store.read("eng_Latn", "nas", "weighted"), states(1)["nas"]["weighted"], atol=1e-3)
 
 
-def test_disk_full_during_a_write_leaves_no_entry_and_says_why(tmp_path, monkeypatch):
-    store = StateStore(tmp_path, KEY)
+def disk_full_at_array(monkeypatch, n: int) -> None:
+    """Make the n-th array written fail as a full disk does."""
     real, calls = StateStore._write_array, []
 
-    def fail_on_third(group, name, array):
+    def failing(group, name, array):
         calls.append(name)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(group, name, array)
 
-    monkeypatch.setattr(StateStore, "_write_array", staticmethod(fail_on_third))
+    monkeypatch.setattr(StateStore, "_write_array", staticmethod(failing))
+
+
+def test_disk_full_during_a_write_leaves_no_entry_and_says_why(tmp_path, monkeypatch):
+    store = StateStore(tmp_path, KEY)
+    disk_full_at_array(monkeypatch, 3)
     with pytest.raises(NeuronXAError, match="No space left on device. Nothing was marked complete"):
         write(store)
     assert store.status("eng_Latn", "f1") == "missing"
@@ -164,15 +169,7 @@ def test_a_cache_at_an_fsspec_url_round_trips_and_detects_damage(memory_root):
 
 def test_a_failed_write_at_an_fsspec_url_leaves_nothing_complete(memory_root, monkeypatch):
     store = StateStore(memory_root, KEY)
-    real = StateStore._write_array
-
-    def fail_on_second(group, name, array, calls=[]):
-        calls.append(name)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(group, name, array)
-
-    monkeypatch.setattr(StateStore, "_write_array", staticmethod(fail_on_second))
+    disk_full_at_array(monkeypatch, 2)
     with pytest.raises(NeuronXAError, match="Nothing was marked complete"):
         write(store)
     assert store.status("eng_Latn", "f1") == "missing" and store.fs.ls(f"{store.root}/.staging") == []
