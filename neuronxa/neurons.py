@@ -23,11 +23,17 @@ TYPES = ("specific", "related", "agnostic")
 LAMBDA_RANGE = (0.0, 0.2)
 
 
+METHODS = ("finegrained", "lape")
+DEFAULT_FILTER = {"lape": 0.95, "finegrained": None}   # the anchors' own: LAPE filters, the fine-grained rule does not
+
+
 def probabilities(active: list[np.ndarray], tokens: list[int]) -> np.ndarray:
-    """(layers, neurons, languages) activation probabilities from per-language counts and token totals."""
+    """(layers, neurons, languages) activation probabilities from per-language counts and token totals, divided
+    in float32 as both anchors' code divides (so a bar and the probabilities compare exactly as theirs do)."""
     if any(total <= 0 for total in tokens):
         raise NeuronXAError("a language has no counted tokens: its activation probabilities are undefined")
-    return np.stack([counts / total for counts, total in zip(active, tokens)], axis=-1)
+    return np.stack([np.asarray(counts, dtype=np.float32) / np.float32(total)
+                     for counts, total in zip(active, tokens)], axis=-1)
 
 
 def _percentile_value(prob: np.ndarray, rate: float) -> float:
@@ -46,10 +52,22 @@ def normalised_entropy(prob: np.ndarray) -> np.ndarray:
     return -terms.sum(axis=-1) / math.log(prob.shape[-1])
 
 
-def _kept(score: np.ndarray, eligible: np.ndarray, top_rate: float) -> np.ndarray:
-    """Flat indices of the lowest-score ``top_rate`` share of all neurons, among the eligible ones."""
+def clamped_entropy(prob: np.ndarray) -> np.ndarray:
+    """The fine-grained rule's entropy, as its authors' code computes it: a neuron that never fires is uniform;
+    shares are clamped at 1e-12 and renormalised; H = −Σ q log(q + 1e-30), divided by log K."""
+    total = prob.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(total > 0, prob / total, 1.0 / prob.shape[-1])
+    q = np.maximum(q, 1e-12)
+    q = q / q.sum(axis=-1, keepdims=True)
+    return -(q * np.log(q + 1e-30)).sum(axis=-1) / math.log(prob.shape[-1])
+
+
+def _kept(score: np.ndarray, eligible: np.ndarray | None, top_rate: float) -> np.ndarray:
+    """Flat indices of the lowest-score ``top_rate`` share of all neurons (among the eligible ones, if given).
+    Equal scores are taken in (layer, neuron) order: the anchors' ``topk`` leaves that order unspecified."""
     k = round(score.size * top_rate)
-    candidates = np.flatnonzero(eligible.ravel())
+    candidates = np.arange(score.size) if eligible is None else np.flatnonzero(eligible.ravel())
     order = np.argsort(score.ravel()[candidates], kind="stable")
     return candidates[order[:k]]
 
@@ -61,71 +79,84 @@ def _finegrained_score(entropy: np.ndarray, prob: np.ndarray, lam: float) -> np.
     return entropy - lam * prob.max(axis=-1) / norm_max
 
 
-def _search_lambda(entropy, prob, eligible, top_rate, bar, eps: float = 1e-3) -> tuple[float, bool]:
-    """The largest λ in [0, 0.2] leaving no kept neuron above the bar in every language (bisection)."""
+def _search_lambda(entropy, prob, eligible, top_rate, bar, eps: float = 1e-3) -> float | None:
+    """The λ search of the fine-grained rule's authors (``autosweep``): λ is fine when no kept neuron passes the
+    bar in all K languages; try both ends of [0, 0.2], then bisect down to ``eps`` (a fine midpoint moves the
+    lower end up, any other the upper end down) and return the last fine λ tried, or None if none was."""
     def fine(lam: float) -> bool:
         kept = _kept(_finegrained_score(entropy, prob, lam), eligible, top_rate)
         return not (prob.reshape(-1, prob.shape[-1])[kept] > bar).all(axis=1).any()
 
     lo, hi = LAMBDA_RANGE
-    if fine(hi):
-        return hi, True
-    if not fine(lo):
-        return lo, False
+    best = hi if fine(hi) else lo if fine(lo) else None
     while hi - lo > eps:
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fine(mid) else (lo, mid)
-    return lo, True
+        if fine(mid):
+            best, lo = mid, mid
+        else:
+            hi = mid
+    return best
+
+
+def _selection(prob: np.ndarray, method: str, top_rate: float, filter_rate: float | None, bar: float,
+               lam: float | None) -> tuple[np.ndarray, float | None, bool]:
+    """Flat indices of the kept neurons, the λ used (None for LAPE) and whether a λ search found one."""
+    if method not in METHODS:
+        raise NeuronXAError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
+    if filter_rate is None:
+        filter_rate = DEFAULT_FILTER[method]
+    eligible = prob.max(axis=-1) > _percentile_value(prob, filter_rate) if filter_rate else None
+    if method == "lape":
+        return _kept(normalised_entropy(prob), eligible, top_rate), None, True
+    entropy = clamped_entropy(prob)
+    found = True
+    if lam is None:
+        lam = _search_lambda(entropy, prob, eligible, top_rate, bar)
+        if lam is None:
+            warnings.warn(f"no λ in {list(LAMBDA_RANGE)} leaves every kept neuron out of some language; λ = 0")
+            lam, found = LAMBDA_RANGE[0], False
+    return _kept(_finegrained_score(entropy, prob, lam), eligible, top_rate), lam, found
 
 
 def identify(
     prob: np.ndarray,
-    method: str = "lape",
+    method: str = "finegrained",
     top_rate: float = 0.01,
-    filter_rate: float = 0.95,
+    filter_rate: float | None = None,
     bar_rate: float = 0.95,
     lam: float | None = None,
 ) -> pd.DataFrame:
     """Classify neurons from ``prob`` (layers, neurons, languages).
 
-    ``lape`` (Tang et al. 2024) keeps the ``top_rate`` share of all neurons with the lowest entropy over
-    languages, among neurons whose largest probability passes the ``filter_rate`` percentile of all
-    probabilities; ``finegrained`` ranks by entropy − λ · max probability (λ searched when None). A kept
-    neuron belongs to every language whose probability passes the ``bar_rate`` percentile: one language makes
-    it ``specific``, 2..K−1 ``related``. A neuron (kept or not) above the bar in every language is ``agnostic``.
-    Returns one row per classified neuron: layer, neuron, type, languages (indices along prob's last axis);
-    ``attrs`` holds the method, λ and the bar.
+    ``finegrained`` (the language-neurons paper's code, the default) ranks all neurons by entropy − λ · max
+    probability (λ searched by the authors' bisection when None); ``lape`` (Tang et al. 2024) ranks by entropy
+    among neurons whose largest probability passes the ``filter_rate`` percentile of all probabilities. Both keep
+    the ``top_rate`` share of all neurons with the lowest score. ``filter_rate`` None is each method's own
+    (LAPE 0.95, fine-grained no filter); 0 turns the filter off. A kept neuron belongs to every language whose
+    probability passes the ``bar_rate`` percentile: one language makes it ``specific``, 2..K−1 ``related``. A
+    neuron (kept or not) above the bar in every language is ``agnostic``. One row per classified neuron: layer,
+    neuron, type, languages (indices along prob's last axis), kept (in the top-rate selection, i.e. in the
+    anchors' mask); ``attrs`` holds the method, λ, the bar and whether a λ search found one.
     """
     prob = np.asarray(prob, dtype=np.float64)
     if prob.ndim != 3 or prob.shape[-1] < 2:
         raise NeuronXAError(f"prob must be (layers, neurons, languages) with two languages or more, got {prob.shape}")
     n_languages = prob.shape[-1]
-    entropy = normalised_entropy(prob)
-    eligible = prob.max(axis=-1) > _percentile_value(prob, filter_rate)
     bar = _percentile_value(prob, bar_rate)
-    found = True
-    if method == "lape":
-        score = entropy
-    elif method == "finegrained":
-        if lam is None:
-            lam, found = _search_lambda(entropy, prob, eligible, top_rate, bar)
-            if not found:
-                warnings.warn(f"no λ in {list(LAMBDA_RANGE)} leaves every kept neuron out of some language; λ = 0")
-        score = _finegrained_score(entropy, prob, lam)
-    else:
-        raise NeuronXAError(f"unknown method {method!r}: use lape or finegrained")
+    kept, used_lam, found = _selection(prob, method, top_rate, filter_rate, bar, lam)
     above = prob > bar
     rows = {}
-    for flat in _kept(score, eligible, top_rate):
+    for flat in kept:
         layer, neuron = divmod(int(flat), prob.shape[1])
         languages = tuple(int(i) for i in np.flatnonzero(above[layer, neuron]))
-        if 0 < len(languages) < n_languages:
-            rows[layer, neuron] = ("specific" if len(languages) == 1 else "related", languages)
+        if languages:
+            kind = "specific" if len(languages) == 1 else "related" if len(languages) < n_languages else "agnostic"
+            rows[layer, neuron] = (kind, languages, True)
     for layer, neuron in zip(*np.nonzero(above.all(axis=-1))):
-        rows[int(layer), int(neuron)] = ("agnostic", tuple(range(n_languages)))
-    frame = pd.DataFrame([(layer, neuron, kind, languages) for (layer, neuron), (kind, languages) in sorted(rows.items())],
-                         columns=["layer", "neuron", "type", "languages"])
-    frame.attrs.update(method=method, lam=lam if method == "finegrained" else None, bar=bar, lam_found=found)
+        rows.setdefault((int(layer), int(neuron)), ("agnostic", tuple(range(n_languages)), False))
+    frame = pd.DataFrame([(layer, neuron, *row) for (layer, neuron), row in sorted(rows.items())],
+                         columns=["layer", "neuron", "type", "languages", "kept"])
+    frame.attrs.update(method=method, lam=used_lam, bar=bar, lam_found=found)
     return frame
 
 
@@ -136,7 +167,7 @@ def counts_by_language(neurons: pd.DataFrame, languages: list[str]) -> pd.DataFr
     """Per language: its specific neurons, the related neurons it shares, and the agnostic neurons."""
     rows = []
     for index, language in enumerate(languages):
-        mine = neurons[neurons.languages.map(lambda langs, i=index: i in langs)]
+        mine = neurons[[index in langs for langs in neurons.languages]]
         rows.append({"language": language, **{kind: int((mine.type == kind).sum()) for kind in TYPES}})
     return pd.DataFrame(rows)
 
@@ -178,8 +209,8 @@ def stages(layers: pd.DataFrame) -> pd.DataFrame:
 def overlap(neurons: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
     """Language × language: language neurons (specific or related) that both languages have."""
     language_neurons = neurons[neurons.type != "agnostic"]
-    sets = [set(language_neurons[language_neurons.languages.map(lambda langs, i=i: i in langs)]
-                [["layer", "neuron"]].itertuples(index=False)) for i in range(len(languages))]
+    sets = [{(row.layer, row.neuron) for row in language_neurons.itertuples() if i in row.languages}
+            for i in range(len(languages))]
     matrix = [[len(a & b) for b in sets] for a in sets]
     return pd.DataFrame(matrix, index=languages, columns=languages)
 
@@ -197,6 +228,13 @@ def compare(base: pd.DataFrame, aligned: pd.DataFrame, languages: list[str], n_l
 
 
 # --- deactivation -------------------------------------------------------------------------------------------
+
+
+def in_mask(neurons: pd.DataFrame, language: int | None = None) -> pd.DataFrame:
+    """The rows an anchors' mask holds (the kept neurons; without a ``kept`` column, the non-agnostic ones),
+    only those of ``language`` when given."""
+    rows = neurons[neurons["kept"]] if "kept" in neurons else neurons[neurons.type != "agnostic"]
+    return rows if language is None else rows[[language in langs for langs in rows.languages]]
 
 
 def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
@@ -241,14 +279,14 @@ def deactivation_matrix(model, tokenizer, neurons: pd.DataFrame, languages: list
                         texts: dict[str, list[str]], seed: int = 0,
                         max_length: int = 512) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """Perplexity change (deactivated − intact) per deactivated language (rows) × evaluated language (columns),
-    for each language's own neurons (specific and related) and for random sets of the same size per layer."""
+    for each language's own neurons (its mask: kept neurons above the bar in it) and for random sets of the same
+    size per layer."""
     width = ffn_width(model)
     intact = pd.Series({language: perplexity(model, tokenizer, texts[language], max_length) for language in languages})
     rng = np.random.default_rng(seed)
     own, control = [], []
     for index, language in enumerate(languages):
-        chosen = by_layer_indices(neurons[(neurons.type != "agnostic")
-                                          & neurons.languages.map(lambda langs: index in langs)])
+        chosen = by_layer_indices(in_mask(neurons, index))
         for target, sets in ((own, chosen), (control, random_like(chosen, width, rng))):
             with deactivated(model, sets):
                 target.append([perplexity(model, tokenizer, texts[e], max_length) - intact[e] for e in languages])

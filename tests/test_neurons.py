@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from neuronxa import neurons
+from neuronxa import interop, neurons
 from neuronxa.extract import activation_counts, tokenize
+from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import identify
 
 from conftest import tiny_model, tiny_tokenizer
@@ -75,7 +76,7 @@ def test_lape_finds_the_planted_neurons():
     assert as_dict(found, "specific") == {key: (language,) for key, language in SPECIFIC.items()}
     assert as_dict(found, "related") == RELATED
     assert set(as_dict(found, "agnostic")) == set(AGNOSTIC)
-    assert list(found.columns) == ["layer", "neuron", "type", "languages"]
+    assert list(found.columns) == ["layer", "neuron", "type", "languages", "kept"]
 
 
 @pytest.mark.parametrize("seed, top_rate", [(1, 0.01), (2, 0.05), (3, 0.2)])
@@ -88,38 +89,123 @@ def test_lape_matches_the_slow_reference_on_random_probabilities(seed, top_rate)
     assert len(ours) > 0
 
 
-def test_finegrained_lambda_is_the_largest_that_keeps_no_all_language_neuron():
+def slow_finegrained_mask(prob, top_rate, lam, bar_rate=0.95):
+    """The language-neurons authors' identify step restated with loops: per-neuron entropy of the clamped,
+    renormalised shares minus λ · max p / norm_max over ALL neurons (no filter); keep the round(top_rate · L · N)
+    lowest (equal scores in (layer, neuron) order); a kept neuron joins every language above the bar (the
+    round(numel · bar_rate)-th smallest probability). Returns mask[language][layer] = sorted neurons."""
+    n_layers, width, k = prob.shape
+    norm_max = sum(1 / j for j in range(1, k + 1)) / k
+    scored = []
+    for layer in range(n_layers):
+        for neuron in range(width):
+            vec = [float(v) for v in prob[layer, neuron]]
+            total = sum(vec)
+            shares = [v / total for v in vec] if total > 0 else [1 / k] * k
+            shares = [max(v, 1e-12) for v in shares]
+            shares = [v / sum(shares) for v in shares]
+            entropy = -sum(v * math.log(v + 1e-30) for v in shares) / math.log(k)
+            scored.append((entropy - max(vec) * lam / norm_max, layer * width + neuron))
+    kept = sorted(scored)[: round(n_layers * width * top_rate)]
+    values = sorted(float(v) for v in prob.ravel())
+    bar = values[round(len(values) * bar_rate) - 1]
+    mask = [[[] for _ in range(n_layers)] for _ in range(k)]
+    for _, flat in kept:
+        layer, neuron = divmod(flat, width)
+        for language in range(k):
+            if prob[layer, neuron, language] > bar:
+                mask[language][layer].append(neuron)
+    return [[sorted(neurons_) for neurons_ in layers] for layers in mask]
+
+
+def slow_autosweep(prob, top_rate, bar_rate=0.95):
+    """The authors' bisection: both ends, then halve [0, 0.2] to 1e-3; λ is fine when no kept neuron is in
+    all K languages' masks; the answer is the last fine λ tried (None if none)."""
+    k = prob.shape[-1]
+
+    def fine(lam):
+        mask = slow_finegrained_mask(prob, top_rate, lam, bar_rate)
+        appear = {}
+        for layers in mask:
+            for layer, neurons_ in enumerate(layers):
+                for neuron in neurons_:
+                    appear[layer, neuron] = appear.get((layer, neuron), 0) + 1
+        return k not in appear.values()
+
+    lo, hi, best = 0.0, 0.2, None
+    if fine(lo):
+        best = lo
+    if fine(hi):
+        best = hi
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        if fine(mid):
+            best, lo = mid, mid
+        else:
+            hi = mid
+    return best
+
+
+def coarse(seed, shape=(3, 60, 5)):
+    """Probabilities from a handful of values: many exact ties in the ranking and at the bar."""
+    rng = np.random.default_rng(seed)
+    prob = rng.choice([0.0, 0.05, 0.1, 0.5, 0.9], size=shape, p=[0.3, 0.3, 0.25, 0.1, 0.05])
+    prob[0, :6] = prob[0, 6:12]          # whole neurons repeated: equal scores side by side
+    return prob
+
+
+CASES = [("beta", lambda seed: np.random.default_rng(seed).beta(0.3, 3, size=(3, 60, 5))),
+         ("planted", lambda seed: planted(seed)), ("ties", coarse)]
+
+
+@pytest.mark.parametrize("name, make", CASES, ids=[name for name, _ in CASES])
+@pytest.mark.parametrize("seed, top_rate", [(1, 0.03), (2, 0.05), (3, 0.1)])
+def test_finegrained_defaults_reproduce_the_authors_code(name, make, seed, top_rate):
+    prob = make(seed)
+    found = identify(prob, top_rate=top_rate)          # the defaults: fine-grained, no filter, λ searched
+    expected_lam = slow_autosweep(prob, top_rate)
+    assert found.attrs["method"] == "finegrained"
+    assert found.attrs["lam"] == (0.0 if expected_lam is None else expected_lam)
+    assert found.attrs["lam_found"] == (expected_lam is not None)
+    ours = interop.mask_lists(found, prob.shape[-1], prob.shape[0])
+    assert ours == slow_finegrained_mask(prob, top_rate, found.attrs["lam"])
+    assert sum(map(len, sum(ours, []))) > 0
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.05, 0.109375, 0.2])
+def test_finegrained_with_a_given_lambda_matches_the_loop(lam):
+    for prob in (coarse(7), planted(4)):
+        found = identify(prob, "finegrained", top_rate=0.05, lam=lam)
+        assert interop.mask_lists(found, prob.shape[-1], prob.shape[0]) == slow_finegrained_mask(prob, 0.05, lam)
+
+
+def test_finegrained_lambda_search_finds_the_planted_neurons_and_no_filter():
     prob = planted()
     top_rate = (len(SPECIFIC) + len(RELATED) + 1) / (LAYERS * WIDTH)   # one place more than the planted ones
-    found = identify(prob, "finegrained", top_rate=top_rate)
-    lam, bar = found.attrs["lam"], found.attrs["bar"]
-    entropy = neurons.normalised_entropy(prob)
-    eligible = prob.max(-1) > neurons._percentile_value(prob, 0.95)
-
-    def kept_all_language(value):
-        kept = neurons._kept(neurons._finegrained_score(entropy, prob, value), eligible, top_rate)
-        return (prob.reshape(-1, K)[kept] > bar).all(axis=1).any()
-
-    assert found.attrs["lam_found"] and not kept_all_language(lam)
-    assert lam == 0.2 or kept_all_language(lam + 2e-3)
+    found = identify(prob, top_rate=top_rate)
+    assert found.attrs["lam_found"] and found.attrs["lam"] == slow_autosweep(prob, top_rate)
     assert as_dict(found, "related") == RELATED
+    assert SPECIFIC.items() <= {key: langs[0] for key, langs in as_dict(found, "specific").items()}.items()
+    # asking for LAPE's filter changes the selection: the default has none
+    prob = np.random.default_rng(5).beta(0.3, 3, size=(3, 60, 5))
+    filtered = interop.mask_lists(identify(prob, top_rate=0.1, lam=0.05, filter_rate=0.95), 5, 3)
+    assert interop.mask_lists(identify(prob, top_rate=0.1, lam=0.05, filter_rate=0), 5, 3) == \
+        slow_finegrained_mask(prob, 0.1, 0.05) != filtered
 
 
-def test_finegrained_with_a_given_lambda_ranks_by_the_penalised_score():
-    prob = planted()
-    n = prob.shape[-1]
-    norm_max = sum(1 / k for k in range(1, n + 1)) / n
-    score = neurons.normalised_entropy(prob) - 0.1 * prob.max(-1) / norm_max
-    found = identify(prob, "finegrained", top_rate=0.01, lam=0.1)
-    kept_specific = set(as_dict(found, "specific")) | set(as_dict(found, "related"))
-    lowest = np.argsort(score.ravel(), kind="stable")[:4]
-    assert kept_specific == {divmod(int(i), WIDTH) for i in lowest}
+def test_no_lambda_found_warns_and_uses_zero():
+    prob = np.full((1, 50, 3), 0.01)
+    prob[0, :2] = 0.9           # two neurons above the bar in every language, kept first at any λ
+    with pytest.warns(UserWarning, match="no λ"):
+        found = identify(prob, top_rate=0.1)
+    assert found.attrs["lam"] == 0.0 and not found.attrs["lam_found"]
+    assert slow_autosweep(prob, 0.1) is None
 
 
 def test_bad_inputs_are_refused():
-    with pytest.raises(Exception, match="two languages or more"):
+    with pytest.raises(NeuronXAError, match="two languages or more"):
         identify(np.zeros((2, 3, 1)))
-    with pytest.raises(Exception, match="unknown method"):
+    with pytest.raises(NeuronXAError, match="unknown method"):
         identify(planted(), "magic")
 
 
@@ -148,7 +234,7 @@ def test_stages_by_the_stated_rule():
 
 def test_probabilities_need_tokens():
     assert neurons.probabilities([np.array([[2, 4]])], [8]).tolist() == [[[0.25], [0.5]]]
-    with pytest.raises(Exception, match="no counted tokens"):
+    with pytest.raises(NeuronXAError, match="no counted tokens"):
         neurons.probabilities([np.array([[1]])], [0])
 
 

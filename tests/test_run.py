@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from neuronxa import models, run as job
+from neuronxa import align_task, interop, models, neurons_task, pipeline
+from neuronxa.errors import NeuronXAError
 from neuronxa.tracking import runs
 
 from conftest import FIXTURES, ROOT
@@ -37,7 +38,7 @@ def composed(overrides):
 
 def test_every_metric_and_output_on_a_tiny_model(tiny_folder, tmp_path):
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["metric=all", "extract.batch_size=2"])
-    job.run(cfg, tmp_path / "run")
+    align_task.run(cfg, tmp_path / "run")
     scores = pd.read_csv(tmp_path / "run" / "scores.csv")
     assert list(scores.columns) == ["model", "dataset", "pooling", "metric", "pivot", "language", "layer", "value", "n"]
     assert set(scores.metric) >= {"nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval.nas.bidirectional",
@@ -58,7 +59,7 @@ def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
                                                               "metric=nasca", "tracking.enabled=false",
                                                               "score.plots=false"]
     cfg = composed(overrides)
-    job.run(cfg, tmp_path / "run")
+    align_task.run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "plots").exists()
     correlations = pd.read_csv(tmp_path / "run" / "correlations.csv")
     assert correlations.benchmark.tolist() == ["standin:neg_bits_per_byte"]
@@ -67,9 +68,9 @@ def test_standin_correlation_path_runs_offline(tiny_folder, tmp_path):
 
 def test_a_device_map_from_the_command_line_reaches_transformers_as_a_dict(tiny_folder, tmp_path):
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["model.device_map={model.layers.0: cpu}"])
-    device_map = job.plain(cfg.model.device_map)
+    device_map = pipeline.plain(cfg.model.device_map)
     assert device_map == {"model.layers.0": "cpu"} and type(device_map) is dict
-    assert job.plain(composed(tiny_overrides(tiny_folder, tmp_path)).model.device_map) is None
+    assert pipeline.plain(composed(tiny_overrides(tiny_folder, tmp_path)).model.device_map) is None
 
 
 def test_a_cache_at_an_fsspec_url_serves_stage_one_and_the_standin(tiny_folder, tmp_path, monkeypatch):
@@ -77,10 +78,10 @@ def test_a_cache_at_an_fsspec_url_serves_stage_one_and_the_standin(tiny_folder, 
     cache = f"memory://neuronxa-run-{tmp_path.name}"
     overrides = tiny_overrides(tiny_folder, tmp_path)[:-1] + [
         "benchmark=standin", "dataset.max_units=2", "metric=nasca", "tracking.enabled=false", f"cache.dir={cache}"]
-    job.run(composed(overrides), tmp_path / "first")
+    align_task.run(composed(overrides), tmp_path / "first")
     assert len(fs.glob(f"{cache}/standin/*.csv")) == 1 and len(fs.glob(f"{cache}/*/fra_Latn/zarr.json")) == 1
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model was loaded on a warm cache"))
-    job.run(composed(overrides), tmp_path / "second")
+    align_task.run(composed(overrides), tmp_path / "second")
     for name in ("scores.csv", "benchmarks.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "first" / name), pd.read_csv(tmp_path / "second" / name))
     fs.rm(cache.removeprefix("memory://"), recursive=True)
@@ -101,10 +102,12 @@ def test_neurons_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     overrides = tiny_overrides(tiny_folder, tmp_path) + [
         "task=neurons", "task.languages=null", "dataset.max_units=2", "task.top_rate=0.1",
         f"task.compare_model={tiny_folder}", "task.aligned_languages=[eng_Latn]", "tracking.experiment=neurons"]
-    job.neurons_job(composed(overrides), tmp_path / "run")
+    neurons_task.run(composed(overrides), tmp_path / "run")
     folder = tmp_path / "run"
     found = pd.read_csv(folder / "neurons.csv")
     assert set(found.type) <= {"specific", "related", "agnostic"} and len(found) > 0
+    assert interop.read_mask(folder / "mask.pt")[["layer", "neuron"]].values.tolist() == \
+        found[found.kept][["layer", "neuron"]].values.tolist()
     assert set(pd.read_csv(folder / "by_layer.csv").layer) == {0, 1, 2}
     assert len(pd.read_csv(folder / "stages.csv")) == 4
     compared = pd.read_csv(folder / "compare_by_language.csv")
@@ -117,6 +120,35 @@ def test_neurons_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     assert logged["tags.task"].tolist() == ["neurons"]
 
 
+def test_neurons_from_published_counts_without_a_model_then_its_mask_deactivates(tiny_folder, tmp_path, monkeypatch):
+    import torch
+
+    rng = torch.Generator().manual_seed(0)
+    files = []
+    for code in ("eng_Latn", "fra_Latn"):   # LAPE's format: {'n': tokens, 'over_zero': LongTensor[layers, neurons]}
+        files.append(tmp_path / f"activation.{code}.train.tiny")
+        torch.save({"n": 40, "over_zero": torch.randint(0, 40, (3, 24), generator=rng)}, files[-1])
+    base = tiny_overrides(tiny_folder, tmp_path) + ["task=neurons", "task.languages=[eng_Latn,fra_Latn]",
+                                                    "dataset.max_units=2", "task.top_rate=0.1"]
+    monkeypatch.setattr(neurons_task, "stage_one", lambda *a, **k: pytest.fail("stage one ran"))
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model loaded"))
+    neurons_task.run(composed(base + [f"task.counts=[{files[0]},{files[1]}]", "task.deactivate=false"]),
+                     tmp_path / "counts")
+    mask = torch.load(tmp_path / "counts" / "mask.pt", weights_only=True)
+    assert len(mask) == 2 and len(mask[0]) == 3
+    found = pd.read_csv(tmp_path / "counts" / "neurons.csv")
+    assert sum(t.numel() for layers in mask for t in layers) == found[found.kept].languages.str.split().str.len().sum()
+    monkeypatch.undo()
+    neurons_task.run(composed(base + [f"task.mask={tmp_path / 'counts' / 'mask.pt'}"]), tmp_path / "mask")
+    assert pd.read_csv(tmp_path / "mask" / "deactivation.csv", index_col=0).shape == (2, 2)
+    torch.save([[torch.tensor([30])] * 3] * 2, tmp_path / "wide.pt")     # neuron 30 of a 24-neuron model
+    with pytest.raises(NeuronXAError, match="model has 3 layers × 24 neurons"):
+        neurons_task.run(composed(base + [f"task.mask={tmp_path / 'wide.pt'}"]), tmp_path / "wide")
+    with pytest.raises(NeuronXAError, match="task.languages names 1"):
+        neurons_task.run(composed(base + [f"task.mask={tmp_path / 'wide.pt'}", "task.languages=[eng_Latn]"]),
+                         tmp_path / "names")
+
+
 def test_unreachable_tracking_server_fails_before_stage_one(tiny_folder, tmp_path, monkeypatch):
     import socket
 
@@ -124,15 +156,15 @@ def test_unreachable_tracking_server_fails_before_stage_one(tiny_folder, tmp_pat
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]          # closed once the block ends: nothing listens there
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"tracking.uri=http://127.0.0.1:{port}"])
-    monkeypatch.setattr(job, "cached", lambda *a, **k: pytest.fail("stage one started"))
-    with pytest.raises(job.NeuronXAError, match=f"MLflow server http://127.0.0.1:{port} is unreachable"):
-        job.run(cfg, tmp_path / "run")
+    monkeypatch.setattr(align_task, "stage_one", lambda *a, **k: pytest.fail("stage one started"))
+    with pytest.raises(NeuronXAError, match=f"MLflow server http://127.0.0.1:{port} is unreachable"):
+        align_task.run(cfg, tmp_path / "run")
 
 
 def test_truncated_units_are_counted_in_the_output(tiny_folder, tmp_path, capsys):
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["extract.max_length=3", "metric=nasca",
                                                             "tracking.enabled=false"])
-    job.run(cfg, tmp_path / "run")
+    align_task.run(cfg, tmp_path / "run")
     assert "truncated units: 6 (max_length 3)" in capsys.readouterr().out
 
 
@@ -140,9 +172,9 @@ def test_a_bad_benchmark_file_fails_before_stage_one(tiny_folder, tmp_path, monk
     bad = tmp_path / "bench.csv"
     bad.write_text("model,benchmark,language,value\nx,xnli,fr,high\n")
     cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=csv", f"benchmark.path={bad}"])
-    monkeypatch.setattr(job, "cached", lambda *a, **k: pytest.fail("stage one started"))
-    with pytest.raises(job.NeuronXAError, match="row 2: value 'high' is not a number"):
-        job.run(cfg, tmp_path / "run")
+    monkeypatch.setattr(align_task, "stage_one", lambda *a, **k: pytest.fail("stage one started"))
+    with pytest.raises(NeuronXAError, match="row 2: value 'high' is not a number"):
+        align_task.run(cfg, tmp_path / "run")
 
 
 def test_csv_benchmarks_correlate_for_the_runs_model(tiny_folder, tmp_path):
@@ -151,7 +183,7 @@ def test_csv_benchmarks_correlate_for_the_runs_model(tiny_folder, tmp_path):
                        f"{tiny_folder},xnli,fr,0.5\n{tiny_folder},xnli,en,0.9\nother,xnli,fr,0.1\n")
     cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + ["benchmark=csv", f"benchmark.path={results}",
                                                                  "metric=nasca", "tracking.enabled=false"])
-    job.run(cfg, tmp_path / "run")
+    align_task.run(cfg, tmp_path / "run")
     row = pd.read_csv(tmp_path / "run" / "correlations.csv").iloc[0]
     assert row.benchmark == "xnli" and row.n == 1 and "needs 3" in row.note
 

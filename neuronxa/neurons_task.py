@@ -1,0 +1,211 @@
+"""The language-neurons task (the language-neurons paper): activation counts from stage one or imported from the
+anchors' files, identification, the spread over layers and the four stages, base vs aligned, deactivation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from neuronxa import benchmarks, interop, models, neurons, plots, tracking
+from neuronxa.corpus import ParallelCorpus
+from neuronxa.errors import NeuronXAError
+from neuronxa.models import spec_from_config
+from neuronxa.pipeline import load_corpus, log_run, model_name, stage_one, write_csv
+from neuronxa.probes import act_modules, ffn_width
+
+
+def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:
+    """``neurons.identify`` with the task's options."""
+    return neurons.identify(prob, task.method, task.top_rate, task.filter_rate, task.bar_rate, task.lam)
+
+
+def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tuple[pd.DataFrame, int]:
+    """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
+    store = stage_one(cfg, model, corpus, counts_prompt=cfg.task.prompt or "")
+    active = [store.array(language, "active") for language in corpus.languages]
+    prob = neurons.probabilities(active, [store.n_tokens_total(lang) for lang in corpus.languages])
+    return identify_from(prob, cfg.task), prob.shape[0]
+
+
+def imported_languages(task: DictConfig, n_languages: int, what: str) -> list[str]:
+    """The names of an imported file's languages: ``task.languages``, one per language, in file order."""
+    names = list(task.languages or [])
+    if len(names) != n_languages:
+        raise NeuronXAError(f"{what} holds {n_languages} languages but task.languages names {len(names)}: "
+                            f"give task.languages=[...] with one name per language, in the files' order")
+    return names
+
+
+def imported(task: DictConfig) -> tuple[pd.DataFrame, int, list[str]] | None:
+    """Neurons from a published mask (``task.mask``) or from published activation counts (``task.counts``),
+    with their layer count and language names; None when the task computes its own counts."""
+    if task.get("mask"):
+        found = interop.read_mask(task.mask)
+        return found, found.attrs["n_layers"], imported_languages(task, found.attrs["n_languages"], "task.mask")
+    if task.get("counts"):
+        counts = interop.read_counts(list(task.counts), list(task.prefix_counts) if task.get("prefix_counts") else None)
+        prob = neurons.probabilities([counts.counts[..., k] for k in range(counts.counts.shape[-1])], counts.tokens)
+        names = imported_languages(task, prob.shape[-1], "task.counts")
+        print(f"imported activation counts: {prob.shape[0]} layers × {prob.shape[1]} neurons × {len(names)} "
+              f"languages ({', '.join(sorted(set(counts.formats)))})")
+        return identify_from(prob, task), prob.shape[0], names
+    return None
+
+
+def task_dataset(cfg: DictConfig) -> DictConfig:
+    """The dataset config with the task's languages."""
+    dataset = cfg.dataset.copy()
+    if cfg.task.languages:
+        dataset.languages = list(cfg.task.languages)
+    return dataset
+
+
+def task_corpus(cfg: DictConfig) -> ParallelCorpus:
+    """The corpus restricted to the task's languages."""
+    corpus = load_corpus(task_dataset(cfg), cfg.dataset.get("max_units"))
+    corpus.validate()
+    return corpus
+
+
+def describe(found: pd.DataFrame, task: DictConfig) -> str:
+    """One line: which method, λ and bar produced ``found`` (or that it was imported)."""
+    if task.get("mask"):
+        return f"imported mask {task.mask}: {len(found)} neurons"
+    lam, method = found.attrs["lam"], found.attrs["method"]
+    searched = " (searched)" if task.lam is None else " (given)"
+    return (f"{method}: {int(found.kept.sum())} neurons kept of the top {task.top_rate:g}, {len(found)} classified; "
+            f"bar p > {found.attrs['bar']:.4f}" + (f", lambda = {lam:.6g}{searched}" if lam is not None else ""))
+
+
+def run(cfg: DictConfig, folder: Path) -> None:
+    """Language neurons: identify (or import), locate over layers, compare with an aligned model, deactivate."""
+    if cfg.tracking.enabled:
+        tracking.check_reachable(cfg.tracking.uri)
+    source = imported(cfg.task)     # published files are read before any model loads
+    corpus = task_corpus(cfg) if source is None or cfg.task.deactivate or cfg.task.compare_model else None
+    texts = held_out(cfg, corpus) if cfg.task.deactivate else None
+    if source is None:
+        found, n_layers = identified(cfg, cfg.model, corpus)
+        languages = corpus.languages
+    else:
+        found, n_layers, languages = source
+        languages = [corpus.resolve(code) for code in languages] if corpus is not None else languages
+    print("\n" + describe(found, cfg.task))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plots").mkdir(exist_ok=True)
+    title = f"{model_name(cfg)} · {corpus.name if corpus else 'imported'} · {cfg.task.method}"
+    files, values, series = report(found, languages, n_layers, folder, title)
+    if cfg.task.compare_model:
+        if source is not None:
+            raise NeuronXAError("task.compare_model needs the model's own counts: drop task.counts / task.mask")
+        files += compare_models(cfg, corpus, found, n_layers, folder)
+    if cfg.task.deactivate:
+        deactivation_files, deactivation_values = deactivate(cfg, found, languages, texts, n_layers, folder, title)
+        files += deactivation_files
+        values.update(deactivation_values)
+    print(f"\nrun folder: {folder}")
+    if cfg.tracking.enabled:
+        tags = {"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}
+        log_run(cfg, f"{cfg.model.name}-neurons-{cfg.task.method}", tags, values, series, files)
+
+
+def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
+    """Per language, the ``task.eval_units`` units after ``dataset.max_units``: the perplexity texts."""
+    return benchmarks.held_out_texts(load_corpus(task_dataset(cfg)), corpus, cfg.task.eval_units)
+
+
+def report(found: pd.DataFrame, languages: list[str], n_layers: int, folder: Path,
+           title: str) -> tuple[list[Path], dict[str, float], list[tuple[str, float, int]]]:
+    """Counts per language and layer, the four stages and the overlap: printed, written (with the anchors'
+    mask), plotted; returns the files, the MLflow values and the per-layer series."""
+    named = found.assign(languages=found.languages.map(lambda idx: " ".join(languages[i] for i in idx)))
+    per_language = neurons.counts_by_language(found, languages)
+    layers = neurons.by_layer(found, n_layers)
+    stages = neurons.stages(layers)
+    shared = neurons.overlap(found, languages)
+    print(per_language.to_string(index=False))
+    print("\nby layer:\n" + layers.T.to_string())
+    print(f"\nstages ({neurons.STAGE_RULE}):\n" + stages.to_string(index=False))
+    mask = interop.write_mask(found, folder / "mask.pt", len(languages), n_layers)
+    print(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
+    files = [write_csv(named, folder / "neurons.csv"), write_csv(per_language, folder / "counts_by_language.csv"),
+             write_csv(layers, folder / "by_layer.csv", index=True), write_csv(stages, folder / "stages.csv"),
+             write_csv(shared, folder / "overlap.csv", index=True), mask,
+             plots.stacked_by_layer(layers, folder / "plots" / "neurons_by_layer.png", f"neuron types by layer · {title}"),
+             plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}", "language",
+                           vmin=0, vmax=None, cmap="viridis")]
+    values = {f"{kind}.{row.language}": getattr(row, kind) for row in per_language.itertuples() for kind in neurons.TYPES}
+    series = [(f"{kind}.by_layer", layers.loc[layer, kind], layer) for layer in layers.index for kind in neurons.TYPES]
+    return files, values, series
+
+
+def check_shape(found: pd.DataFrame, n_layers: int, model) -> None:
+    """A mask or counts from another model cannot switch off this model's neurons."""
+    model_layers, width = len(act_modules(model)), ffn_width(model)
+    if n_layers != model_layers or (len(found) and int(found.neuron.max()) >= width):
+        raise NeuronXAError(f"the neurons have {n_layers} layers (largest index {int(found.neuron.max())}) but the "
+                            f"model has {model_layers} layers × {width} neurons: deactivate on the model they came "
+                            "from (model=...) or set task.deactivate=false")
+
+
+def deactivate(cfg: DictConfig, found: pd.DataFrame, languages: list[str], texts: dict[str, list[str]],
+               n_layers: int, folder: Path, title: str) -> tuple[list[Path], dict[str, float]]:
+    """Perplexity with each language's neurons switched off, beside same-size random sets: printed and written."""
+    model, tokenizer = models.load(spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device)
+    check_shape(found, n_layers, model)
+    own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, languages, texts, cfg.task.seed,
+                                                       cfg.extract.max_length)
+    summary = deactivation_summary(own, control, intact)
+    print("\nintact perplexity on held-out units:\n" + intact.round(2).to_frame("perplexity").T.to_string())
+    print("\nperplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
+    print(own.round(2).to_string())
+    print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
+    print("\n" + summary.round(3).to_string(index=False))
+    values = {f"deactivation.{row.set}.{row.cell}": row.mean_log_ratio for row in summary.itertuples()}
+    limit = float(np.nanmax(np.abs(np.concatenate([own.values, control.values])))) or 1.0
+    files = [write_csv(own, folder / "deactivation.csv", index=True),
+             write_csv(intact.to_frame("perplexity"), folder / "perplexity_intact.csv", index=True),
+             write_csv(control, folder / "deactivation_random.csv", index=True),
+             write_csv(summary, folder / "deactivation_summary.csv"),
+             plots.heatmap(own, folder / "plots" / "deactivation.png", f"perplexity change · {title}",
+                           "evaluated language", -limit, limit, "RdBu_r"),
+             plots.heatmap(control, folder / "plots" / "deactivation_random.png",
+                           f"random control · {title}", "evaluated language", -limit, limit, "RdBu_r")]
+    return files, values
+
+
+def deactivation_summary(own: pd.DataFrame, control: pd.DataFrame, intact: pd.Series) -> pd.DataFrame:
+    """Per neuron set (a language's own neurons, or the random control), on the diagonal (the language's own
+    text) and off it: the mean log perplexity ratio (deactivated / intact, so that languages with a high
+    perplexity do not dominate), and how many evaluated languages suffer most from their own row."""
+    diagonal = np.eye(len(own), dtype=bool)
+    rows = []
+    for name, frame in (("language", own), ("random", control)):
+        log_ratio = np.log((frame + intact) / intact).to_numpy()
+        own_worst = int(sum(np.argmax(log_ratio[:, j]) == j for j in range(len(frame))))
+        for cell, mask in (("diagonal", diagonal), ("off_diagonal", ~diagonal)):
+            rows.append({"set": name, "cell": cell, "mean_log_ratio": float(np.nanmean(log_ratio[mask])),
+                         "own_row_hurts_most": f"{own_worst}/{len(frame)}" if cell == "diagonal" else ""})
+    return pd.DataFrame(rows)
+
+
+def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, n_layers: int,
+                   folder: Path) -> list[Path]:
+    """Base (the run's model) vs ``task.compare_model`` (e.g. its aligned version) on the same corpus."""
+    config = models.CONF_DIR / "model" / f"{cfg.task.compare_model}.yaml"
+    other = OmegaConf.load(config) if config.is_file() else OmegaConf.merge(
+        cfg.model, {"name": "hf", "name_or_path": cfg.task.compare_model, "gguf": None})
+    aligned, other_layers = identified(cfg, other, corpus)
+    if other_layers != n_layers:
+        raise NeuronXAError(f"task.compare_model has {other_layers} layers, the model {n_layers}: "
+                            "base and aligned models must share an architecture")
+    aligned_languages = ([corpus.resolve(code) for code in cfg.task.aligned_languages]
+                         if cfg.task.aligned_languages else None)
+    layers, per_language = neurons.compare(base, aligned, corpus.languages, n_layers, aligned_languages)
+    print(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
+    print("\nper layer:\n" + layers.T.to_string())
+    return [write_csv(layers, folder / "compare_by_layer.csv", index=True),
+            write_csv(per_language, folder / "compare_by_language.csv")]

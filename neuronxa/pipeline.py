@@ -1,0 +1,84 @@
+"""The steps every task composes: read the configured corpus, run stage one through the cache, name the model,
+write tables and log the MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from neuronxa import tracking
+from neuronxa.corpus import ParallelCorpus, read_corpus
+from neuronxa.errors import NeuronXAError
+from neuronxa.extract import extract_corpus
+from neuronxa.models import spec_from_config
+from neuronxa.store import StateStore
+
+_READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
+
+
+def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCorpus:
+    """The configured corpus with its languages, and at most ``max_units`` units per language."""
+    options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
+    languages = list(dataset.languages) if dataset.get("languages") else None
+    return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
+
+
+
+def plain(value):
+    """A config value as plain Python (a mapping such as a device map given as a DictConfig)."""
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
+
+def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
+    try:
+        return corpus.resolve(cfg.score.pivot)
+    except NeuronXAError as error:
+        raise NeuronXAError(f"score.pivot: {error} Set score.pivot to one of the corpus languages.") from None
+
+
+
+def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
+           counts_prompt: str | None = None) -> StateStore:
+    """Stage one for ``model``: runs the forward passes the cache lacks (pooled states or, with ``counts_prompt``,
+    activation counts) and prints what was written or reused."""
+    store, report = extract_corpus(
+        corpus, spec_from_config(model), cfg.cache.dir,
+        max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
+        batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
+        device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
+        skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt, group_units=cfg.extract.group_units,
+        layers=cfg.extract.get("layers"),
+    )
+    with pd.option_context("display.width", 120, "display.max_rows", 500):
+        print(report.to_string(index=False))
+    counts = report.status.value_counts().to_dict()
+    print(f"stage one: {', '.join(f'{n} {s}' for s, n in counts.items())}; truncated units: "
+          f"{int(report.truncated.sum())} (max_length {cfg.extract.max_length}); cache: {store.url()}")
+    return store
+
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The model's name in tables and tags: its config name, or the hub id / folder for ``model=hf``."""
+    return spec_from_config(cfg.model).name
+
+
+
+def log_run(cfg: DictConfig, run_name: str, tags: dict[str, str], values: dict[str, float],
+        series: list[tuple[str, float, int]], files: list[Path]) -> None:
+    """One MLflow run with the flattened config as params, the model and experiment as tags."""
+    run_id = tracking.log_run(
+        cfg.tracking.uri, cfg.tracking.experiment, run_name, tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
+        {"model": model_name(cfg), "experiment": cfg.tracking.experiment, "task": cfg.task.name, **tags},
+        values, series, files, Path(cfg.tracking.artifacts),
+    )
+    print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); `make ui` to browse")
+
+
+
+def write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:
+    frame.to_csv(path, index=index)
+    return path
