@@ -13,25 +13,31 @@ from neuronxa.corpus import ParallelCorpus
 from neuronxa.correlation import correlate
 from neuronxa.errors import NeuronXAError
 from neuronxa.models import spec_from_config
-from neuronxa.pipeline import load_corpus, log_run, model_name, pivot_language, stage_one, write_csv
+from neuronxa.pipeline import (Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run,
+                               write_csv)
 from neuronxa.store import StateStore
+
+
+def target_languages(cfg: DictConfig, corpus: ParallelCorpus) -> list[str]:
+    """``score.languages`` resolved in the corpus (every corpus language when null)."""
+    try:
+        return [corpus.resolve(code) for code in cfg.score.languages] if cfg.score.languages else corpus.languages
+    except NeuronXAError as error:
+        raise NeuronXAError(f"score.languages: {error}") from None
 
 
 def stage_two(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores per metric, language and layer, and their layer-pooled summary."""
-    pivot = pivot_language(cfg, corpus)
-    languages = [corpus.resolve(code) for code in cfg.score.languages] if cfg.score.languages else corpus.languages
-    scores = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot, languages)
+    scores = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot_language(cfg, corpus),
+                           target_languages(cfg, corpus))
     summary = scoring.summarise(scores, cfg.score.layer_pool)
     labels = {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name}
     return scores.assign(**labels)[[*labels, *scores.columns]], summary.assign(**labels)[[*labels, *summary.columns]]
 
 
-
 def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
     """Per language, the corpus units after ``dataset.max_units`` (what the stand-in benchmark reads)."""
     return benchmarks.held_out_texts(load_corpus(cfg.dataset), corpus, cfg.benchmark.get("units"))
-
 
 
 def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | None:
@@ -52,7 +58,6 @@ def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | N
         paths = [cfg.benchmark.path] if isinstance(cfg.benchmark.path, str) else list(cfg.benchmark.path)
         return benchmarks.read_lm_eval(paths, spec.name, cfg.benchmark.metric_key)
     raise NeuronXAError(f"unknown benchmark source {source!r}: use none, standin, csv or lm_eval")
-
 
 
 def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder: Path) -> list[Path]:
@@ -80,14 +85,12 @@ def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder:
     return made
 
 
-
 def _short(metric: str) -> str:
     """A narrow column name: retrieval.nas.pivot_to_target -> R.nas.p→t."""
     for long, short in (("retrieval.", "R."), ("pivot_to_target", "p→t"), ("target_to_pivot", "t→p"),
                         ("bidirectional", "both")):
         metric = metric.replace(long, short)
     return metric
-
 
 
 def print_results(summary: pd.DataFrame, correlations: pd.DataFrame | None) -> None:
@@ -102,15 +105,19 @@ def print_results(summary: pd.DataFrame, correlations: pd.DataFrame | None) -> N
             print(correlations[shown].to_string(index=False))
 
 
-
 def run(cfg: DictConfig, folder: Path) -> None:
-    """The whole job for one config; tables and plots go to ``folder``."""
-    if cfg.tracking.enabled:
-        tracking.check_reachable(cfg.tracking.uri)
+    """The alignment job for one config, in its MLflow run; tables and plots go to ``folder``."""
+    tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", align)
+
+
+def align(cfg: DictConfig, folder: Path) -> Logged:
+    """Corpus, stage one, stage two, correlations; tables and plots in ``folder``; returns what to log."""
     for metric in cfg.metric.names:
         scoring.representations(metric)  # an unknown metric fails before any forward pass
+    scoring.check_layer_pool(cfg.score.layer_pool)
     corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
     corpus.validate(pivot_language(cfg, corpus))
+    target_languages(cfg, corpus)  # and so does an unknown target language
     results = None
     if cfg.benchmark.source == "standin":
         held_out(cfg, corpus)  # no held-out text: say so before any forward pass
@@ -133,10 +140,8 @@ def run(cfg: DictConfig, folder: Path) -> None:
         tables += [write_csv(correlations, folder / "correlations.csv"), write_csv(results, folder / "benchmarks.csv")]
     figures = make_plots(cfg, scores, store, folder / "plots") if cfg.score.plots else []
     print(f"\nrun folder: {folder}")
-    if cfg.tracking.enabled:
-        values, series = tracking.score_metrics(summary, scores)
-        if correlations is not None:
-            values.update({f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()})
-        log_run(cfg, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}",
-            {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url()},
-            values, series, tables + figures)
+    values, series = tracking.score_metrics(summary, scores)
+    if correlations is not None:
+        values.update({f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()})
+    tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url()}
+    return Logged(tags, values, series, tables + figures)

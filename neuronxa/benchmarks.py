@@ -21,13 +21,12 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pandas as pd
-import torch
 
 from neuronxa import models
 from neuronxa.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError
-from neuronxa.extract import model_device, tokenize
 from neuronxa.languages import is_flores_code
+from neuronxa.likelihood import negative_bits_per_byte
 from neuronxa.models import ModelSpec
 
 STANDIN = "standin:neg_bits_per_byte"
@@ -57,6 +56,9 @@ _TASK_PATTERNS = [
 ]
 
 
+LIKELIHOOD = "rolling windows"  # part of the stand-in's cache key: values from truncated scoring are not reused
+
+
 def flores_language(code: str) -> str:
     """The FLORES code of a benchmark's language code, where one is known; else the code unchanged."""
     return code if is_flores_code(code) else ISO639_1_TO_FLORES.get(code, code)
@@ -67,7 +69,7 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     file = Path(path)
     if not file.is_file():
         raise NeuronXAError(f"benchmark file {file} does not exist")
-    with open(file, newline="", encoding="utf-8") as handle:
+    with open(file, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = set(COLUMNS) - set(reader.fieldnames or [])
         if missing:
@@ -94,36 +96,21 @@ def read_lm_eval(paths: list[str | Path], model: str | None = None, metric_key: 
     rows = []
     for file in files:
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+            data = json.loads(file.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise NeuronXAError(f"{file}: not an lm-evaluation-harness result file ({error})") from None
+        if not isinstance(data, dict):
+            raise NeuronXAError(f"{file}: not an lm-evaluation-harness result file (expected a JSON object)")
         name = model or data.get("model_name") or str(data.get("config", {}).get("model_args", file.parent.name))
         for task, results in data.get("results", {}).items():
             for pattern, benchmark in _TASK_PATTERNS:
                 match = pattern.match(task)
                 if match and isinstance(results.get(metric_key), (int, float)):
                     rows.append((name, benchmark, flores_language(match.group(1)), float(results[metric_key])))
+    if not rows:
+        raise NeuronXAError(f"no per-language task with a {metric_key!r} value in {', '.join(map(str, files[:3]))} "
+                            "(expected tasks such as xnli_fr or belebele_fra_Latn; benchmark.metric_key names the value)")
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def log_likelihood(model, tokenizer, texts: list[str], max_length: int = 512) -> tuple[float, int]:
-    """Total negative log-likelihood (nats) of the texts' tokens after the first, and how many tokens that is."""
-    token_ids, _ = tokenize(tokenizer, texts, max_length)
-    device = model_device(model)
-    nll, predicted = 0.0, 0
-    with torch.inference_mode():
-        for ids in token_ids:  # one unit at a time: logits over a large vocabulary are big
-            inputs = torch.tensor([ids], device=device)
-            logits = model(input_ids=inputs, use_cache=False).logits[0, :-1].float()
-            nll += float(torch.nn.functional.cross_entropy(logits, inputs[0, 1:], reduction="sum"))
-            predicted += len(ids) - 1
-    return nll, predicted
-
-
-def negative_bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 512) -> float:
-    """−(total negative log-likelihood in bits) / (total UTF-8 bytes): a tokenizer-independent LM measure."""
-    nll, _ = log_likelihood(model, tokenizer, texts, max_length)
-    return -nll / math.log(2) / sum(len(text.encode("utf-8")) for text in texts)
 
 
 def standin(model, tokenizer, held_out: dict[str, list[str]], model_name: str, max_length: int = 512) -> pd.DataFrame:
@@ -160,7 +147,7 @@ def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: s
                    dtype: str = "auto", device: str = "auto") -> pd.DataFrame:
     """The stand-in benchmark for a model and held-out texts, computed once and kept beside the state cache."""
     digest = hashlib.sha256(json.dumps(
-        [models.identity(spec), held_out, max_length, dtype], sort_keys=True).encode()).hexdigest()[:16]
+        [models.identity(spec), held_out, max_length, dtype, LIKELIHOOD], sort_keys=True).encode()).hexdigest()[:16]
     fs, root = fsspec.core.url_to_fs(str(cache_dir))
     path = f"{root}/standin/{digest}.csv"
     if fs.isfile(path):

@@ -99,6 +99,9 @@ class ParallelCorpus:
                 )
         if pivot is not None and pivot not in self.units:
             raise NeuronXAError(f"pivot language {pivot!r} is not among the corpus languages {self.languages}")
+        if pivot is not None and len(self.units) < 2:
+            raise NeuronXAError(f"corpus {self.name!r} holds only the pivot language {pivot}: alignment needs a "
+                                "second language (add one to the corpus or to dataset.languages)")
         anchor = pivot or self.languages[0]
         for language in self.languages:
             if language != anchor and len(self.shared_ids(anchor, language)) < 2:
@@ -254,14 +257,16 @@ def _drop_incomplete_units(corpus: ParallelCorpus, order: list[str]) -> Parallel
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file, with the file and line named when a line is not valid UTF-8."""
+    """Lines of a UTF-8 text file (a leading byte-order mark dropped), with the file and line named when a line
+    is not valid UTF-8."""
     lines = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
             try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                raise NeuronXAError(f"{path}, line {number}: not valid UTF-8") from None
+                raise NeuronXAError(f"{path}, line {number}: not valid UTF-8 (save the file as UTF-8)") from None
+            lines.append(line.removeprefix("\ufeff") if number == 1 else line)  # a byte-order mark is no text
     return lines
 
 
@@ -392,6 +397,11 @@ def read_jsonl(path: str | Path, languages: list[str] | None = None) -> Parallel
             raise NeuronXAError(f"{file}, line {number}: not valid JSON ({error.msg})") from None
         if not isinstance(row, dict) or (rows and set(row) != set(rows[0])):
             raise NeuronXAError(f"{file}, line {number}: expected an object with the same keys as line 1")
+        wrong = next((key for key, value in row.items()
+                      if not isinstance(value, (str, int)) or isinstance(value, bool)), None)
+        if wrong is not None:
+            raise NeuronXAError(f"{file}, line {number}: {wrong!r} holds {type(row[wrong]).__name__} "
+                                f"{json.dumps(row[wrong])[:40]}, expected text")
         rows.append(row)
     return _from_rows(file.stem, rows, str(file), languages)
 
@@ -405,6 +415,8 @@ def read_corpus(
     """Read a corpus with the reader named ``kind`` and keep ``languages`` and ``max_units``."""
     if kind not in READERS:
         raise NeuronXAError(f"unknown dataset {kind!r}: choose one of {', '.join(READERS)}")
+    if max_units is not None and (not isinstance(max_units, int) or isinstance(max_units, bool) or max_units < 1):
+        raise NeuronXAError(f"max_units must be a whole number of at least 1, or None for every unit; not {max_units!r}")
     if path is None:
         raise NeuronXAError(f"dataset {kind!r} needs its location: pass dataset.path=/path/to/{kind}")
     corpus = READERS[kind](path, languages, **options)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from neuronxa import models
 from neuronxa.corpus import ParallelCorpus
-from neuronxa.errors import NeuronXAError
+from neuronxa.errors import Interrupted, NeuronXAError, check_creatable
 from neuronxa.models import ModelSpec, resolve_device, resolve_dtype
 from neuronxa.pooling import POOLINGS, pooling_weights, real_token_mask
 from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of, module_paths
@@ -170,6 +170,21 @@ def activation_counts(
     return active, total, n_truncated
 
 
+def check_options(spec: ModelSpec, max_length: int, batch_size: int, group_units: int, layers: int | None) -> None:
+    """Stage one's options against each other and the model's config, before any cache look-up or weights load
+    (an unsupported architecture fails here too)."""
+    check_max_length(max_length)
+    for name, value in (("batch_size", batch_size), ("group_units", group_units)):
+        if not isinstance(value, int) or value < 1:
+            raise NeuronXAError(f"extract.{name} must be a whole number of at least 1, not {value!r}")
+    architecture_of(models.model_type(spec))
+    if layers is not None:
+        available = models.n_layers(spec)
+        if not isinstance(layers, int) or layers < 1 or (available is not None and layers > available):
+            raise NeuronXAError(f"extract.layers must be between 1 and the model's {available or 'number of'} layers "
+                                f"(or null for all), not {layers!r}")
+
+
 def forward_key(identity: dict, corpus_name: str, max_units: int | None, max_length: int, dtype: str,
                 skip_bos: bool) -> dict:
     """Everything that changes the forward pass's pooled states, and nothing else."""
@@ -218,8 +233,10 @@ def extract_corpus(
 ) -> tuple[StateStore, pd.DataFrame]:
     """Stage one: cache pooled states for every language of ``corpus``, reusing complete entries.
 
-    Languages to compute are packed into groups of up to ``group_units`` units whose sentences are batched
-    together by length (far less padding than one language at a time); a group's entries are written by a
+    The corpus's languages are packed into groups of up to ``group_units`` units whose sentences are batched
+    together by length (far less padding than one language at a time). The plan depends on the corpus, never on
+    what the cache already holds: a group with any language missing runs whole, so a resumed run computes the
+    same batches, and gives the same bits, as an uninterrupted one. A group's entries are written by a
     background thread while the next group runs through the model, and memory is bounded by two groups, not
     the corpus. ``layers`` keeps the first N decoder layers and stops each forward pass there. With
     ``counts_prompt`` set (``""`` for none), the cached product is instead each neuron's count of active tokens
@@ -228,19 +245,18 @@ def extract_corpus(
     computed under per-language locks, so concurrent jobs sharing the cache compute each once. Returns the
     store and a report row per language (a group's seconds, forward pass and write, shared out by tokens).
     """
-    check_max_length(max_length)
+    check_options(spec, max_length, batch_size, group_units, layers)
     device = resolve_device(device)
     torch_dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
-    architecture_of(models.model_type(spec))  # an unsupported architecture fails before any weights load
     key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
     if layers is not None:
-        if layers < 1:
-            raise NeuronXAError(f"extract.layers must be at least 1 (or null for all), not {layers}")
         key["layers"] = layers
     if counts_prompt is not None:
         key = {**key, "product": "activation_counts", "prompt": counts_prompt}
         group_units = 1
     store = StateStore(cache_dir, key)
+    if store.local:
+        check_creatable(store.root, "cache.dir")
     locks = store.lock_dir()
     locks.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -261,35 +277,45 @@ def extract_corpus(
             seconds[language] = elapsed * group_tokens[language] / max(sum(group_tokens.values()), 1)
         bar.update(len(group))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronxa-write") as writer:
-        try:
-            for group in language_groups(pending, units, group_units):
-                bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
-                started = time.perf_counter()
-                held = ExitStack()  # the group's locks, released by settle() once its entries are written
-                try:
-                    for language in sorted(group):  # one global order: overlapping groups cannot deadlock
-                        held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
-                    status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})
-                    todo = [language for language in group if status[language] != "complete"]  # under the lock
-                    writes = []
-                    if todo:
-                        loaded = loaded or models.load(spec, dtype=torch_dtype, device=device, device_map=device_map,
-                                                       offload_folder=offload_folder)
-                        writes = compute_languages(store, corpus, todo, loaded, counts_prompt, batch_size, max_length,
-                                                   skip_bos, layers)
-                except BaseException:
-                    held.close()
-                    raise
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronxa-write") as writer:
+            try:
+                for group in language_groups(corpus.languages, units, group_units):  # the plan ignores the cache
+                    if not set(group) & set(pending):
+                        continue
+                    bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
+                    started = time.perf_counter()
+                    held = ExitStack()  # the group's locks, released by settle() once its entries are written
+                    try:
+                        for language in sorted(group):  # one global order: overlapping groups cannot deadlock
+                            held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
+                        status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})
+                        todo = [language for language in group if status[language] != "complete"]  # under the lock
+                        writes = []
+                        if todo:
+                            loaded = loaded or models.load(spec, dtype=torch_dtype, device=device, device_map=device_map,
+                                                           offload_folder=offload_folder)
+                            writes = compute_languages(store, corpus, group, loaded, counts_prompt, batch_size,
+                                                       max_length, skip_bos, layers)
+                            writes = [write for language, write in zip(group, writes) if language in todo]
+                    except BaseException:
+                        held.close()
+                        raise
+                    if in_flight:
+                        settle()
+                    mine = [language for language in group if language in pending]
+                    in_flight.append((writer.submit(timed_writes, writes), held, mine, time.perf_counter() - started))
                 if in_flight:
                     settle()
-                in_flight.append((writer.submit(timed_writes, writes), held, group, time.perf_counter() - started))
-            if in_flight:
-                settle()
-        finally:
-            for future, held, _, _ in in_flight:  # interrupted: let the write in progress finish, then unlock
-                future.exception()
-                held.close()
+            finally:
+                for future, held, _, _ in in_flight:  # interrupted: let the write in progress finish, then unlock
+                    future.exception()
+                    held.close()
+    except KeyboardInterrupt:
+        bar.close()
+        done = sum(store.status(language, corpus.fingerprint(language)) == "complete" for language in corpus.languages)
+        raise Interrupted(f"interrupted: {done} of {len(corpus.languages)} languages cached in {store.url()}; "
+                          "run the same command again to resume") from None
     bar.close()
     rows = []
     for language in corpus.languages:

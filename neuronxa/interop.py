@@ -63,8 +63,10 @@ def read_counts(files: list[str | Path], prefix_files: list[str | Path] | None =
         if prefix_files is not None:
             prefix_total, prefix_counts, _ = read_count_file(prefix_files[index])
             if prefix_counts.shape != counts.shape:
-                raise NeuronXAError(f"{prefix_files[index]}: shape {prefix_counts.shape}, but {path} has {counts.shape}")
-            total, counts, kind = max(total - prefix_total, 1), np.clip(counts - prefix_counts, 0, None), kind + "-prefix"
+                raise NeuronXAError(f"{prefix_files[index]}: shape {prefix_counts.shape}, but {path} has "
+                                    f"{counts.shape}")
+            total, counts = max(total - prefix_total, 1), np.clip(counts - prefix_counts, 0, None)
+            kind += "-prefix"
         if arrays and counts.shape != arrays[0].shape:
             raise NeuronXAError(f"{path}: shape {counts.shape}, but {files[0]} has {arrays[0].shape}: "
                                 "all languages must come from one model")

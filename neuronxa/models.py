@@ -195,14 +195,16 @@ def identity(name_or_path: str | ModelSpec, revision: str | None = None, models_
     return {"model": spec.name_or_path, "revision": _hub_commit(spec.name_or_path, spec.revision)}
 
 
-def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:
-    """The model type from the model's ``config.json`` alone (no weights are loaded; for a local folder, not
-    even transformers is imported, so a job on a warm cache starts fast)."""
+def model_config(spec: ModelSpec, models_dir: Path | None = None) -> dict:
+    """The model's config as a dict, from ``config.json`` alone where the model is local (no weights are loaded,
+    and transformers is not even imported, so a job on a warm cache starts fast)."""
     folder = local_path(spec, models_dir)
     if folder is not None:
         try:
-            return json.loads((Path(folder) / "config.json").read_text())["model_type"]
-        except (OSError, ValueError, KeyError):
+            config = json.loads((Path(folder) / "config.json").read_text())
+            if "model_type" in config:
+                return config
+        except (OSError, ValueError):
             pass  # no plain config.json: let transformers read it and explain what is wrong
     from transformers import AutoConfig
 
@@ -210,7 +212,19 @@ def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:
         config = AutoConfig.from_pretrained(str(folder) if folder else spec.name_or_path, revision=spec.revision)
     except (OSError, ValueError) as error:
         raise NeuronXAError(f"cannot read the config of {spec.name_or_path!r}: {str(error).splitlines()[0]}") from None
-    return config.model_type
+    return config.to_dict()
+
+
+def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:
+    """The model type from the model's config alone."""
+    return model_config(spec, models_dir)["model_type"]
+
+
+def n_layers(spec: ModelSpec, models_dir: Path | None = None) -> int | None:
+    """The number of decoder layers from the model's config alone (None when the config does not say)."""
+    config = model_config(spec, models_dir)
+    config = config.get("text_config") or config
+    return next((int(config[key]) for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
 
 
 def load(

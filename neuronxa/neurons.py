@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuronxa.benchmarks import log_likelihood
+from neuronxa.likelihood import perplexity
 from neuronxa.errors import NeuronXAError
 from neuronxa.probes import act_modules, ffn_width
 
@@ -98,11 +98,24 @@ def _search_lambda(entropy, prob, eligible, top_rate, bar, eps: float = 1e-3) ->
     return best
 
 
+def check_options(method: str, top_rate: float, bar_rate: float, filter_rate: float | None = None,
+                  lam: float | None = None) -> None:
+    """The identification options, each in its range (the command line calls this before any forward pass)."""
+    if method not in METHODS:
+        raise NeuronXAError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
+    for name, value, ok, rule in (("top_rate", top_rate, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                  ("bar_rate", bar_rate, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                  ("filter_rate", filter_rate, lambda v: 0 <= v <= 1, "in [0, 1] or null"),
+                                  ("lam", lam, lambda v: v >= 0, "at least 0 or null")):
+        if value is None and name in ("filter_rate", "lam"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise NeuronXAError(f"task.{name} must be a number {rule}, not {value!r}")
+
+
 def _selection(prob: np.ndarray, method: str, top_rate: float, filter_rate: float | None, bar: float,
                lam: float | None) -> tuple[np.ndarray, float | None, bool]:
     """Flat indices of the kept neurons, the λ used (None for LAPE) and whether a λ search found one."""
-    if method not in METHODS:
-        raise NeuronXAError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
     if filter_rate is None:
         filter_rate = DEFAULT_FILTER[method]
     eligible = prob.max(axis=-1) > _percentile_value(prob, filter_rate) if filter_rate else None
@@ -141,6 +154,7 @@ def identify(
     prob = np.asarray(prob, dtype=np.float64)
     if prob.ndim != 3 or prob.shape[-1] < 2:
         raise NeuronXAError(f"prob must be (layers, neurons, languages) with two languages or more, got {prob.shape}")
+    check_options(method, top_rate, bar_rate, filter_rate, lam)
     n_languages = prob.shape[-1]
     bar = _percentile_value(prob, bar_rate)
     kept, used_lam, found = _selection(prob, method, top_rate, filter_rate, bar, lam)
@@ -262,11 +276,6 @@ def deactivated(model, chosen: dict[int, list[int]]):
     finally:
         for handle in handles:
             handle.remove()
-
-
-def perplexity(model, tokenizer, texts: list[str], max_length: int = 512) -> float:
-    nll, tokens = log_likelihood(model, tokenizer, texts, max_length)
-    return math.exp(nll / tokens)
 
 
 def random_like(chosen: dict[int, list[int]], n_neurons: int, rng: np.random.Generator) -> dict[int, list[int]]:

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa import benchmarks, interop, models, neurons, plots, tracking
+from neuronxa import benchmarks, interop, models, neurons, plots
 from neuronxa.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError
 from neuronxa.models import spec_from_config
-from neuronxa.pipeline import load_corpus, log_run, model_name, stage_one, write_csv
+from neuronxa.pipeline import Logged, load_corpus, model_name, stage_one, tracked_run, write_csv
 from neuronxa.probes import act_modules, ffn_width
 
 
@@ -81,9 +81,14 @@ def describe(found: pd.DataFrame, task: DictConfig) -> str:
 
 
 def run(cfg: DictConfig, folder: Path) -> None:
-    """Language neurons: identify (or import), locate over layers, compare with an aligned model, deactivate."""
-    if cfg.tracking.enabled:
-        tracking.check_reachable(cfg.tracking.uri)
+    """The language-neurons job, in its MLflow run; tables, the mask and plots go to ``folder``."""
+    tracked_run(cfg, folder, f"{cfg.model.name}-neurons-{cfg.task.method}", language_neurons)
+
+
+def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
+    """Identify (or import), locate over layers, compare with an aligned model, deactivate."""
+    task = cfg.task
+    neurons.check_options(task.method, task.top_rate, task.bar_rate, task.filter_rate, task.lam)
     source = imported(cfg.task)     # published files are read before any model loads
     corpus = task_corpus(cfg) if source is None or cfg.task.deactivate or cfg.task.compare_model else None
     texts = held_out(cfg, corpus) if cfg.task.deactivate else None
@@ -107,9 +112,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
         files += deactivation_files
         values.update(deactivation_values)
     print(f"\nrun folder: {folder}")
-    if cfg.tracking.enabled:
-        tags = {"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}
-        log_run(cfg, f"{cfg.model.name}-neurons-{cfg.task.method}", tags, values, series, files)
+    return Logged({"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}, values, series, files)
 
 
 def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:

@@ -3,6 +3,8 @@ write tables and log the MLflow run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,10 +22,12 @@ _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCorpus:
     """The configured corpus with its languages, and at most ``max_units`` units per language."""
+    if max_units is not None and (not isinstance(max_units, int) or isinstance(max_units, bool) or max_units < 2):
+        raise NeuronXAError(f"dataset.max_units must be a whole number of at least 2 (alignment compares units with "
+                            f"each other), or null for every unit; not {max_units!r}")
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
-
 
 
 def plain(value):
@@ -31,13 +35,11 @@ def plain(value):
     return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
 
 
-
 def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
     try:
         return corpus.resolve(cfg.score.pivot)
     except NeuronXAError as error:
         raise NeuronXAError(f"score.pivot: {error} Set score.pivot to one of the corpus languages.") from None
-
 
 
 def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
@@ -60,23 +62,36 @@ def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
     return store
 
 
-
 def model_name(cfg: DictConfig) -> str:
     """The model's name in tables and tags: its config name, or the hub id / folder for ``model=hf``."""
     return spec_from_config(cfg.model).name
 
 
 
-def log_run(cfg: DictConfig, run_name: str, tags: dict[str, str], values: dict[str, float],
-        series: list[tuple[str, float, int]], files: list[Path]) -> None:
-    """One MLflow run with the flattened config as params, the model and experiment as tags."""
-    run_id = tracking.log_run(
-        cfg.tracking.uri, cfg.tracking.experiment, run_name, tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
-        {"model": model_name(cfg), "experiment": cfg.tracking.experiment, "task": cfg.task.name, **tags},
-        values, series, files, Path(cfg.tracking.artifacts),
-    )
-    print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); `make ui` to browse")
+@dataclass
+class Logged:
+    """What a job hands to its MLflow run: tags, single values, (name, value, step) series and files."""
+    tags: dict[str, str]
+    values: dict[str, float] = field(default_factory=dict)
+    series: list[tuple[str, float, int]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
 
+
+def tracked_run(cfg: DictConfig, folder: Path, run_name: str, job: Callable[[DictConfig, Path], Logged]) -> None:
+    """``job(cfg, folder)`` inside an MLflow run (when ``tracking.enabled``) that is opened before the job starts,
+    with the flattened config as params, and closed with the job's status."""
+    if not cfg.tracking.enabled:
+        job(cfg, folder)
+        return
+    tracking.check_reachable(cfg.tracking.uri)
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    tags = {"model": model_name(cfg), "experiment": cfg.tracking.experiment, "task": cfg.task.name}
+    with tracking.recorded(cfg.tracking.uri, cfg.tracking.experiment, run_name, params, tags,
+                           Path(cfg.tracking.artifacts)) as recorder:
+        logged = job(cfg, folder)
+        recorder.record(logged.tags, logged.values, logged.series, logged.files)
+    print(f"MLflow run {recorder.run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); "
+          "`make ui` to browse")
 
 
 def write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from neuronxa import align_task, neurons_task
-from neuronxa.errors import NeuronXAError
+from neuronxa.errors import Interrupted, NeuronXAError
 
 TASKS = {"align": align_task.run, "neurons": neurons_task.run}
 
@@ -29,6 +29,11 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: what was cached stays, and says so
+        if cfg.debug:
+            raise
+        print(str(interrupt) if isinstance(interrupt, Interrupted) else "interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

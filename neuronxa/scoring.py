@@ -88,13 +88,20 @@ def has_chance_level(metric: str) -> bool:
     return metric in ALIGNMENT or metric.startswith("retrieval.")
 
 
+LAYER_POOLS = ("mean", "max")
+
+
+def check_layer_pool(layer_pool: str) -> None:
+    if layer_pool not in LAYER_POOLS:
+        raise NeuronXAError(f"score.layer_pool must be mean or max, not {layer_pool!r}")
+
+
 def summarise(scores: pd.DataFrame, layer_pool: str = "mean") -> pd.DataFrame:
     """Per metric and language: the layer-pooled score, the best layer and its value, n, chance p-value.
 
     The chance p-value is that of the pooled score read as k = round(score · n) aligned units of n.
     """
-    if layer_pool not in ("mean", "max"):
-        raise NeuronXAError(f"layer pooling must be mean or max, not {layer_pool!r}")
+    check_layer_pool(layer_pool)
     rows = []
     for (metric, pivot, language), group in scores.groupby(["metric", "pivot", "language"], sort=False):
         values = group.set_index("layer")["value"]

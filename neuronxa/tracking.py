@@ -5,15 +5,19 @@ plots as artifacts. The default store is a local SQLite file under ``outputs/``:
 
 from __future__ import annotations
 
+import sqlite3
 import urllib.error
 import urllib.request
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock
 
-from neuronxa.errors import NeuronXAError
+from neuronxa.errors import NeuronXAError, check_creatable
+
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -29,7 +33,10 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail before any work when a tracking server cannot be reached (local stores always can)."""
+    """Fail before any work when the tracking store cannot be used: a server that does not answer, or a local
+    SQLite store that is not a database or cannot be created."""
+    if uri.startswith("sqlite:///"):
+        return _check_sqlite(Path(uri.removeprefix("sqlite:///")))
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -42,15 +49,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def _experiment_id(mlflow, name: str, artifacts: Path) -> str:
-    """The experiment's id, created with its artifacts under ``artifacts`` if new."""
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
-    except Exception:  # noqa: BLE001 - another job of the sweep created it first
-        return mlflow.get_experiment_by_name(name).experiment_id
+def _check_sqlite(path: Path) -> None:
+    """An existing file must be an SQLite database; a new one must have a folder to go in."""
+    if path.is_dir():
+        raise NeuronXAError(f"tracking.uri names {path}, a folder: give a file, e.g. sqlite:///{path / 'mlflow.db'}")
+    if path.exists():
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+                connection.execute("PRAGMA schema_version")
+        except sqlite3.DatabaseError as error:
+            raise NeuronXAError(f"tracking store {path} is not an SQLite database ({error}): point tracking.uri at "
+                                "another file, or move this one away") from None
+        return
+    check_creatable(path.parent, "tracking.uri")
+
+
+def _experiment_id(client, name: str, artifacts: Path) -> str:
+    """The experiment's id, created with its artifacts under ``artifacts`` if new, and marked as a model-
+    development experiment so that the MLflow UI opens on its runs (not on GenAI traces)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
+        except Exception:  # noqa: BLE001 - another job of the sweep created it first
+            pass
+        experiment = client.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
 
 
 def score_metrics(summary: pd.DataFrame, scores: pd.DataFrame) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
@@ -61,43 +87,54 @@ def score_metrics(summary: pd.DataFrame, scores: pd.DataFrame) -> tuple[dict[str
     return values, series
 
 
-def log_run(
-    uri: str,
-    experiment: str,
-    run_name: str,
-    params: dict[str, str],
-    tags: dict[str, str],
-    values: dict[str, float],
-    series: list[tuple[str, float, int]],
-    artifacts: list[Path],
-    artifact_root: Path = Path("outputs/mlartifacts"),
-) -> str:
-    """Log one run: params, tags, single values, (name, value, step) series and artifact files; returns its id.
+class Recorder:
+    """What a job logs into its open MLflow run: tags, single values, (name, value, step) series and files."""
 
-    Parallel jobs of a sweep logging to one local SQLite store take turns (a file lock), so that none of them
-    races another to create the store's tables."""
-    lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
-    with lock:
-        return _log_run(uri, experiment, run_name, params, tags, values, series, artifacts, artifact_root)
+    def __init__(self, client, run_id: str, lock) -> None:
+        self.client, self.run_id, self.lock = client, run_id, lock
 
+    def record(self, tags: dict[str, str], values: dict[str, float], series: list[tuple[str, float, int]],
+               artifacts: list[Path]) -> None:
+        from mlflow.entities import Metric, RunTag
 
-def _log_run(uri, experiment, run_name, params, tags, values, series, artifacts, artifact_root) -> str:
-    import mlflow
-    from mlflow.entities import Metric
-
-    mlflow.set_tracking_uri(uri)
-    experiment_id = _experiment_id(mlflow, experiment, artifact_root)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params(params)
-        mlflow.set_tags(tags)
         metrics = [Metric(name, float(value), 0, int(step)) for name, value, step in series if pd.notna(value)]
         metrics += [Metric(name, float(value), 0, 0) for name, value in values.items() if pd.notna(value)]
-        client = mlflow.tracking.MlflowClient()
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
-        for path in artifacts:
-            mlflow.log_artifact(str(path))
-        return run.info.run_id
+        with self.lock:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            for start in range(0, len(metrics), 1000):
+                self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+            for path in artifacts:
+                self.client.log_artifact(self.run_id, str(path))
+
+
+@contextmanager
+def recorded(uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str],
+             artifact_root: Path = Path("outputs/mlartifacts")) -> Iterator[Recorder]:
+    """An MLflow run open for the whole job: created before any work (so its duration is the job's), ended
+    FINISHED, or FAILED (KILLED on Ctrl-C) with the error's first line as the tag ``error``.
+
+    Parallel jobs of a sweep sharing one local SQLite store take turns (a file lock), so that none of them
+    races another to create the store's tables."""
+    import mlflow
+    from mlflow.entities import Param
+
+    lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
+    with lock:
+        client = mlflow.tracking.MlflowClient(uri)
+        run = client.create_run(_experiment_id(client, experiment, artifact_root), run_name=run_name, tags=tags)
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[start : start + 100])
+    try:
+        yield Recorder(client, run.info.run_id, lock)
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        with lock:
+            client.set_tag(run.info.run_id, "error", (str(error).splitlines() or [type(error).__name__])[0][:500])
+            client.set_terminated(run.info.run_id, status)
+        raise
+    with lock:
+        client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def runs(uri: str, experiment: str) -> pd.DataFrame:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+DEFAULTS = {"benchmark": "none", "tracking.enabled": "false"}   # unless a case sets them
 TSV_HEADER = "id\teng_Latn\tfra_Latn\n"
 GOOD_ROWS = "a\tThe cat sleeps.\tLe chat dort.\nb\tIt rains.\tIl pleut.\nc\tShe reads.\tElle lit.\n"
 
@@ -31,6 +32,12 @@ def build(folder: Path) -> dict[str, list[str]]:
     good = tsv("good", TSV_HEADER + GOOD_ROWS)
     jsonl = folder / "broken.jsonl"
     jsonl.write_text(json.dumps({"id": "a", "eng_Latn": "Hi", "fra_Latn": "Salut"}) + "\n{not json\n")
+    nested = folder / "nested.jsonl"
+    nested.write_text("".join(json.dumps({"id": i, "eng_Latn": "Hi", "fra_Latn": ["Salut"]}) + "\n" for i in range(3)))
+    (folder / "a_file").write_text("not a folder")
+    (folder / "garbage.db").write_text("this is not a database")
+    lm_eval = folder / "results_2024.json"
+    lm_eval.write_text(json.dumps({"results": {"hellaswag": {"acc,none": 0.5}}}))
     return {
         "language missing": ["dataset=tsv", good, "dataset.languages=[eng_Latn,deu_Latn]"],
         "unknown code (close match)": ["dataset=tsv", good, "dataset.languages=[eng_Latn,fra_Latm]"],
@@ -49,6 +56,25 @@ def build(folder: Path) -> dict[str, list[str]]:
         "unknown metric": ["dataset=tsv", good, "metric=nasca", "metric.names=[nascar]"],
         "unknown model name": ["dataset=tsv", good, "model=llama9"],
         "unknown pooling": ["dataset=tsv", good, "pooling=median"],
+        "only the pivot language": ["dataset=tsv", good, "dataset.languages=[eng_Latn]"],
+        "cache.dir under a file": ["dataset=tsv", good, f"cache.dir={folder / 'a_file' / 'cache'}"],
+        "tracking store not a database": ["dataset=tsv", good, "tracking.enabled=true",
+                                          f"tracking.uri=sqlite:///{folder / 'garbage.db'}"],
+        "lm-eval file, no language task": ["dataset=tsv", good, "benchmark=lm_eval", f"benchmark.path={lm_eval}"],
+        "max_units 0": ["dataset=tsv", good, "dataset.max_units=0"],
+        "max_units negative": ["dataset=tsv", good, "dataset.max_units=-3"],
+        "max_units not a number": ["dataset=tsv", good, "dataset.max_units=many"],
+        "layers beyond the model": ["dataset=tsv", good, "extract.layers=999"],
+        "batch_size 0": ["dataset=tsv", good, "extract.batch_size=0"],
+        "group_units 0": ["dataset=tsv", good, "extract.group_units=0"],
+        "JSONL value not text": ["dataset=jsonl", f"dataset.path={nested}"],
+        "UTF-16 file": ["dataset=tsv", tsv("utf16", (TSV_HEADER + GOOD_ROWS).encode("utf-16"))],
+        "header only": ["dataset=tsv", tsv("header", TSV_HEADER)],
+        "unknown target language": ["dataset=tsv", good, "score.languages=[deu_Latn]"],
+        "unknown layer pool": ["dataset=tsv", good, "score.layer_pool=median"],
+        "neurons: top_rate above 1": ["dataset=tsv", good, "task=neurons", "task.languages=null", "task.top_rate=2"],
+        "neurons: missing counts file": ["dataset=tsv", good, "task=neurons", f"task.counts=[{folder / 'no.pt'}]"],
+        "neurons: unknown method": ["dataset=tsv", good, "task=neurons", "task.languages=null", "task.method=magic"],
     }
 
 
@@ -66,9 +92,11 @@ def main() -> None:
     width = max(map(len, cases))
     failures = 0
     for name, overrides in cases.items():
+        given = {override.split("=")[0] for override in overrides}
+        defaults = [f"{key}={value}" for key, value in DEFAULTS.items() if key not in given]
         result = subprocess.run(
-            [sys.executable, "-m", "neuronxa.run", *overrides, "benchmark=none", "tracking.enabled=false",
-             f"hydra.run.dir={folder / 'runs'}"], capture_output=True, text=True, timeout=300)
+            [sys.executable, "-m", "neuronxa.run", *overrides, *defaults, f"hydra.run.dir={folder / 'runs'}"],
+            capture_output=True, text=True, timeout=300)
         line = first_error_line(result.stderr)
         failures += result.returncode == 0 or "Traceback" in result.stderr
         print(f"{name:<{width}}  exit {result.returncode}  {line}", flush=True)

@@ -21,6 +21,16 @@ WORDS = ("all human beings are born free and equal in dignity rights everyone ha
          "alle menschen sind frei und gleich an würde rechten geboren jeder hat das recht auf leben").split()
 
 
+def assert_storage_close(actual, expected):
+    """Two computations of the same cached states under different batch plans, thread counts or CPU kernels:
+    equal within float16 storage rounding (two units in the last place, relative), or a hundred-thousandth
+    of the array's scale where cancellation leaves a value near zero."""
+    import numpy as np
+
+    scale = float(np.max(np.abs(expected))) if np.size(expected) else 0.0
+    np.testing.assert_allclose(actual, expected, rtol=2 ** -9, atol=1e-5 * scale)
+
+
 def tiny_tokenizer(bos: bool = True):
     """A word-level fast tokenizer over WORDS (unknown words -> [UNK]), adding <s> in front when ``bos``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -74,6 +84,18 @@ def tiny_folder(tmp_path):
     tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _cpu(monkeypatch):
+    """Tests run on the CPU in float32 wherever they run (a GPU machine included), unless a test names a device:
+    ``device="auto"`` resolves to the CPU."""
+    from neuronxa import extract, models
+
+    real = models.resolve_device
+    pinned = lambda device: "cpu" if device == "auto" else real(device)   # noqa: E731
+    monkeypatch.setattr(models, "resolve_device", pinned)
+    monkeypatch.setattr(extract, "resolve_device", pinned)
 
 
 @pytest.fixture(autouse=True)

@@ -5,16 +5,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from neuronxa.benchmarks import (
-    STANDIN, for_model, held_out_texts, negative_bits_per_byte, read_csv, read_lm_eval,
+    STANDIN, for_model, held_out_texts, read_csv, read_lm_eval,
 )
 from neuronxa.corpus import read_tsv
 from neuronxa.correlation import correlate
 from neuronxa.errors import NeuronXAError
 
-from conftest import FIXTURES, tiny_model, tiny_tokenizer
+from conftest import FIXTURES
 
 
 def summary(**scores):
@@ -64,20 +63,6 @@ def test_lm_eval_result_files_map_tasks_and_languages():
                                  ("m_mmlu", "swh_Latn"): 0.27}
     norm = read_lm_eval([FIXTURES / "lm_eval"], "tiny", metric_key="acc_norm,none")
     assert set(norm.benchmark) == {"belebele", "m_arc"} and set(norm.model) == {"tiny"}
-
-
-def test_bits_per_byte_against_a_manual_log_softmax():
-    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
-    texts = ["all human beings are born free", "tous les êtres humains naissent libres"]
-    nll = 0.0
-    for text in texts:
-        ids = tokenizer(text)["input_ids"]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids])).logits[0]
-        for t in range(1, len(ids)):
-            nll -= float(torch.log_softmax(logits[t - 1], dim=-1)[ids[t]])
-    n_bytes = sum(len(t.encode()) for t in texts)
-    assert negative_bits_per_byte(model, tokenizer, texts) == pytest.approx(-nll / math.log(2) / n_bytes, rel=1e-5)
 
 
 def test_held_out_units_are_the_ones_not_scored():

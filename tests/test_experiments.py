@@ -16,6 +16,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 def test_experiment_runs_shrunk_and_prints_its_table(experiment, tiny_folder, tmp_path):
     outputs = tmp_path / "outputs"
     overrides = [f"experiment={experiment}", "model=hf", f"model.name_or_path={tiny_folder}", "dataset.max_units=4",
+                 "model.device=cpu", "model.dtype=float32",
                  "++benchmark.units=2", f"paths.outputs={outputs}", f"hydra.run.dir={tmp_path / 'run'}",
                  f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     sweep = subprocess.run([sys.executable, "-m", "neuronxa.run", *overrides], cwd=ROOT, capture_output=True,

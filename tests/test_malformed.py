@@ -13,5 +13,5 @@ def test_every_malformed_case_gets_a_clean_error(tmp_path):
     result = subprocess.run([sys.executable, "scripts/malformed_corpora.py", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert "17 cases, 0 without a clean error" in result.stdout
+    assert "35 cases, 0 without a clean error" in result.stdout
     assert "Did you mean fra_Latn?" in result.stdout

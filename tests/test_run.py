@@ -18,7 +18,8 @@ from conftest import FIXTURES, ROOT
 
 
 def tiny_overrides(tiny_folder, tmp_path):
-    return [f"model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
+    return ["model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
+            "model.device=cpu", "model.dtype=float32",
             f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none"]
 
 

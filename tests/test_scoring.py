@@ -11,10 +11,9 @@ from neuronxa.store import StateStore
 from test_metrics import loop_cosine, loop_weak_alignment
 
 LAYERS, UNITS, NEURONS, HIDDEN = 4, 12, 20, 6
-rng = np.random.default_rng(3)
 
 
-def synthetic(base, noise):
+def synthetic(base, noise, rng):
     """NAS/NAV/hidden states equal to ``base`` plus noise that grows with the layer."""
     out = {}
     for kind, width in (("nas", NEURONS), ("nav", NEURONS), ("hidden", HIDDEN)):
@@ -25,15 +24,16 @@ def synthetic(base, noise):
 
 @pytest.fixture
 def store(tmp_path):
+    rng = np.random.default_rng(3)   # each test gets the same store, whatever ran before it
     base = {"nas": rng.random((UNITS, NEURONS)), "nav": rng.random((UNITS, NEURONS)),
             "hidden": rng.normal(size=(UNITS, HIDDEN))}
     store = StateStore(tmp_path, {"model": "synthetic", "corpus": "toy"})
     ids = [f"u{i}" for i in range(UNITS)]
     for language, noise in (("eng_Latn", 0.0), ("fra_Latn", 0.05), ("xxx_Latn", 2.0)):
-        store.write(language, synthetic(base, noise), ids, language, n_tokens=np.ones(UNITS), n_truncated=0)
+        store.write(language, synthetic(base, noise, rng), ids, language, n_tokens=np.ones(UNITS), n_truncated=0)
     # a language whose units come in another order, and only some of them (as Tatoeba pairs do)
     order = rng.permutation(UNITS)[:8]
-    shuffled = {k: {"weighted": v["weighted"][:, order]} for k, v in synthetic(base, 0.0).items()}
+    shuffled = {k: {"weighted": v["weighted"][:, order]} for k, v in synthetic(base, 0.0, rng).items()}
     store.write("deu_Latn", shuffled, [ids[i] for i in order], "deu", n_tokens=np.ones(8), n_truncated=0)
     return store
 

@@ -89,6 +89,26 @@ def test_forward_pass_settings_change_the_store(tiny_folder, tmp_path):
         assert other.path != first.path and set(report.status) == {"written"}
 
 
+def test_the_batch_plan_ignores_what_the_cache_holds(tiny_folder, tmp_path, monkeypatch):
+    """A language recomputed alone after its entry was lost is batched with its whole group again, so the
+    rerun gives the bits of an uninterrupted run."""
+    import shutil
+
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    whole, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "whole", batch_size=4)
+    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", batch_size=4)
+    shutil.rmtree(Path(store.path) / "fra_Latn")
+    seen = []
+    real = extract.pooled_states
+    monkeypatch.setattr(extract, "pooled_states", lambda model, tok, texts, **kw: seen.append(len(texts)) or
+                        real(model, tok, texts, **kw))
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", batch_size=4)
+    assert report.status.tolist() == ["reused", "written"] and seen == [2 * len(corpus.units["fra_Latn"])]
+    for kind in ("nas", "nav", "hidden"):
+        np.testing.assert_array_equal(store.read("fra_Latn", kind, "weighted"), whole.read("fra_Latn", kind, "weighted"))
+    np.testing.assert_array_equal(store.read("eng_Latn", "nas", "mean"), whole.read("eng_Latn", "nas", "mean"))
+
+
 def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, monkeypatch):
     corpus = read_tsv(FIXTURES / "toy.tsv")
     real = extract.pooled_states
@@ -104,10 +124,10 @@ def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
     monkeypatch.setattr(extract, "pooled_states", real)
-    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
     assert report.status.tolist() == ["reused", "written"]
-    fresh, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fresh")
-    for language in corpus.languages:
+    fresh, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fresh", group_units=1)
+    for language in corpus.languages:     # the same plan: the same bits
         np.testing.assert_array_equal(store.read(language, "nas", "weighted"), fresh.read(language, "nas", "weighted"))
 
 
@@ -118,6 +138,7 @@ def run_cli(*overrides, cwd):
 
 def test_command_line_writes_then_reuses(tiny_folder, tmp_path):
     args = ("model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
+            "model.device=cpu", "model.dtype=float32",
             f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "benchmark=none")
     first = run_cli(*args, cwd=ROOT)
     assert first.returncode == 0, first.stderr
@@ -178,7 +199,7 @@ def test_a_layer_limit_is_its_own_cache_entry(tiny_folder, tmp_path):
     assert first.n_layers("fra_Latn") == 2 and full.n_layers("fra_Latn") == 3
     np.testing.assert_array_equal(first.read("fra_Latn", "nas", "mean"),
                                   full.read("fra_Latn", "nas", "mean", slice(0, 2)))
-    with pytest.raises(NeuronXAError, match="extract.layers must be at least 1"):
+    with pytest.raises(NeuronXAError, match="extract.layers must be between 1"):
         extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=0)
 
 
