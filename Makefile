@@ -56,6 +56,7 @@ bench-quick: install ## The same on a tiny random model, in about a minute
 	$(PY) -m bench.run --quick $(ARGS)
 
 ui: install ## Browse every logged run in the MLflow UI (http://127.0.0.1:5000)
+	@echo "MLflow UI: http://127.0.0.1:5000 -- choose 'Model training' at the top left, or open http://127.0.0.1:5000/#/experiments/ID/runs"
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --default-artifact-root $(OUTPUTS)/mlartifacts
 
 $(REPRODUCIBLE): reproduce-%: install ## TABLE = table1, table2, table3, table4 or fig2: run its sweep, print it beside the paper (PROFILE=paper: the paper's models and data)
