@@ -18,7 +18,7 @@ from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 
-from neuronxa.errors import NeuronXAError
+from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.languages import flores_code, is_flores_code
 
 
@@ -415,8 +415,8 @@ def read_corpus(
     """Read a corpus with the reader named ``kind`` and keep ``languages`` and ``max_units``."""
     if kind not in READERS:
         raise NeuronXAError(f"unknown dataset {kind!r}: choose one of {', '.join(READERS)}")
-    if max_units is not None and (not isinstance(max_units, int) or isinstance(max_units, bool) or max_units < 1):
-        raise NeuronXAError(f"max_units must be a whole number of at least 1, or None for every unit; not {max_units!r}")
+    if max_units is not None:
+        check_whole(max_units, "max_units", 1, " (or None for every unit)")
     if path is None:
         raise NeuronXAError(f"dataset {kind!r} needs its location: pass dataset.path=/path/to/{kind}")
     corpus = READERS[kind](path, languages, **options)

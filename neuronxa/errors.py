@@ -1,5 +1,5 @@
-"""The exception types that the command line turns into one line instead of a traceback, and the check of a
-local path the tool is about to create."""
+"""The exception types that the command line turns into one line instead of a traceback, and the checks of a
+count option and of a local path the tool is about to create."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ class NeuronXAError(Exception):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, carrying one line that says what was kept and how to go on."""
+
+
+def check_whole(value: object, option: str, minimum: int, meaning: str = "") -> None:
+    """Fail with one line unless ``value`` is a whole number (not a bool) of at least ``minimum``; ``meaning``
+    says why, or what null means, after the rule."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise NeuronXAError(f"{option} must be a whole number of at least {minimum}{meaning}, not {value!r}")
 
 
 def check_creatable(path: str | Path, option: str) -> None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from neuronxa import models
 from neuronxa.corpus import ParallelCorpus
-from neuronxa.errors import Interrupted, NeuronXAError, check_creatable
+from neuronxa.errors import Interrupted, NeuronXAError, check_creatable, check_whole
 from neuronxa.models import ModelSpec, resolve_device, resolve_dtype
 from neuronxa.pooling import POOLINGS, pooling_weights, real_token_mask
 from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of, module_paths
@@ -174,13 +174,14 @@ def check_options(spec: ModelSpec, max_length: int, batch_size: int, group_units
     """Stage one's options against each other and the model's config, before any cache look-up or weights load
     (an unsupported architecture fails here too)."""
     check_max_length(max_length)
-    for name, value in (("batch_size", batch_size), ("group_units", group_units)):
-        if not isinstance(value, int) or value < 1:
-            raise NeuronXAError(f"extract.{name} must be a whole number of at least 1, not {value!r}")
-    architecture_of(models.model_type(spec))
+    check_whole(batch_size, "extract.batch_size", 1)
+    check_whole(group_units, "extract.group_units", 1)
+    config = models.model_config(spec)       # read once: a hub model's config is a network round trip
+    architecture_of(config["model_type"])
     if layers is not None:
-        available = models.n_layers(spec)
-        if not isinstance(layers, int) or layers < 1 or (available is not None and layers > available):
+        available = models.n_layers(config)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1 or \
+                (available is not None and layers > available):
             raise NeuronXAError(f"extract.layers must be between 1 and the model's {available or 'number of'} layers "
                                 f"(or null for all), not {layers!r}")
 

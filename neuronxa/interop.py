@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.neurons import in_mask
+from neuronxa.neurons import in_mask, neuron_type
 
 TOKEN_KEYS = ("n", "total_tokens")   # LAPE, NJUNLP
 
@@ -107,12 +107,8 @@ def read_mask(path: str | Path) -> pd.DataFrame:
         for layer, indices in enumerate(layers):
             for neuron in torch.as_tensor(indices).reshape(-1).tolist():
                 languages.setdefault((layer, int(neuron)), []).append(language)
-    rows = [(layer, neuron, _kind(len(found), n_languages), tuple(found), True)
+    rows = [(layer, neuron, neuron_type(len(found), n_languages), tuple(found), True)
             for (layer, neuron), found in sorted(languages.items())]
     frame = pd.DataFrame(rows, columns=["layer", "neuron", "type", "languages", "kept"])
     frame.attrs.update(n_languages=n_languages, n_layers=max(len(layers) for layers in data))
     return frame
-
-
-def _kind(n_found: int, n_languages: int) -> str:
-    return "specific" if n_found == 1 else "agnostic" if n_found == n_languages else "related"

@@ -220,9 +220,8 @@ def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:
     return model_config(spec, models_dir)["model_type"]
 
 
-def n_layers(spec: ModelSpec, models_dir: Path | None = None) -> int | None:
-    """The number of decoder layers from the model's config alone (None when the config does not say)."""
-    config = model_config(spec, models_dir)
+def n_layers(config: dict) -> int | None:
+    """The number of decoder layers a ``model_config`` names (None when it does not say)."""
     config = config.get("text_config") or config
     return next((int(config[key]) for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
 

@@ -113,6 +113,11 @@ def check_options(method: str, top_rate: float, bar_rate: float, filter_rate: fl
             raise NeuronXAError(f"task.{name} must be a number {rule}, not {value!r}")
 
 
+def neuron_type(n_found: int, n_languages: int) -> str:
+    """A neuron's type from how many of the K languages it belongs to: 1 specific, 2..K−1 related, K agnostic."""
+    return "specific" if n_found == 1 else "agnostic" if n_found == n_languages else "related"
+
+
 def _selection(prob: np.ndarray, method: str, top_rate: float, filter_rate: float | None, bar: float,
                lam: float | None) -> tuple[np.ndarray, float | None, bool]:
     """Flat indices of the kept neurons, the λ used (None for LAPE) and whether a λ search found one."""
@@ -164,8 +169,7 @@ def identify(
         layer, neuron = divmod(int(flat), prob.shape[1])
         languages = tuple(int(i) for i in np.flatnonzero(above[layer, neuron]))
         if languages:
-            kind = "specific" if len(languages) == 1 else "related" if len(languages) < n_languages else "agnostic"
-            rows[layer, neuron] = (kind, languages, True)
+            rows[layer, neuron] = (neuron_type(len(languages), n_languages), languages, True)
     for layer, neuron in zip(*np.nonzero(above.all(axis=-1))):
         rows.setdefault((int(layer), int(neuron)), ("agnostic", tuple(range(n_languages)), False))
     frame = pd.DataFrame([(layer, neuron, *row) for (layer, neuron), row in sorted(rows.items())],

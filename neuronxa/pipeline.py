@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuronxa import tracking
 from neuronxa.corpus import ParallelCorpus, read_corpus
-from neuronxa.errors import NeuronXAError
+from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.extract import extract_corpus
 from neuronxa.models import spec_from_config
 from neuronxa.store import StateStore
@@ -22,9 +22,8 @@ _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCorpus:
     """The configured corpus with its languages, and at most ``max_units`` units per language."""
-    if max_units is not None and (not isinstance(max_units, int) or isinstance(max_units, bool) or max_units < 2):
-        raise NeuronXAError(f"dataset.max_units must be a whole number of at least 2 (alignment compares units with "
-                            f"each other), or null for every unit; not {max_units!r}")
+    if max_units is not None:
+        check_whole(max_units, "dataset.max_units", 2, " (alignment compares units with each other; null: every unit)")
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
