@@ -83,3 +83,23 @@ def print_correlation_tables(description: str, experiment: str, paper_csv: str) 
     table = paper[paper.model != "AVG"].rename(columns={"value": "pearson_r"})
     print_table(f"The paper's {paper_csv.removesuffix('.csv').title()} (FLORES-200, 100 sentences):",
                 correlation_table(table, list(dict.fromkeys(table.model))))
+    comparisons = collect(args.uri, args.experiment, ["model", "pooling"], "comparisons.csv")
+    print_table("Is NASCA's correlation different from MEXA's? Here: difference with a paired bootstrap interval "
+                "over languages and Williams' p; beside it the paper's difference (no interval published)",
+                nasca_against_mexa(comparisons, table))
+
+
+def nasca_against_mexa(comparisons: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r of NASCA minus MEXA's per benchmark, model and pooling: here (with interval and p) and in the
+    paper (the same models' difference, where the paper has them)."""
+    rows = comparisons[(comparisons.correlation == "pearson") & comparisons.metric_a.isin(["nasca", "mexa"])
+                       & comparisons.metric_b.isin(["nasca", "mexa"])].copy()
+    sign = rows.metric_a.map({"nasca": 1, "mexa": -1})   # the difference as NASCA − MEXA whatever the order
+    rows["difference"] = sign * rows.difference
+    rows["ci_low"], rows["ci_high"] = (rows.ci_low.where(sign > 0, -rows.ci_high),
+                                       rows.ci_high.where(sign > 0, -rows.ci_low))
+    published = paper.pivot_table(index=["benchmark", "pooling", "model"], columns="metric", values="pearson_r")
+    published = (published["nasca"] - published["mexa"]).rename("paper NASCA − MEXA")
+    table = rows.set_index(["benchmark", "pooling", "model"])[["n", "difference", "ci_low", "ci_high", "p"]]
+    table = table.rename(columns={"difference": "NASCA − MEXA"})
+    return table.join(published, how="outer") if len(table) else published.to_frame()

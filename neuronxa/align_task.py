@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from neuronxa import benchmarks, plots, scoring, tracking
+from neuronxa import benchmarks, pairwise, plots, scoring, tracking
 from neuronxa.corpus import ParallelCorpus
-from neuronxa.correlation import correlate
-from neuronxa.errors import NeuronXAError
+from neuronxa.correlation import Resampling, compare, correlate
+from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.models import spec_from_config
 from neuronxa.pipeline import (Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run,
                                write_csv)
@@ -26,13 +26,40 @@ def target_languages(cfg: DictConfig, corpus: ParallelCorpus) -> list[str]:
         raise NeuronXAError(f"score.languages: {error}") from None
 
 
-def stage_two(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores per metric, language and layer, and their layer-pooled summary."""
-    scores = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot_language(cfg, corpus),
-                           target_languages(cfg, corpus))
-    summary = scoring.summarise(scores, cfg.score.layer_pool)
+def resampling(cfg: DictConfig) -> Resampling:
+    """The interval settings (``score.level``, ``score.bootstrap``, ``score.permutations``, ``score.seed``),
+    checked; ``score.resamples`` is checked beside them."""
+    level = cfg.score.level
+    if isinstance(level, bool) or not isinstance(level, float | int) or not 0 < level < 1:
+        raise NeuronXAError(f"score.level must be a probability between 0 and 1 (e.g. 0.95), not {level!r}")
+    check_whole(cfg.score.resamples, "score.resamples", 0, " (half-samples per score interval; 0: none)")
+    check_whole(cfg.score.bootstrap, "score.bootstrap", 0, " (bootstrap draws per correlation interval)")
+    check_whole(cfg.score.permutations, "score.permutations", 1, " (permutations per correlation p)")
+    check_whole(cfg.score.seed, "score.seed", 0)
+    return Resampling(cfg.score.bootstrap, cfg.score.permutations, float(level), cfg.score.seed)
+
+
+def every_pivot(cfg: DictConfig) -> bool:
+    """``score.pivot=all``: every ordered pair of corpus languages."""
+    return str(cfg.score.pivot) == "all"
+
+
+def labelled(cfg: DictConfig, corpus: ParallelCorpus, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with model, dataset and pooling columns in front."""
     labels = {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name}
-    return scores.assign(**labels)[[*labels, *scores.columns]], summary.assign(**labels)[[*labels, *summary.columns]]
+    return frame.assign(**labels)[[*labels, *frame.columns]]
+
+
+def stage_two(cfg: DictConfig, corpus: ParallelCorpus,
+              store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Scores per metric, language and layer, their layer-pooled summary with intervals, and the paired
+    differences of the alignment scores."""
+    scores, resampled = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot_language(cfg, corpus),
+                                      target_languages(cfg, corpus), resamples=cfg.score.resamples,
+                                      seed=cfg.score.seed)
+    summary = scoring.summarise(scores, cfg.score.layer_pool, resampled, cfg.score.level)
+    differences = scoring.differences(summary, resampled, cfg.score.level)
+    return labelled(cfg, corpus, scores), labelled(cfg, corpus, summary), labelled(cfg, corpus, differences)
 
 
 def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
@@ -93,16 +120,40 @@ def _short(metric: str) -> str:
     return metric
 
 
-def print_results(summary: pd.DataFrame, correlations: pd.DataFrame | None) -> None:
-    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 3):
+def _interval_cells(frame: pd.DataFrame, value: str) -> pd.Series:
+    """'0.958 [0.91, 0.99]' per row."""
+    return frame.apply(lambda row: f"{row[value]:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]", axis=1)
+
+
+def print_results(summary: pd.DataFrame, differences: pd.DataFrame, correlations: pd.DataFrame | None,
+                  comparisons: pd.DataFrame | None, level: float) -> None:
+    with pd.option_context("display.width", 180, "display.max_columns", 30, "display.precision", 3):
         table = summary.pivot(index="language", columns="metric", values="score").rename(columns=_short)
         pooled_by, pivot = summary.layer_pool.iloc[0], summary["pivot"].iloc[0]
         print(f"\nlayer-pooled scores ({pooled_by} over layers; pivot {pivot}):")
         print(table.sort_values(table.columns[0], ascending=False).to_string())
+        shares = summary[summary.metric.isin(scoring.ALIGNMENT)]
+        if shares.ci_low.notna().any():
+            cells = shares.assign(cell=_interval_cells(shares, "score"))
+            print(f"\n{level:.0%} intervals over the units (half-samples; n = {int(summary.n.max())}):")
+            print(cells.pivot(index="language", columns="metric", values="cell").to_string())
+        if len(differences) and differences.ci_low.notna().any():
+            cells = differences.assign(cell=_interval_cells(differences, "difference"),
+                                       pair=differences.metric_a + " − " + differences.metric_b)
+            print(f"\npaired differences on the same units ({level:.0%} intervals):")
+            print(cells.pivot(index="language", columns="pair", values="cell").to_string())
         if correlations is not None:
-            print("\ncorrelation with downstream results across languages:")
-            shown = ["metric", "benchmark", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "note"]
-            print(correlations[shown].to_string(index=False))
+            print("\ncorrelation with downstream results across languages (interval: bootstrap over languages; "
+                  "perm. p: permutation test):")
+            shown = ["metric", "benchmark", "n", "pearson_r", "pearson_ci_low", "pearson_ci_high",
+                     "pearson_permutation_p", "spearman_rho", "spearman_permutation_p", "note"]
+            print(correlations[shown].rename(columns=lambda c: c.replace("permutation_p", "perm_p")).to_string(index=False))
+        if comparisons is not None and len(comparisons):
+            print("\nare two alignment scores' correlations different? (Pearson; interval: paired bootstrap over "
+                  "languages; p: Williams' t; every pair of metrics in comparisons.csv)")
+            shown = comparisons[(comparisons.correlation == "pearson") & comparisons.metric_a.isin(scoring.ALIGNMENT)
+                                & comparisons.metric_b.isin(scoring.ALIGNMENT)]
+            print(shown.drop(columns=["model", "pooling", "correlation"]).to_string(index=False))
 
 
 def run(cfg: DictConfig, folder: Path) -> None:
@@ -110,38 +161,94 @@ def run(cfg: DictConfig, folder: Path) -> None:
     tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", align)
 
 
+def prepare(cfg: DictConfig) -> tuple[ParallelCorpus, pd.DataFrame | None]:
+    """Every check that can fail before a forward pass; the corpus and any downstream results read now."""
+    for metric in cfg.metric.names:
+        scoring.representations(metric)
+    scoring.check_layer_pool(cfg.score.layer_pool)
+    resampling(cfg)
+    corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus.validate(None if every_pivot(cfg) else pivot_language(cfg, corpus))
+    target_languages(cfg, corpus)
+    if every_pivot(cfg):
+        return corpus, None
+    if cfg.benchmark.source == "standin":
+        held_out(cfg, corpus)  # no held-out text: say so now (the stand-in itself runs after stage one)
+        return corpus, None
+    return corpus, load_benchmarks(cfg, corpus)
+
+
+def correlated(cfg: DictConfig, summary: pd.DataFrame,
+               results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Correlations with the downstream results, and the comparisons of every two metrics' correlations."""
+    pivot, settings = summary["pivot"].iloc[0], resampling(cfg)
+    labels = {"model": model_name(cfg), "pooling": cfg.pooling.name}
+    correlations = correlate(summary, results, pivot, settings)
+    comparisons = compare(summary, results, pivot, settings)
+    return (correlations.assign(**labels)[[*labels, *correlations.columns]],
+            comparisons.assign(**labels)[[*labels, *comparisons.columns]])
+
+
 def align(cfg: DictConfig, folder: Path) -> Logged:
     """Corpus, stage one, stage two, correlations; tables and plots in ``folder``; returns what to log."""
-    for metric in cfg.metric.names:
-        scoring.representations(metric)  # an unknown metric fails before any forward pass
-    scoring.check_layer_pool(cfg.score.layer_pool)
-    corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
-    corpus.validate(pivot_language(cfg, corpus))
-    target_languages(cfg, corpus)  # and so does an unknown target language
-    results = None
-    if cfg.benchmark.source == "standin":
-        held_out(cfg, corpus)  # no held-out text: say so before any forward pass
-    else:
-        results = load_benchmarks(cfg, corpus)  # a bad results file fails before any forward pass
+    corpus, results = prepare(cfg)
     store = stage_one(cfg, cfg.model, corpus)
-    scores, summary = stage_two(cfg, corpus, store)
+    if every_pivot(cfg):
+        return every_pair(cfg, corpus, store, folder)
+    scores, summary, differences = stage_two(cfg, corpus, store)
     if cfg.benchmark.source == "standin":
         results = load_benchmarks(cfg, corpus)
-    correlations = None
-    if results is not None:
-        correlations = correlate(summary, results, summary["pivot"].iloc[0])
-        correlations.insert(0, "pooling", cfg.pooling.name)
-        correlations.insert(0, "model", model_name(cfg))
-    print_results(summary, correlations)
-
+    correlations, comparisons = correlated(cfg, summary, results) if results is not None else (None, None)
+    print_results(summary, differences, correlations, comparisons, cfg.score.level)
     folder.mkdir(parents=True, exist_ok=True)
-    tables = [write_csv(scores, folder / "scores.csv"), write_csv(summary, folder / "summary.csv")]
-    if correlations is not None:
-        tables += [write_csv(correlations, folder / "correlations.csv"), write_csv(results, folder / "benchmarks.csv")]
-    figures = make_plots(cfg, scores, store, folder / "plots") if cfg.score.plots else []
+    tables = {"scores": scores, "summary": summary, "differences": differences, "correlations": correlations,
+              "comparisons": comparisons, "benchmarks": results}
+    files = [write_csv(frame, folder / f"{name}.csv") for name, frame in tables.items() if frame is not None]
+    if cfg.score.plots:
+        files += make_plots(cfg, scores, store, folder / "plots")
+        files += interval_plots(summary, correlations, folder / "plots")
     print(f"\nrun folder: {folder}")
     values, series = tracking.score_metrics(summary, scores)
     if correlations is not None:
-        values.update({f"pearson.{row.metric}.{row.benchmark}": row.pearson_r for row in correlations.itertuples()})
+        values.update(tracking.correlation_metrics(correlations))
     tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url()}
-    return Logged(tags, values, series, tables + figures)
+    return Logged(tags, values, series, files)
+
+
+def interval_plots(summary: pd.DataFrame, correlations: pd.DataFrame | None, folder: Path) -> list[Path]:
+    """The alignment scores with their intervals per language, and each correlation with its interval."""
+    shares = summary[summary.metric.isin(scoring.ALIGNMENT)]
+    made = []
+    if len(shares) and shares.ci_low.notna().any():
+        made.append(plots.score_intervals(shares, folder / "alignment_intervals.png",
+                                          f"layer-pooled alignment, {summary.model.iloc[0]}"))
+    if correlations is not None and correlations.pearson_ci_low.notna().any():
+        made.append(plots.correlation_intervals(correlations, folder / "correlation_intervals.png",
+                                                f"correlation with downstream results, {summary.model.iloc[0]}"))
+    return made
+
+
+def every_pair(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore, folder: Path) -> Logged:
+    """``score.pivot=all``: the layer-pooled alignment of every ordered language pair, with intervals, as
+    ``pairwise.csv`` and a clustered language × language heatmap per metric."""
+    languages = target_languages(cfg, corpus)
+    pairs = pairwise.pairwise(store, list(cfg.metric.names), cfg.pooling.name, languages, cfg.score.layer_pool,
+                              cfg.score.resamples, cfg.score.seed, cfg.score.level)
+    pairs = labelled(cfg, corpus, pairs)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [write_csv(pairs, folder / "pairwise.csv")]
+    with pd.option_context("display.width", 250, "display.max_columns", 60, "display.precision", 2):
+        for metric in pairs.metric.unique():
+            print(f"\n{metric}, every language as pivot (rows) against every target (columns), "
+                  f"{cfg.score.layer_pool} over layers, n = {int(pairs.n.iloc[0])} shared units:")
+            print(pairwise.matrix(pairs, metric).to_string(float_format="{:.2f}".format))
+            if cfg.score.plots:
+                files.append(plots.clustered_heatmap(pairwise.matrix(pairs, metric),
+                                                     folder / "plots" / f"{metric}_pairwise.png",
+                                                     f"{metric} · {model_name(cfg)} · {corpus.name}"))
+    print("\nscore.pivot=all: no correlations with downstream results (they need one pivot).")
+    print(f"\nrun folder: {folder}")
+    values = {f"{metric}.pairwise_mean": float(group.value.mean()) for metric, group in pairs.groupby("metric")}
+    tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url(),
+            "pivot": "all"}
+    return Logged(tags, values, [], files)

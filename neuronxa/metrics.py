@@ -21,27 +21,37 @@ def cosine_matrix(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         return (X @ Y.T) / np.outer(x_norm, y_norm)
 
 
-def _diagonal_and_rivals(C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The diagonal, each row's largest off-diagonal value and each column's (NaN never wins)."""
+def beaten(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Who beats unit i: ``by_row[..., i, j]`` when j ≠ i and C[i, j] ≥ C[i, i], ``by_column[..., i, j]`` when
+    j ≠ i and C[j, i] ≥ C[i, i] (a tie is a miss; a NaN rival never beats; a NaN diagonal is beaten by itself).
+    ``C`` may carry leading batch axes: ``(..., n, n)``."""
     C = np.asarray(C, dtype=np.float64)
-    if C.ndim != 2 or C.shape[0] != C.shape[1]:
-        raise ValueError(f"expected a square similarity matrix, got shape {C.shape}")
-    rivals = np.where(np.isnan(C), -np.inf, C)
-    np.fill_diagonal(rivals, -np.inf)
-    return np.diag(C), rivals.max(axis=1, initial=-np.inf), rivals.max(axis=0, initial=-np.inf)
+    if C.ndim < 2 or C.shape[-1] != C.shape[-2]:
+        raise ValueError(f"expected square similarity matrices, got shape {C.shape}")
+    diagonal = np.diagonal(C, axis1=-2, axis2=-1)[..., :, None]
+    with np.errstate(invalid="ignore"):
+        by_row, by_column = C >= diagonal, np.swapaxes(C, -1, -2) >= diagonal
+    index = np.arange(C.shape[-1])
+    by_row[..., index, index] = by_column[..., index, index] = np.isnan(diagonal[..., 0])
+    return by_row, by_column
+
+
+def hits(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit i: is C[i,i] above every other value of row i, and of column i? Two boolean ``(..., n)``."""
+    by_row, by_column = beaten(C)
+    return ~by_row.any(axis=-1), ~by_column.any(axis=-1)
 
 
 def weak_alignment(C: np.ndarray) -> float:
     """Share of units i with C[i,i] > C[i,j] and C[i,i] > C[j,i] for every j != i (a tie is a miss)."""
-    diagonal, row_rival, column_rival = _diagonal_and_rivals(C)
-    return float(np.mean((diagonal > row_rival) & (diagonal > column_rival)))
+    rows, columns = hits(C)
+    return float(np.mean(rows & columns))
 
 
 def retrieval_accuracy(C: np.ndarray) -> dict[str, float]:
     """Retrieval by nearest neighbour: pivot→target (row i's maximum is at i), target→pivot (column j's
     maximum is at j) and both; ties are misses."""
-    diagonal, row_rival, column_rival = _diagonal_and_rivals(C)
-    rows, columns = diagonal > row_rival, diagonal > column_rival
+    rows, columns = hits(C)
     return {
         "pivot_to_target": float(np.mean(rows)),
         "target_to_pivot": float(np.mean(columns)),
@@ -65,41 +75,71 @@ def _finite(*arrays: np.ndarray) -> bool:
     return all(np.isfinite(np.asarray(array, dtype=np.float64)).all() for array in arrays)
 
 
+def _double_centred(K: np.ndarray) -> np.ndarray:
+    """H K H for Gram matrices (..., n, n): the Gram matrix of the column-centred representation."""
+    return (K - K.mean(axis=-1, keepdims=True) - K.mean(axis=-2, keepdims=True)
+            + K.mean(axis=(-2, -1), keepdims=True))
+
+
+def cka_of_grams(K: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """Linear CKA from the units' (uncentred) Gram matrices; leading batch axes allowed; NaN where undefined."""
+    K, L = _double_centred(np.asarray(K, np.float64)), _double_centred(np.asarray(L, np.float64))
+    denominator = np.linalg.norm(K, axis=(-2, -1)) * np.linalg.norm(L, axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, np.sum(K * L, axis=(-2, -1)) / denominator, np.nan)
+
+
 def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     """Linear CKA (Kornblith et al. 2019) over units, from the units' Gram matrices (cheap when width ≫ units)."""
     if not _finite(X, Y):
         return float("nan")
-    K = _centred(X) @ _centred(X).T
-    L = _centred(Y) @ _centred(Y).T
-    denominator = np.linalg.norm(K) * np.linalg.norm(L)
-    return float(np.sum(K * L) / denominator) if denominator > 0 else float("nan")
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    return float(cka_of_grams(X @ X.T, Y @ Y.T))
 
 
-def _top_directions(X: np.ndarray, keep: float) -> np.ndarray:
-    """Units projected on the fewest singular directions that explain ``keep`` of the variance."""
-    U, S, _ = np.linalg.svd(_centred(X), full_matrices=False)
-    variance = S**2
-    if variance.sum() == 0:
-        return U[:, :0]
-    k = int(np.searchsorted(np.cumsum(variance) / variance.sum(), keep - 1e-12) + 1)
-    return U[:, :k] * S[:k]
+def _kept_directions(K: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]:
+    """From a centred Gram matrix of units (..., n, n): its eigenvectors, largest first (the left singular
+    vectors of the centred units), and how many explain ``keep`` of the variance (0 where there is none)."""
+    values, vectors = np.linalg.eigh(K)
+    variance, vectors = np.clip(values[..., ::-1], 0.0, None), vectors[..., ::-1]
+    total = variance.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kept = np.sum(np.cumsum(variance, axis=-1) / total < keep - 1e-12, axis=-1) + 1
+    return vectors, np.where(total[..., 0] > 0, kept, 0)
 
 
-def canonical_correlations(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Canonical correlations of two centred representations: singular values of Qa^T Qb."""
-    Qa, _ = np.linalg.qr(_centred(A))
-    Qb, _ = np.linalg.qr(_centred(B))
-    return np.clip(np.linalg.svd(Qa.T @ Qb, compute_uv=False), 0.0, 1.0)
+def svcca_of_grams(K: np.ndarray, L: np.ndarray, keep: float = 0.99) -> np.ndarray:
+    """SVCCA from the units' (uncentred) Gram matrices, leading batch axes allowed; NaN where a side has no
+    variance. The canonical correlations of the two kept subspaces are the singular values of Ua^T Ub, Ua and
+    Ub the kept left singular vectors (orthonormal bases of the projections), so the Gram matrices suffice."""
+    (Ua, ka), (Ub, kb) = (_kept_directions(_double_centred(np.asarray(G, np.float64)), keep) for G in (K, L))
+    Ua = Ua * (np.arange(Ua.shape[-1]) < ka[..., None])[..., None, :]
+    Ub = Ub * (np.arange(Ub.shape[-1]) < kb[..., None])[..., None, :]
+    correlations = np.clip(np.linalg.svd(np.swapaxes(Ua, -1, -2) @ Ub, compute_uv=False), 0.0, 1.0)
+    counted = np.minimum(ka, kb)
+    top = np.where(np.arange(correlations.shape[-1]) < counted[..., None], correlations, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counted > 0, top.sum(axis=-1) / counted, np.nan)
 
 
 def svcca(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> float:
     """SVCCA (Raghu et al. 2017): SVD keeping ``keep`` of the variance, then the mean canonical correlation."""
     if not _finite(X, Y):
         return float("nan")
-    A, B = _top_directions(X, keep), _top_directions(Y, keep)
-    if A.shape[1] == 0 or B.shape[1] == 0:
-        return float("nan")
-    return float(np.mean(canonical_correlations(A, B)))
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    return float(svcca_of_grams(X @ X.T, Y @ Y.T, keep))
+
+
+def neuron_correlations(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """ANC over units (axis −2) for representations with leading batch axes: the mean over neurons of each
+    neuron's Pearson correlation across the two languages' units, neurons constant in either left out."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    Xc, Yc = X - X.mean(axis=-2, keepdims=True), Y - Y.mean(axis=-2, keepdims=True)
+    scale = np.linalg.norm(Xc, axis=-2) * np.linalg.norm(Yc, axis=-2)
+    defined = scale > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_neuron = np.where(defined, np.sum(Xc * Yc, axis=-2) / scale, 0.0)
+        return np.where(defined.any(axis=-1), per_neuron.sum(axis=-1) / defined.sum(axis=-1), np.nan)
 
 
 def anc(X: np.ndarray, Y: np.ndarray) -> float:
@@ -107,9 +147,4 @@ def anc(X: np.ndarray, Y: np.ndarray) -> float:
     languages' units; neurons constant in either language have no correlation and are left out."""
     if not _finite(X, Y):
         return float("nan")
-    Xc, Yc = _centred(X), _centred(Y)
-    scale = np.linalg.norm(Xc, axis=0) * np.linalg.norm(Yc, axis=0)
-    defined = scale > 0
-    if not defined.any():
-        return float("nan")
-    return float(np.mean(np.sum(Xc * Yc, axis=0)[defined] / scale[defined]))
+    return float(neuron_correlations(X, Y))

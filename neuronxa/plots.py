@@ -14,6 +14,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def _saved(fig, path: Path) -> Path:
+    """Save a figure (making its folder) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def by_layer(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
     """language × layer table of one metric, languages ordered by their mean score (best first)."""
     table = scores[scores.metric == metric].pivot(index="language", columns="layer", values="value")
@@ -31,10 +40,7 @@ def layer_curves(scores: pd.DataFrame, metric: str, path: Path, title: str = "")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(table) > 10 else 1, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def heatmap(table: pd.DataFrame, path: Path, title: str, xlabel: str = "layer", vmin: float | None = 0,
@@ -46,10 +52,7 @@ def heatmap(table: pd.DataFrame, path: Path, title: str, xlabel: str = "layer", 
     ax.set_xticks(range(table.shape[1]), table.columns, fontsize=7, rotation=90 if xlabel != "layer" else 0)
     ax.set(xlabel=xlabel, ylabel=table.index.name or "", title=title)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def tsne_pairs(panels: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str], path: Path,
@@ -67,10 +70,7 @@ def tsne_pairs(panels: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[st
         ax.set(title=label, xticks=[], yticks=[])
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 @lru_cache(maxsize=32)
@@ -95,7 +95,53 @@ def stacked_by_layer(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set(xlabel="layer", ylabel="neurons", title=title)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
+
+
+def score_intervals(summary: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Each language's layer-pooled score per metric with its interval (languages by the first metric)."""
+    metrics = list(dict.fromkeys(summary.metric))
+    order = summary[summary.metric == metrics[0]].sort_values("score").language.tolist()
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(order) + 1.6))
+    offsets = np.linspace(-0.25, 0.25, len(metrics)) if len(metrics) > 1 else [0.0]
+    for offset, metric in zip(offsets, metrics):
+        rows = summary[summary.metric == metric].set_index("language").reindex(order)
+        y = np.arange(len(order)) + offset
+        below, above = (rows.score - rows.ci_low).clip(lower=0), (rows.ci_high - rows.score).clip(lower=0)
+        ax.errorbar(rows.score, y, xerr=[below, above], fmt="o", markersize=3.5, capsize=2, linewidth=1, label=metric)
+    ax.set_yticks(range(len(order)), order, fontsize=7)
+    ax.set(xlabel="layer-pooled score with interval", title=title, xlim=(-0.02, 1.02))
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
+    return _saved(fig, path)
+
+
+def correlation_intervals(correlations: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Pearson r of each metric with each benchmark, with its bootstrap interval (a forest plot)."""
+    rows = correlations.dropna(subset=["pearson_r"]).reset_index(drop=True)
+    labels = [f"{row.metric} · {row.benchmark}" for row in rows.itertuples()]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.6))
+    ax.errorbar(rows.pearson_r, range(len(rows)), fmt="o", markersize=4, capsize=2,
+                xerr=[(rows.pearson_r - rows.pearson_ci_low).clip(lower=0),
+                      (rows.pearson_ci_high - rows.pearson_r).clip(lower=0)])
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set(xlabel="Pearson r across languages (bootstrap interval)", title=title, xlim=(-1.02, 1.02))
+    ax.grid(alpha=0.3, axis="x")
+    return _saved(fig, path)
+
+
+def clustered_heatmap(matrix: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """A language × language table with rows and columns in the leaf order of an average-linkage clustering
+    on 1 − the symmetrised score."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    values = matrix.to_numpy(float)
+    similarity = np.nan_to_num((values + values.T) / 2, nan=1.0)
+    distance = np.clip(1 - similarity, 0, None)
+    np.fill_diagonal(distance, 0)
+    order = leaves_list(linkage(squareform(distance, checks=False), "average")) if len(matrix) > 2 else range(len(matrix))
+    languages = [matrix.index[i] for i in order]
+    table = matrix.loc[languages, languages]
+    return heatmap(table, path, title, xlabel="target")

@@ -8,11 +8,13 @@ Metrics and the representation each reads:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from neuronxa import metrics
+from neuronxa import metrics, uncertainty
 from neuronxa.errors import NeuronXAError
 from neuronxa.store import StateStore
 
@@ -33,31 +35,51 @@ def representations(metric: str) -> tuple[str, ...]:
     raise NeuronXAError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
 
 
-def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, wanted: list[str]) -> dict[str, float]:
-    """Values of the wanted metrics on one layer: pivot units X against target units Y (same order)."""
+def _baseline_halves(metric: str, X: np.ndarray, Y: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+    """A baseline's value on each half-sample of the units."""
+    if not np.isfinite(X).all() or not np.isfinite(Y).all():
+        return np.full(len(subsets), np.nan)
+    if metric == "anc":
+        return metrics.neuron_correlations(X[subsets], Y[subsets])
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    of_grams = metrics.cka_of_grams if metric == "cka" else metrics.svcca_of_grams
+    return of_grams(uncertainty.submatrices(X @ X.T, subsets), uncertainty.submatrices(Y @ Y.T, subsets))
+
+
+def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, wanted: list[str],
+                 subsets: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The wanted metrics on one layer, pivot units X against target units Y (same order): their values,
+    and their values on each half-sample of the units (``subsets``, see ``uncertainty``)."""
     values: dict[str, float] = {}
-    needs_cosine = any(ALIGNMENT.get(m) == kind for m in wanted) or "retrieval" in wanted
-    C = metrics.cosine_matrix(X, Y) if needs_cosine else None
+    halves: dict[str, np.ndarray] = {}
+    if any(ALIGNMENT.get(m) == kind for m in wanted) or "retrieval" in wanted:
+        by_row, by_column = metrics.beaten(metrics.cosine_matrix(X, Y))
+        shares = {direction: (float(np.mean(~beaten.any(axis=-1))), uncertainty.subset_shares(beaten, subsets))
+                  for direction, beaten in (("pivot_to_target", by_row), ("target_to_pivot", by_column),
+                                            ("bidirectional", by_row | by_column))}
     for metric in wanted:
         if ALIGNMENT.get(metric) == kind:
-            values[metric] = metrics.weak_alignment(C)
+            values[metric], halves[metric] = shares["bidirectional"]
         elif metric in BASELINES and kind == "hidden":
             values[metric] = BASELINES[metric](X, Y)
+            halves[metric] = _baseline_halves(metric, X, Y, subsets)
         elif metric == "retrieval" and kind in RETRIEVAL_REPRESENTATIONS:
-            for direction, value in metrics.retrieval_accuracy(C).items():
-                values[f"retrieval.{kind}.{direction}"] = value
-    return values
+            for direction, (value, half) in shares.items():
+                values[f"retrieval.{kind}.{direction}"], halves[f"retrieval.{kind}.{direction}"] = value, half
+    return values, halves
 
 
-def score(
-    store: StateStore,
-    wanted: list[str],
-    pooling: str,
-    pivot: str,
-    languages: list[str] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Long table (metric, pivot, language, layer, value, n) for every target language and layer."""
+def _shared_rows(store: StateStore, pivot: str, language: str, pivot_ids: dict[str, int]) -> tuple[list, list]:
+    """Rows of the units a target shares with the pivot: (pivot rows, target rows), in the target's order."""
+    shared = [(pivot_ids[unit], row) for row, unit in enumerate(store.ids(language)) if unit in pivot_ids]
+    if len(shared) < 2:
+        raise NeuronXAError(f"{language} shares {len(shared)} unit(s) with {pivot}: alignment needs two")
+    pivot_rows, target_rows = map(list, zip(*shared))
+    return pivot_rows, target_rows
+
+
+def check_targets(store: StateStore, pivot: str, languages: list[str] | None) -> list[str]:
+    """The target languages (every cached one but the pivot when None), all of them cached."""
     cached = store.languages()
     if pivot not in cached:
         raise NeuronXAError(f"pivot language {pivot!r} has no cached states (cached: {', '.join(cached)})")
@@ -65,22 +87,35 @@ def score(
     missing = [lang for lang in targets if lang not in cached]
     if missing:
         raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")
+    return targets
+
+
+Resampled = dict[tuple[str, str], np.ndarray]
+
+
+def score(store: StateStore, wanted: list[str], pooling: str, pivot: str, languages: list[str] | None = None,
+          progress: bool = True, resamples: int = 0, seed: int = 0) -> tuple[pd.DataFrame, Resampled]:
+    """Long table (metric, pivot, language, layer, value, n) for every target language and layer, and per
+    (metric, language) the values on ``resamples`` half-samples of the units as a (layers, resamples) array."""
+    targets = check_targets(store, pivot, languages)
     kinds = sorted({kind for metric in wanted for kind in representations(metric)})
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}
     pivot_states = {kind: store.read(pivot, kind, pooling) for kind in kinds}
-    rows = []
+    rows, resampled = [], {}
     for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
-        shared = [(pivot_ids[unit], row) for row, unit in enumerate(store.ids(language)) if unit in pivot_ids]
-        if len(shared) < 2:
-            raise NeuronXAError(f"{language} shares {len(shared)} unit(s) with {pivot}: alignment needs two")
-        pivot_rows, target_rows = map(list, zip(*shared))
+        pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids)
+        subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
+        halves: dict[str, list[np.ndarray]] = {}
         for kind in kinds:
             for layer in range(pivot_states[kind].shape[0]):
                 X = pivot_states[kind][layer, pivot_rows]
                 Y = store.read(language, kind, pooling, layer)[target_rows]
-                for metric, value in layer_values(X, Y, kind, wanted).items():
-                    rows.append((metric, pivot, language, layer, value, len(shared)))
-    return pd.DataFrame(rows, columns=["metric", "pivot", "language", "layer", "value", "n"])
+                values, half = layer_values(X, Y, kind, wanted, subsets)
+                for metric, value in values.items():
+                    rows.append((metric, pivot, language, layer, value, len(target_rows)))
+                    halves.setdefault(metric, []).append(half[metric])
+        resampled.update({(metric, language): np.stack(by_layer) for metric, by_layer in halves.items()})
+    return pd.DataFrame(rows, columns=["metric", "pivot", "language", "layer", "value", "n"]), resampled
 
 
 def has_chance_level(metric: str) -> bool:
@@ -96,8 +131,28 @@ def check_layer_pool(layer_pool: str) -> None:
         raise NeuronXAError(f"score.layer_pool must be mean or max, not {layer_pool!r}")
 
 
-def summarise(scores: pd.DataFrame, layer_pool: str = "mean") -> pd.DataFrame:
-    """Per metric and language: the layer-pooled score, the best layer and its value, n, chance p-value.
+def pool_layers(values: np.ndarray, layer_pool: str) -> np.ndarray:
+    """Pool over layers (axis 0) by mean or max, ignoring undefined (NaN) layers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every layer undefined: NaN, as pandas gives
+        return np.nanmean(values, axis=0) if layer_pool == "mean" else np.nanmax(values, axis=0)
+
+
+def interval(metric: str, value: float, half_values: np.ndarray | None, n: int,
+             level: float) -> tuple[float, float]:
+    """The interval of a layer-pooled score from its half-sample values (see ``uncertainty``): Wilson's with
+    the design effect for shares of units, the normal one otherwise; NaN without resamples."""
+    if half_values is None or len(half_values) < 2:
+        return np.nan, np.nan
+    if has_chance_level(metric):
+        return uncertainty.share_interval(value, half_values, n, level)
+    return uncertainty.normal_interval(value, half_values, n, level)
+
+
+def summarise(scores: pd.DataFrame, layer_pool: str = "mean", resampled: Resampled | None = None,
+              level: float = 0.95) -> pd.DataFrame:
+    """Per metric and language: the layer-pooled score with its interval at ``level`` (from ``resampled``),
+    the best layer and its value, n, chance p-value.
 
     The chance p-value is that of the pooled score read as k = round(score · n) aligned units of n.
     """
@@ -105,11 +160,35 @@ def summarise(scores: pd.DataFrame, layer_pool: str = "mean") -> pd.DataFrame:
     rows = []
     for (metric, pivot, language), group in scores.groupby(["metric", "pivot", "language"], sort=False):
         values = group.set_index("layer")["value"]
-        pooled = float(values.mean() if layer_pool == "mean" else values.max())
+        pooled = float(pool_layers(values.to_numpy(float), layer_pool))
         n = int(group["n"].iloc[0])
         chance = metrics.chance_pvalue(int(round(pooled * n)), n) if has_chance_level(metric) else np.nan
+        halves = (resampled or {}).get((metric, language))
+        low, high = interval(metric, pooled, None if halves is None else pool_layers(halves, layer_pool), n, level)
         best = values.idxmax() if values.notna().any() else -1
         rows.append({"metric": metric, "pivot": pivot, "language": language, "score": pooled,
-                     "layer_pool": layer_pool, "best_layer": int(best),
+                     "ci_low": low, "ci_high": high, "layer_pool": layer_pool, "best_layer": int(best),
                      "best_value": float(values.get(best, np.nan)), "n": n, "chance_p": chance})
     return pd.DataFrame(rows)
+
+
+def differences(summary: pd.DataFrame, resampled: Resampled, level: float = 0.95) -> pd.DataFrame:
+    """Per language, every pair of alignment scores (NASCA − MEXA, ...): the paired difference of their
+    layer-pooled values on the same units, with a normal interval from the same half-samples."""
+    present = [metric for metric in ALIGNMENT if metric in set(summary.metric)]
+    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+    table = summary.set_index(["metric", "language"])
+    layer_pool = summary.layer_pool.iloc[0] if len(summary) else "mean"
+    rows = []
+    for a, b in pairs:
+        for language in summary[summary.metric == a].language:
+            value = table.loc[(a, language), "score"] - table.loc[(b, language), "score"]
+            n = int(table.loc[(a, language), "n"])
+            halves = [resampled.get((metric, language)) for metric in (a, b)]
+            half = None if any(h is None for h in halves) else (pool_layers(halves[0], layer_pool)
+                                                                 - pool_layers(halves[1], layer_pool))
+            low, high = (np.nan, np.nan) if half is None else uncertainty.normal_interval(value, half, n, level)
+            rows.append({"metric_a": a, "metric_b": b, "pivot": table.loc[(a, language), "pivot"],
+                         "language": language, "difference": value, "ci_low": low, "ci_high": high, "n": n})
+    return pd.DataFrame(rows, columns=["metric_a", "metric_b", "pivot", "language", "difference", "ci_low",
+                                       "ci_high", "n"])

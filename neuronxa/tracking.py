@@ -80,11 +80,26 @@ def _experiment_id(client, name: str, artifacts: Path) -> str:
 
 
 def score_metrics(summary: pd.DataFrame, scores: pd.DataFrame) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
-    """MLflow metrics of a scoring run: ``metric.language`` (layer-pooled) and ``metric.language.by_layer``
-    curves with step = layer."""
-    values = {f"{row.metric}.{row.language}": row.score for row in summary.itertuples()}
+    """MLflow metrics of a scoring run: ``metric.language`` (layer-pooled) with ``.ci_low`` and ``.ci_high``,
+    and ``metric.language.by_layer`` curves with step = layer."""
+    values = {}
+    for row in summary.itertuples():
+        values |= {f"{row.metric}.{row.language}": row.score, f"{row.metric}.{row.language}.ci_low": row.ci_low,
+                   f"{row.metric}.{row.language}.ci_high": row.ci_high}
     series = [(f"{row.metric}.{row.language}.by_layer", row.value, row.layer) for row in scores.itertuples()]
     return values, series
+
+
+def correlation_metrics(correlations: pd.DataFrame) -> dict[str, float]:
+    """``pearson.metric.benchmark`` with its interval and permutation p, and the same for Spearman."""
+    values = {}
+    for row in correlations.itertuples():
+        for kind, value in (("pearson", row.pearson_r), ("spearman", row.spearman_rho)):
+            name = f"{kind}.{row.metric}.{row.benchmark}"
+            values |= {name: value, f"{name}.ci_low": getattr(row, f"{kind}_ci_low"),
+                       f"{name}.ci_high": getattr(row, f"{kind}_ci_high"),
+                       f"{name}.permutation_p": getattr(row, f"{kind}_permutation_p")}
+    return values
 
 
 class Recorder:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from neuronxa.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -104,3 +107,33 @@ def _outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONXA_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("NEURONXA_MODELS", str(EMBEDDED_MODELS))
     yield
+
+
+# A synthetic cache whose alignment is known (stage two tests): eng, fra (slightly perturbed), xxx (noise)
+# and deu (a shuffled subset of the units).
+LAYERS, UNITS, NEURONS, HIDDEN = 4, 12, 20, 6
+
+
+def synthetic(base, noise, rng):
+    """NAS/NAV/hidden states equal to ``base`` plus noise that grows with the layer."""
+    out = {}
+    for kind, width in (("nas", NEURONS), ("nav", NEURONS), ("hidden", HIDDEN)):
+        layers = [np.abs(base[kind] + noise * layer * rng.normal(size=base[kind].shape)) for layer in range(LAYERS)]
+        out[kind] = {"weighted": np.stack(layers).astype(np.float32)}
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(3)   # each test gets the same store, whatever ran before it
+    base = {"nas": rng.random((UNITS, NEURONS)), "nav": rng.random((UNITS, NEURONS)),
+            "hidden": rng.normal(size=(UNITS, HIDDEN))}
+    store = StateStore(tmp_path, {"model": "synthetic", "corpus": "toy"})
+    ids = [f"u{i}" for i in range(UNITS)]
+    for language, noise in (("eng_Latn", 0.0), ("fra_Latn", 0.05), ("xxx_Latn", 2.0)):
+        store.write(language, synthetic(base, noise, rng), ids, language, n_tokens=np.ones(UNITS), n_truncated=0)
+    # a language whose units come in another order, and only some of them (as Tatoeba pairs do)
+    order = rng.permutation(UNITS)[:8]
+    shuffled = {k: {"weighted": v["weighted"][:, order]} for k, v in synthetic(base, 0.0, rng).items()}
+    store.write("deu_Latn", shuffled, [ids[i] for i in order], "deu", n_tokens=np.ones(8), n_truncated=0)
+    return store

@@ -17,9 +17,8 @@ from neuronxa.corpus import read_flores, read_jsonl, read_tsv
 from neuronxa.errors import NeuronXAError
 from neuronxa.tracking import EXPERIMENT_KIND, MODEL_DEVELOPMENT, check_reachable
 
+from helpers import corpus_file, tiny_overrides, composed
 from conftest import ROOT
-from test_faults import corpus_file
-from test_run import composed, tiny_overrides
 
 BOM = "\ufeff"
 

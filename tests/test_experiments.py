@@ -27,3 +27,25 @@ def test_experiment_runs_shrunk_and_prints_its_table(experiment, tiny_folder, tm
                            text=True, timeout=300, env={"NEURONXA_OUTPUTS": str(outputs), "PATH": ""})
     assert table.returncode == 0, table.stderr[-3000:]
     assert "paper" in table.stdout.lower()
+    if experiment in ("table3", "table4"):
+        assert "Williams" in table.stdout   # the NASCA-vs-MEXA comparison beside the paper's difference
+
+
+def test_nasca_against_mexa_is_oriented_whatever_the_metric_order():
+    import pandas as pd
+
+    from experiments.common import nasca_against_mexa
+
+    comparisons = pd.DataFrame([
+        {"model": "m1", "pooling": "mean", "benchmark": "b", "correlation": "pearson", "metric_a": "mexa",
+         "metric_b": "nasca", "n": 9, "difference": -0.1, "ci_low": -0.3, "ci_high": 0.05, "p": 0.2},
+        {"model": "m2", "pooling": "mean", "benchmark": "b", "correlation": "pearson", "metric_a": "nasca",
+         "metric_b": "mexa", "n": 9, "difference": 0.2, "ci_low": 0.1, "ci_high": 0.3, "p": 0.01},
+        {"model": "m2", "pooling": "mean", "benchmark": "b", "correlation": "spearman", "metric_a": "nasca",
+         "metric_b": "mexa", "n": 9, "difference": 9, "ci_low": 9, "ci_high": 9, "p": 9}])
+    paper = pd.DataFrame({"benchmark": "b", "pooling": "mean", "model": "m1", "metric": ["nasca", "mexa"],
+                          "pearson_r": [0.9, 0.85]})
+    table = nasca_against_mexa(comparisons, paper)
+    assert table.loc[("b", "mean", "m1"), ["NASCA − MEXA", "ci_low", "ci_high"]].tolist() == [0.1, -0.05, 0.3]
+    assert table.loc[("b", "mean", "m1"), "paper NASCA − MEXA"] == pytest.approx(0.05)
+    assert table.loc[("b", "mean", "m2"), "NASCA − MEXA"] == 0.2

@@ -14,40 +14,9 @@ from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.extract import length_batches, pooled_states, tokenize
-from neuronxa.probes import PoolingProbe, architecture, decoder_layers
+from neuronxa.probes import PoolingProbe, decoder_layers
 
-SENTENCES = [
-    "all human beings are born free and equal in dignity and rights",
-    "tous",
-    "everyone has the right to life",
-    "alle menschen sind frei und gleich an würde und rechten geboren jeder hat das recht auf leben",
-    "la vie",
-]
-
-
-def manual_token_states(model, ids: list[int]) -> dict[str, list[np.ndarray]]:
-    """Per-token NAS, NAV and hidden states of one unpadded sentence, computed by hand per layer."""
-    ffn_inputs = []
-    ffns = [layer.mlp for layer in decoder_layers(model)]
-    hooks = [ffn.register_forward_pre_hook(lambda m, inputs: ffn_inputs.append(inputs[0][0])) for ffn in ffns]
-    with torch.no_grad():
-        output = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-        for hook in hooks:
-            hook.remove()
-        states = {"nas": [], "nav": [], "hidden": []}
-        for index, (ffn, x) in enumerate(zip(ffns, ffn_inputs)):
-            if architecture(model).gated:
-                a = ffn.act_fn(ffn.gate_proj(x))
-                z = a * ffn.up_proj(x)
-                torch.testing.assert_close(ffn(x), ffn.down_proj(z))
-            else:
-                a = z = ffn.act(ffn.c_fc(x))
-                torch.testing.assert_close(ffn(x[None])[0], ffn.c_proj(z))
-            states["nas"].append((a > 0).float().numpy())
-            states["nav"].append(z.abs().numpy())
-            if index < len(ffns) - 1:  # the model's last hidden state has the final norm applied
-                states["hidden"].append(output.hidden_states[index + 1][0].numpy())
-    return states
+from helpers import SENTENCES, manual_token_states
 
 
 def manual_pool(tokens: np.ndarray, pooling: str, skip_first: bool = False) -> np.ndarray:

@@ -15,14 +15,8 @@ from neuronxa.extract import extract_corpus
 from neuronxa.models import ModelSpec
 from neuronxa.store import StateStore
 
+from helpers import LANGUAGES, corpus_file
 from conftest import ROOT, assert_storage_close
-
-LANGUAGES = {
-    "eng_Latn": ["all human beings are born free", "everyone has the right to life", "the right to liberty"],
-    "fra_Latn": ["tous les êtres humains naissent libres", "toute personne a droit à la vie", "la vie et droits"],
-    "deu_Latn": ["alle menschen sind frei geboren", "jeder hat das recht auf leben", "das recht auf leben"],
-    "spa_Latn": ["all beings are free and equal", "human rights and dignity", "everyone has rights"],
-}
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -39,14 +33,6 @@ CHILD = textwrap.dedent("""
                                            group_units=int(sys.argv[5]), device="cpu", dtype="float32")
     print(" ".join(report.status), flush=True)
 """)
-
-
-def corpus_file(tmp_path):
-    path = tmp_path / "four.tsv"
-    rows = ["\t".join(["id", *LANGUAGES])]
-    rows += ["\t".join([f"s{i}", *(units[i] for units in LANGUAGES.values())]) for i in range(3)]
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def child(tsv, folder, cache, slow, group_units=3):

@@ -10,8 +10,8 @@ import torch
 from neuronxa import neurons
 from neuronxa.extract import activation_counts, pooled_states
 
+from helpers import SENTENCES
 from conftest import tiny_model, tiny_tokenizer
-from test_extract import SENTENCES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -10,28 +10,9 @@ from neuronxa.metrics import (
     anc, chance_pvalue, cosine_matrix, linear_cka, retrieval_accuracy, svcca, weak_alignment,
 )
 
+from helpers import loop_cosine, loop_weak_alignment
+
 rng = np.random.default_rng(7)
-
-
-def loop_cosine(X, Y):
-    C = np.empty((len(X), len(Y)))
-    for i, x in enumerate(X):
-        for j, y in enumerate(Y):
-            nx, ny = math.sqrt(sum(v * v for v in x)), math.sqrt(sum(v * v for v in y))
-            C[i, j] = sum(a * b for a, b in zip(x, y)) / (nx * ny) if nx and ny else float("nan")
-    return C
-
-
-def beats(diagonal, rival):
-    """The diagonal beats a rival; a NaN rival does not compete, a NaN diagonal never wins."""
-    return not math.isnan(diagonal) and (math.isnan(rival) or diagonal > rival)
-
-
-def loop_weak_alignment(C):
-    """The definition as a double loop over units (MEXA's way)."""
-    n = len(C)
-    return sum(all(beats(C[i][i], C[i][j]) and beats(C[i][i], C[j][i]) for j in range(n) if j != i)
-               for i in range(n)) / n
 
 
 def loop_retrieval(C):

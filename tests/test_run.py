@@ -5,22 +5,17 @@ import subprocess
 import sys
 
 import fsspec
+import numpy as np
 import mlflow
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from neuronxa import align_task, interop, models, neurons_task, pipeline
 from neuronxa.errors import NeuronXAError
 from neuronxa.tracking import runs
 
-from conftest import FIXTURES, ROOT
-
-
-def tiny_overrides(tiny_folder, tmp_path):
-    return ["model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
-            "model.device=cpu", "model.dtype=float32",
-            f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none"]
+from helpers import tiny_overrides, composed
+from conftest import ROOT
 
 
 def multirun(overrides, tmp_path, experiment):
@@ -31,10 +26,6 @@ def multirun(overrides, tmp_path, experiment):
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", experiment)
 
-
-def composed(overrides):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def test_every_metric_and_output_on_a_tiny_model(tiny_folder, tmp_path):
@@ -196,3 +187,62 @@ def test_sweep_through_the_submitit_launcher(tiny_folder, tmp_path):
     assert len(logged) == 2
     logs = "".join(p.read_text() for p in (tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
     assert logs.count("stage one: 2 written") + logs.count("stage one: 2 reused") == 2
+
+
+def six_language_corpus(tmp_path):
+    """A TSV corpus of six languages and six units (scrambled word orders), and made-up results for five."""
+    words = "all human beings are born free and equal in dignity rights everyone has the right to life".split()
+    rng = __import__("random").Random(0)
+    languages = ["eng_Latn", "fra_Latn", "deu_Latn", "ita_Latn", "spa_Latn", "por_Latn"]
+    rows = ["id\t" + "\t".join(languages)]
+    for unit in range(6):
+        base = rng.sample(words, 6)
+        rows.append(f"u{unit}\t" + "\t".join(" ".join(rng.sample(base, 6) if i else base)
+                                           for i in range(len(languages))))
+    corpus = tmp_path / "six.tsv"
+    corpus.write_text("\n".join(rows) + "\n")
+    results = tmp_path / "results.csv"
+    results.write_text("model,benchmark,language,value\n" + "".join(
+        f"MODEL,xnli,{language},{0.1 * i}\n" for i, language in enumerate(languages[1:], 1)))
+    return corpus, results
+
+
+def test_intervals_differences_and_comparisons_in_a_run(tiny_folder, tmp_path, capsys):
+    corpus, results = six_language_corpus(tmp_path)
+    results.write_text(results.read_text().replace("MODEL", str(tiny_folder)))
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + [
+        f"dataset.path={corpus}", "benchmark=csv", f"benchmark.path={results}", "metric=alignment",
+        "score.resamples=50", "score.bootstrap=200", "score.permutations=200"])
+    align_task.run(cfg, tmp_path / "run")
+    summary = pd.read_csv(tmp_path / "run" / "summary.csv")
+    assert (summary.ci_low <= summary.score + 1e-12).all() and (summary.score <= summary.ci_high + 1e-12).all()
+    differences = pd.read_csv(tmp_path / "run" / "differences.csv")
+    assert {(a, b) for a, b in zip(differences.metric_a, differences.metric_b)} == {
+        ("nasca", "navca"), ("nasca", "mexa"), ("navca", "mexa")}
+    correlations = pd.read_csv(tmp_path / "run" / "correlations.csv")
+    assert correlations.pearson_permutation_p.between(0, 1).all() and correlations.n.eq(5).all()
+    comparisons = pd.read_csv(tmp_path / "run" / "comparisons.csv")
+    assert list(comparisons.columns[2:]) == ["benchmark", "correlation", "metric_a", "metric_b", "n", "r_a", "r_b",
+                                             "difference", "ci_low", "ci_high", "p"]
+    assert len(comparisons) == 3 * 2
+    assert (tmp_path / "run" / "plots" / "alignment_intervals.png").stat().st_size > 1000
+    assert "Williams" in capsys.readouterr().out
+    logged = runs(cfg.tracking.uri, "neuronxa")
+    assert "metrics.nasca.fra_Latn.ci_low" in logged.columns and "metrics.pearson.nasca.xnli.ci_high" in logged.columns
+
+
+def test_every_language_as_pivot(tiny_folder, tmp_path, monkeypatch):
+    corpus, _ = six_language_corpus(tmp_path)
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "score.pivot=all",
+                                                            "metric=all", "score.resamples=20"])
+    align_task.run(cfg, tmp_path / "run")
+    pairs = pd.read_csv(tmp_path / "run" / "pairwise.csv")
+    assert set(pairs.metric) == {"nasca", "navca", "mexa"} and len(pairs) == 3 * 6 * 5
+    assert list(pairs.columns[3:]) == ["metric", "pivot", "target", "value", "ci_low", "ci_high", "n"]
+    assert (tmp_path / "run" / "plots" / "nasca_pairwise.png").stat().st_size > 1000
+    one = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "score.pivot=deu_Latn",
+                                                            "metric=nasca", "score.resamples=20"])
+    align_task.run(one, tmp_path / "one")
+    summary = pd.read_csv(tmp_path / "one" / "summary.csv").set_index("language")
+    mine = pairs[(pairs["pivot"] == "deu_Latn") & (pairs.metric == "nasca")].set_index("target")
+    assert np.allclose(mine.value[summary.index], summary.score)

@@ -6,40 +6,15 @@ import pytest
 from neuronxa import metrics
 from neuronxa.errors import NeuronXAError
 from neuronxa.scoring import METRICS, score, summarise
-from neuronxa.store import StateStore
 
-from test_metrics import loop_cosine, loop_weak_alignment
-
-LAYERS, UNITS, NEURONS, HIDDEN = 4, 12, 20, 6
+from helpers import loop_cosine, loop_weak_alignment
 
 
-def synthetic(base, noise, rng):
-    """NAS/NAV/hidden states equal to ``base`` plus noise that grows with the layer."""
-    out = {}
-    for kind, width in (("nas", NEURONS), ("nav", NEURONS), ("hidden", HIDDEN)):
-        layers = [np.abs(base[kind] + noise * layer * rng.normal(size=base[kind].shape)) for layer in range(LAYERS)]
-        out[kind] = {"weighted": np.stack(layers).astype(np.float32)}
-    return out
-
-
-@pytest.fixture
-def store(tmp_path):
-    rng = np.random.default_rng(3)   # each test gets the same store, whatever ran before it
-    base = {"nas": rng.random((UNITS, NEURONS)), "nav": rng.random((UNITS, NEURONS)),
-            "hidden": rng.normal(size=(UNITS, HIDDEN))}
-    store = StateStore(tmp_path, {"model": "synthetic", "corpus": "toy"})
-    ids = [f"u{i}" for i in range(UNITS)]
-    for language, noise in (("eng_Latn", 0.0), ("fra_Latn", 0.05), ("xxx_Latn", 2.0)):
-        store.write(language, synthetic(base, noise, rng), ids, language, n_tokens=np.ones(UNITS), n_truncated=0)
-    # a language whose units come in another order, and only some of them (as Tatoeba pairs do)
-    order = rng.permutation(UNITS)[:8]
-    shuffled = {k: {"weighted": v["weighted"][:, order]} for k, v in synthetic(base, 0.0, rng).items()}
-    store.write("deu_Latn", shuffled, [ids[i] for i in order], "deu", n_tokens=np.ones(8), n_truncated=0)
-    return store
+from conftest import LAYERS, UNITS
 
 
 def test_scores_equal_a_direct_loop_computation(store):
-    scores = score(store, list(METRICS), "weighted", "eng_Latn", progress=False)
+    scores, _ = score(store, list(METRICS), "weighted", "eng_Latn", progress=False)
     for language in ("fra_Latn", "xxx_Latn"):
         for layer in range(LAYERS):
             value = scores.set_index(["metric", "language", "layer"])["value"]
@@ -55,7 +30,7 @@ def test_scores_equal_a_direct_loop_computation(store):
 
 
 def test_known_alignment(store):
-    scores = score(store, ["nasca", "mexa"], "weighted", "eng_Latn", progress=False)
+    scores, _ = score(store, ["nasca", "mexa"], "weighted", "eng_Latn", progress=False)
     values = scores.groupby(["metric", "language"])["value"]
     assert values.min()["nasca", "fra_Latn"] == 1.0          # a small perturbation keeps every pair aligned
     assert values.min()["nasca", "deu_Latn"] == 1.0          # aligned by unit id, whatever the order
@@ -65,7 +40,7 @@ def test_known_alignment(store):
 
 
 def test_summary_pools_layers_and_reports_chance(store):
-    scores = score(store, ["nasca", "cka"], "weighted", "eng_Latn", ["xxx_Latn"], progress=False)
+    scores, _ = score(store, ["nasca", "cka"], "weighted", "eng_Latn", ["xxx_Latn"], progress=False)
     by_layer = scores[scores.metric == "nasca"].set_index("layer")["value"]
     for pool, expected in (("mean", by_layer.mean()), ("max", by_layer.max())):
         row = summarise(scores, pool).set_index("metric").loc["nasca"]
@@ -83,4 +58,4 @@ def test_bad_requests_are_clear(store):
     with pytest.raises(NeuronXAError, match="no cached states for ita_Latn"):
         score(store, ["nasca"], "weighted", "eng_Latn", ["ita_Latn"], progress=False)
     with pytest.raises(NeuronXAError, match="mean or max"):
-        summarise(score(store, ["nasca"], "weighted", "eng_Latn", progress=False), "median")
+        summarise(score(store, ["nasca"], "weighted", "eng_Latn", progress=False)[0], "median")
