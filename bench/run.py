@@ -33,7 +33,7 @@ import torch
 
 from neuronxa import models, scoring
 from neuronxa.corpus import ParallelCorpus, read_udhr
-from neuronxa.extract import _pad, extract_corpus, length_batches, model_device, pooled_states, tokenize
+from neuronxa.extract import extract_corpus, length_batches, model_device, padded, pooled_states, tokenize
 from neuronxa.models import ModelSpec
 from neuronxa.pooling import POOLINGS
 from neuronxa.probes import architecture, decoder_layers, submodule
@@ -62,7 +62,7 @@ def bare_forward(model, tokenizer, texts: list[str], batch_size: int, max_length
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in length_batches([len(ids) for ids in token_ids], batch_size):
-            ids, attention = _pad([token_ids[i] for i in batch], pad, device)
+            ids, attention = padded([token_ids[i] for i in batch], pad, device)
             model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
     return time.perf_counter() - start
 
@@ -178,7 +178,7 @@ def main() -> None:
     naive = naive_extraction(model, tokenizer, texts, 512)  # the same sentences as stage one above
     figures.update(naive_seconds=naive, naive_over_extract=naive / best)
 
-    values = sum(np.prod(store._group(lang)[f"{k}/{p}"].shape) for lang in corpus.languages
+    values = sum(np.prod(store.shape(lang, k, p)) for lang in corpus.languages
                  for k in ("nas", "nav", "hidden") for p in POOLINGS)
     size = store.fs.du(store.path)
     figures.update(bytes_per_value=size / values, compressor="float16 + blosc zstd-3 bitshuffle + crc32c")

@@ -171,6 +171,7 @@ def prepare(cfg: DictConfig) -> tuple[ParallelCorpus, pd.DataFrame | None]:
     corpus.validate(None if every_pivot(cfg) else pivot_language(cfg, corpus))
     target_languages(cfg, corpus)
     if every_pivot(cfg):
+        pairwise.chosen_metrics(list(cfg.metric.names))
         return corpus, None
     if cfg.benchmark.source == "standin":
         held_out(cfg, corpus)  # no held-out text: say so now (the stand-in itself runs after stage one)

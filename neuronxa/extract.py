@@ -65,7 +65,7 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _pad(token_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(token_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask for one batch."""
     width = max(len(ids) for ids in token_ids)
     ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
@@ -129,7 +129,7 @@ def probed_batches(model, tokenizer, token_ids: list[list[int]], kinds: tuple[st
     batches = length_batches([len(ids) for ids in token_ids], batch_size)
     with torch.inference_mode(), probe.attached():
         for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False, position=1):
-            ids, attention = _pad([token_ids[i] for i in batch], pad_id, device)
+            ids, attention = padded([token_ids[i] for i in batch], pad_id, device)
             batch_weights = weights(ids, attention, batch)
             probe.reset(batch_weights)
             probe.run(model.base_model, input_ids=ids, attention_mask=attention, use_cache=False)

@@ -49,13 +49,19 @@ def pivot_block(states: np.ndarray, norms: np.ndarray, pivot: int, subsets: np.n
     return (~beaten.any(axis=-1)).mean(axis=-1), uncertainty.subset_shares(beaten, subsets)
 
 
+def chosen_metrics(wanted: list[str]) -> list[str]:
+    """The alignment scores among the wanted metrics: what every-pivot scoring computes (none is an error)."""
+    chosen = [metric for metric in wanted if metric in ALIGNMENT]
+    if not chosen:
+        raise NeuronXAError("score.pivot=all scores nasca, navca and mexa: add one of them (e.g. metric=alignment)")
+    return chosen
+
+
 def pairwise(store: StateStore, wanted: list[str], pooling: str, languages: list[str], layer_pool: str = "mean",
              resamples: int = 0, seed: int = 0, level: float = 0.95, progress: bool = True) -> pd.DataFrame:
     """Long table (metric, pivot, target, value, ci_low, ci_high, n) of the layer-pooled alignment scores of
     every ordered pair of distinct languages."""
-    chosen = [metric for metric in wanted if metric in ALIGNMENT]
-    if not chosen:
-        raise NeuronXAError("score.pivot=all scores nasca, navca and mexa: add one of them (e.g. metric=alignment)")
+    chosen = chosen_metrics(wanted)
     missing = [language for language in languages if language not in store.languages()]
     if missing:
         raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from neuronxa.errors import NeuronXAError
+
 POOLINGS = ("weighted", "mean", "last")
 
 
@@ -40,7 +42,7 @@ def pooling_weights(mask: torch.Tensor, poolings: tuple[str, ...] = POOLINGS) ->
         elif pooling == "sum":
             weights.append(mask)
         else:
-            raise ValueError(f"unknown pooling {pooling!r}: choose from {', '.join(POOLINGS)}")
+            raise NeuronXAError(f"unknown pooling {pooling!r}: choose from {', '.join(POOLINGS)}")
     return torch.stack(weights)
 
 

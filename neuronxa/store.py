@@ -232,5 +232,9 @@ class StateStore:
     def metadata(self, language: str) -> dict:
         return dict(self._group(language).attrs)
 
+    def shape(self, language: str, kind: str = "nas", pooling: str = "weighted") -> tuple[int, ...]:
+        """(layers, units, width) of one stored array."""
+        return tuple(self._group(language)[f"{kind}/{pooling}"].shape)
+
     def n_layers(self, language: str, kind: str = "nas", pooling: str = "weighted") -> int:
-        return self._group(language)[f"{kind}/{pooling}"].shape[0]
+        return self.shape(language, kind, pooling)[0]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from neuronxa.errors import NeuronXAError
 from neuronxa.pooling import pooling_weights, real_token_mask
 
 
@@ -30,5 +31,5 @@ def test_weights_sum_to_one_on_real_tokens():
 
 
 def test_unknown_pooling_is_refused():
-    with pytest.raises(ValueError, match="median"):
+    with pytest.raises(NeuronXAError, match="median"):
         pooling_weights(torch.ones(1, 2), ("median",))

@@ -240,6 +240,10 @@ def test_every_language_as_pivot(tiny_folder, tmp_path, monkeypatch):
     assert set(pairs.metric) == {"nasca", "navca", "mexa"} and len(pairs) == 3 * 6 * 5
     assert list(pairs.columns[3:]) == ["metric", "pivot", "target", "value", "ci_low", "ci_high", "n"]
     assert (tmp_path / "run" / "plots" / "nasca_pairwise.png").stat().st_size > 1000
+    with monkeypatch.context() as patch, pytest.raises(NeuronXAError, match="score.pivot=all scores nasca"):
+        patch.setattr(align_task, "stage_one", lambda *a, **k: pytest.fail("stage one started"))
+        align_task.run(composed(tiny_overrides(tiny_folder, tmp_path) + [
+            f"dataset.path={corpus}", "score.pivot=all", "metric=cka"]), tmp_path / "bad")
     one = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "score.pivot=deu_Latn",
                                                             "metric=nasca", "score.resamples=20"])
     align_task.run(one, tmp_path / "one")
