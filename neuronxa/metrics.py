@@ -66,11 +66,6 @@ def chance_pvalue(k: int, n: int) -> float:
     return float(binom.sf(k - 1, n, 1.0 / (2 * n - 1)))
 
 
-def _centred(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    return X - X.mean(axis=0, keepdims=True)
-
-
 def _finite(*arrays: np.ndarray) -> bool:
     return all(np.isfinite(np.asarray(array, dtype=np.float64)).all() for array in arrays)
 

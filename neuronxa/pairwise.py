@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from neuronxa import metrics, uncertainty
 from neuronxa.errors import NeuronXAError
-from neuronxa.scoring import ALIGNMENT, pool_layers
+from neuronxa.scoring import ALIGNMENT, interval, pool_layers
 from neuronxa.store import StateStore
 
 def shared_units(store: StateStore, languages: list[str]) -> tuple[list[str], dict[str, list[int]]]:
@@ -68,10 +68,9 @@ def pairwise(store: StateStore, wanted: list[str], pooling: str, languages: list
     units, rows = shared_units(store, languages)
     n, k = len(units), len(languages)
     subsets = uncertainty.half_samples(n, resamples, seed)
-    frames = []
+    n_layers, frames = store.n_layers(languages[0]), []
     for metric in chosen:
         kind = ALIGNMENT[metric]
-        n_layers = store.n_layers(languages[0])
         values, halves = np.empty((n_layers, k, k)), np.empty((n_layers, k, k, resamples))
         for layer in tqdm(range(n_layers), desc=f"pairwise {metric}", unit="layer", disable=not progress):
             states, norms = stacked(store, languages, rows, kind, pooling, layer)
@@ -91,8 +90,7 @@ def _pooled_pairs(metric: str, languages: list[str], values: np.ndarray, halves:
     for a, pivot in enumerate(languages):
         for b, target in enumerate(languages):
             if a != b:
-                low, high = (uncertainty.share_interval(values[a, b], halves[a, b], n, level)
-                             if halves.shape[-1] >= 2 else (np.nan, np.nan))
+                low, high = interval(metric, values[a, b], halves[a, b], n, level)
                 rows.append((metric, pivot, target, float(values[a, b]), low, high, n))
     return pd.DataFrame(rows, columns=["metric", "pivot", "target", "value", "ci_low", "ci_high", "n"])
 

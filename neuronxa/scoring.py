@@ -35,15 +35,17 @@ def representations(metric: str) -> tuple[str, ...]:
     raise NeuronXAError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
 
 
-def _baseline_halves(metric: str, X: np.ndarray, Y: np.ndarray, subsets: np.ndarray) -> np.ndarray:
-    """A baseline's value on each half-sample of the units."""
+def _baseline(metric: str, X: np.ndarray, Y: np.ndarray, subsets: np.ndarray) -> tuple[float, np.ndarray]:
+    """A baseline's value on all units and on each half-sample of them (CKA and SVCCA from one pair of Gram
+    matrices, sliced per half-sample); NaN where a representation holds a NaN or an infinity."""
     if not np.isfinite(X).all() or not np.isfinite(Y).all():
-        return np.full(len(subsets), np.nan)
+        return float("nan"), np.full(len(subsets), np.nan)
     if metric == "anc":
-        return metrics.neuron_correlations(X[subsets], Y[subsets])
+        return metrics.anc(X, Y), metrics.neuron_correlations(X[subsets], Y[subsets])
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    K, L = X @ X.T, Y @ Y.T
     of_grams = metrics.cka_of_grams if metric == "cka" else metrics.svcca_of_grams
-    return of_grams(uncertainty.submatrices(X @ X.T, subsets), uncertainty.submatrices(Y @ Y.T, subsets))
+    return float(of_grams(K, L)), of_grams(uncertainty.submatrices(K, subsets), uncertainty.submatrices(L, subsets))
 
 
 def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, wanted: list[str],
@@ -61,8 +63,7 @@ def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, wanted: list[str],
         if ALIGNMENT.get(metric) == kind:
             values[metric], halves[metric] = shares["bidirectional"]
         elif metric in BASELINES and kind == "hidden":
-            values[metric] = BASELINES[metric](X, Y)
-            halves[metric] = _baseline_halves(metric, X, Y, subsets)
+            values[metric], halves[metric] = _baseline(metric, X, Y, subsets)
         elif metric == "retrieval" and kind in RETRIEVAL_REPRESENTATIONS:
             for direction, (value, half) in shares.items():
                 values[f"retrieval.{kind}.{direction}"], halves[f"retrieval.{kind}.{direction}"] = value, half

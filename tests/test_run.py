@@ -1,6 +1,7 @@
 """The whole job through Hydra: composed configs, one-line errors, sweeps that never repeat a forward pass,
 and the MLflow experiment they fill."""
 
+import random
 import subprocess
 import sys
 
@@ -192,7 +193,7 @@ def test_sweep_through_the_submitit_launcher(tiny_folder, tmp_path):
 def six_language_corpus(tmp_path):
     """A TSV corpus of six languages and six units (scrambled word orders), and made-up results for five."""
     words = "all human beings are born free and equal in dignity rights everyone has the right to life".split()
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     languages = ["eng_Latn", "fra_Latn", "deu_Latn", "ita_Latn", "spa_Latn", "por_Latn"]
     rows = ["id\t" + "\t".join(languages)]
     for unit in range(6):
