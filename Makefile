@@ -12,9 +12,9 @@ PROFILE ?= embedded
 EXPERIMENT_SUFFIX := $(if $(filter paper,$(PROFILE)),_paper,)
 OUTPUTS ?= outputs
 
-REPRODUCIBLE := $(addprefix reproduce-,table1 table2 table3 table4 fig2)
+REPRODUCIBLE := $(addprefix reproduce-,table1 table2 table3 table4 fig2 fig3)
 
-.PHONY: help install run test test-quick neurons bench bench-quick ui $(REPRODUCIBLE)
+.PHONY: help install run test test-quick neurons align-demo bench bench-quick ui $(REPRODUCIBLE)
 
 help: ## Show the targets
 	@grep -hE '^[^ :]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(REPRODUCIBLE): reproduce-%/reproduce-TABLE/' | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ test-quick: install ## Unit tests only
 neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
 
+align-demo: install ## Alignment over a LoRA fine-tune of Gemma 3 270M (UDHR pairs into English), then its neurons against the base model's (about 25 min)
+	$(PY) -m neuronxa.run task=training tracking.experiment=align-demo $(ARGS)
+	$(PY) -m neuronxa.run experiment=align_demo
+
 bench: install ## Performance figures in one run (stage one vs bare forward and the naive way, sweeps, memory) -> outputs/bench/latest.json
 	$(PY) -m bench.run $(ARGS)
 
@@ -59,6 +63,6 @@ ui: install ## Browse every logged run in the MLflow UI (http://127.0.0.1:5000)
 	@echo "MLflow UI: http://127.0.0.1:5000 -- choose 'Model training' at the top left, or open http://127.0.0.1:5000/#/experiments/ID/runs"
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --default-artifact-root $(OUTPUTS)/mlartifacts
 
-$(REPRODUCIBLE): reproduce-%: install ## TABLE = table1, table2, table3, table4 or fig2: run its sweep, print it beside the paper (PROFILE=paper: the paper's models and data)
+$(REPRODUCIBLE): reproduce-%: install ## TABLE = table1, table2, table3, table4, fig2 or fig3: run its sweep, print it beside the paper (PROFILE=paper: the paper's models and data)
 	$(PY) -m neuronxa.run experiment=$*$(EXPERIMENT_SUFFIX) $(ARGS)
 	$(PY) -m experiments.$* --experiment $*$(EXPERIMENT_SUFFIX)

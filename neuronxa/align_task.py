@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from neuronxa import benchmarks, pairwise, plots, scoring, tracking
+from neuronxa import benchmarks, models, pairwise, plots, scoring, tracking
 from neuronxa.corpus import ParallelCorpus
 from neuronxa.correlation import Resampling, compare, correlate
 from neuronxa.errors import NeuronXAError, check_whole
@@ -213,6 +213,9 @@ def align(cfg: DictConfig, folder: Path) -> Logged:
     if correlations is not None:
         values.update(tracking.correlation_metrics(correlations))
     tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url()}
+    step = models.training_step(spec_from_config(cfg.model))
+    if step is not None:
+        tags["step"] = str(step)   # a checkpoint of a training run (experiments/fig3.py plots against it)
     return Logged(tags, values, series, files)
 
 

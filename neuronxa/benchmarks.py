@@ -14,7 +14,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from neuronxa import models
+from neuronxa import files, models
 from neuronxa.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError
 from neuronxa.languages import is_flores_code
@@ -156,8 +155,6 @@ def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: s
     model, tokenizer = models.load(spec, dtype=dtype, device=device)
     results = standin(model, tokenizer, held_out, spec.name, max_length)
     fs.makedirs(f"{root}/standin", exist_ok=True)
-    staging = f"{path}.{os.getpid()}.tmp"
-    with fs.open(staging, "w") as file:
+    with files.staged(path, fs) as staging, fs.open(staging, "w") as file:
         results.to_csv(file, index=False)
-    fs.mv(staging, path)
     return results

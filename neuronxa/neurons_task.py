@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from neuronxa import benchmarks, interop, models, neurons, plots
 from neuronxa.corpus import ParallelCorpus
@@ -103,12 +103,16 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
     (folder / "plots").mkdir(exist_ok=True)
     title = f"{model_name(cfg)} · {corpus.name if corpus else 'imported'} · {cfg.task.method}"
     files, values, series = report(found, languages, n_layers, folder, title)
+    deactivations = [(cfg.model, found, "")]
     if cfg.task.compare_model:
         if source is not None:
             raise NeuronXAError("task.compare_model needs the model's own counts: drop task.counts / task.mask")
-        files += compare_models(cfg, corpus, found, n_layers, folder)
-    if cfg.task.deactivate:
-        deactivation_files, deactivation_values = deactivate(cfg, found, languages, texts, n_layers, folder, title)
+        other, other_found, compare_files = compare_models(cfg, corpus, found, n_layers, folder)
+        files += compare_files
+        deactivations.append((other, other_found, "compared_"))
+    for model, model_found, prefix in deactivations if cfg.task.deactivate else ():
+        deactivation_files, deactivation_values = deactivate(cfg, model, model_found, languages, texts, n_layers,
+                                                             folder, title, prefix)
         files += deactivation_files
         values.update(deactivation_values)
     print(f"\nrun folder: {folder}")
@@ -154,28 +158,33 @@ def check_shape(found: pd.DataFrame, n_layers: int, model) -> None:
                             "from (model=...) or set task.deactivate=false")
 
 
-def deactivate(cfg: DictConfig, found: pd.DataFrame, languages: list[str], texts: dict[str, list[str]],
-               n_layers: int, folder: Path, title: str) -> tuple[list[Path], dict[str, float]]:
-    """Perplexity with each language's neurons switched off, beside same-size random sets: printed and written."""
-    model, tokenizer = models.load(spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device)
+def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, languages: list[str],
+               texts: dict[str, list[str]], n_layers: int, folder: Path, title: str,
+               prefix: str = "") -> tuple[list[Path], dict[str, float]]:
+    """Perplexity with each language's neurons switched off, beside same-size random sets: printed and written
+    (file and metric names start with ``prefix``, e.g. for the compared model)."""
+    spec = spec_from_config(model_conf)
+    model, tokenizer = models.load(spec, dtype=model_conf.dtype, device=model_conf.device)
     check_shape(found, n_layers, model)
     own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, languages, texts, cfg.task.seed,
                                                        cfg.extract.max_length)
     summary = deactivation_summary(own, control, intact)
-    print("\nintact perplexity on held-out units:\n" + intact.round(2).to_frame("perplexity").T.to_string())
-    print("\nperplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
+    print(f"\n{spec.name}: intact perplexity on held-out units:\n"
+          + intact.round(2).to_frame("perplexity").T.to_string())
+    print(f"\n{spec.name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
     print(own.round(2).to_string())
     print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
     print("\n" + summary.round(3).to_string(index=False))
-    values = {f"deactivation.{row.set}.{row.cell}": row.mean_log_ratio for row in summary.itertuples()}
+    values = {f"{prefix}deactivation.{row.set}.{row.cell}": row.mean_log_ratio for row in summary.itertuples()}
     limit = float(np.nanmax(np.abs(np.concatenate([own.values, control.values])))) or 1.0
-    files = [write_csv(own, folder / "deactivation.csv", index=True),
-             write_csv(intact.to_frame("perplexity"), folder / "perplexity_intact.csv", index=True),
-             write_csv(control, folder / "deactivation_random.csv", index=True),
-             write_csv(summary, folder / "deactivation_summary.csv"),
-             plots.heatmap(own, folder / "plots" / "deactivation.png", f"perplexity change · {title}",
+    title = f"{spec.name} · {title.split(' · ', 1)[-1]}"
+    files = [write_csv(own, folder / f"{prefix}deactivation.csv", index=True),
+             write_csv(intact.to_frame("perplexity"), folder / f"{prefix}perplexity_intact.csv", index=True),
+             write_csv(control, folder / f"{prefix}deactivation_random.csv", index=True),
+             write_csv(summary, folder / f"{prefix}deactivation_summary.csv"),
+             plots.heatmap(own, folder / "plots" / f"{prefix}deactivation.png", f"perplexity change · {title}",
                            "evaluated language", -limit, limit, "RdBu_r"),
-             plots.heatmap(control, folder / "plots" / "deactivation_random.png",
+             plots.heatmap(control, folder / "plots" / f"{prefix}deactivation_random.png",
                            f"random control · {title}", "evaluated language", -limit, limit, "RdBu_r")]
     return files, values
 
@@ -196,11 +205,10 @@ def deactivation_summary(own: pd.DataFrame, control: pd.DataFrame, intact: pd.Se
 
 
 def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, n_layers: int,
-                   folder: Path) -> list[Path]:
-    """Base (the run's model) vs ``task.compare_model`` (e.g. its aligned version) on the same corpus."""
-    config = models.CONF_DIR / "model" / f"{cfg.task.compare_model}.yaml"
-    other = OmegaConf.load(config) if config.is_file() else OmegaConf.merge(
-        cfg.model, {"name": "hf", "name_or_path": cfg.task.compare_model, "gguf": None})
+                   folder: Path) -> tuple[DictConfig, pd.DataFrame, list[Path]]:
+    """Base (the run's model) vs ``task.compare_model`` (e.g. its aligned version) on the same corpus: the
+    compared model's config and neurons, and the files of the comparison."""
+    other = models.model_conf(cfg.task.compare_model, cfg.model)
     aligned, other_layers = identified(cfg, other, corpus)
     if other_layers != n_layers:
         raise NeuronXAError(f"task.compare_model has {other_layers} layers, the model {n_layers}: "
@@ -209,6 +217,10 @@ def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, 
                          if cfg.task.aligned_languages else None)
     layers, per_language = neurons.compare(base, aligned, corpus.languages, n_layers, aligned_languages)
     print(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
+    if aligned_languages is not None:
+        by_set = per_language.groupby("in_aligned_set")[list(neurons.TYPES)].mean()
+        by_set.index = by_set.index.map({True: "aligned languages", False: "other languages (spontaneous)"})
+        print("\nmean change per language:\n" + by_set.round(1).to_string())
     print("\nper layer:\n" + layers.T.to_string())
-    return [write_csv(layers, folder / "compare_by_layer.csv", index=True),
-            write_csv(per_language, folder / "compare_by_language.csv")]
+    return other, aligned, [write_csv(layers, folder / "compare_by_layer.csv", index=True),
+                            write_csv(per_language, folder / "compare_by_language.csv")]

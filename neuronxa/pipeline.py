@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuronxa import tracking
 from neuronxa.corpus import ParallelCorpus, read_corpus
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.extract import extract_corpus
+from neuronxa.extract import extract_corpus, extract_counts
 from neuronxa.models import spec_from_config
 from neuronxa.store import StateStore
 
@@ -42,17 +42,20 @@ def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
 
 
 def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
-           counts_prompt: str | None = None) -> StateStore:
+              counts_prompt: str | None = None) -> StateStore:
     """Stage one for ``model``: runs the forward passes the cache lacks (pooled states or, with ``counts_prompt``,
     activation counts) and prints what was written or reused."""
-    store, report = extract_corpus(
-        corpus, spec_from_config(model), cfg.cache.dir,
-        max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
-        batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
-        device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
-        skip_bos=cfg.pooling.skip_bos, counts_prompt=counts_prompt, group_units=cfg.extract.group_units,
-        layers=cfg.extract.get("layers"),
-    )
+    common = dict(max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
+                  batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
+                  device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
+                  layers=cfg.extract.get("layers"))
+    spec = spec_from_config(model)
+    if counts_prompt is None:
+        store, report = extract_corpus(corpus, spec, cfg.cache.dir, skip_bos=cfg.pooling.skip_bos,
+                                       group_units=cfg.extract.group_units,
+                                       batch_tokens=cfg.extract.get("batch_tokens"), **common)
+    else:
+        store, report = extract_counts(corpus, spec, cfg.cache.dir, counts_prompt, **common)
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(report.to_string(index=False))
     counts = report.status.value_counts().to_dict()

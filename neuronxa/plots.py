@@ -145,3 +145,40 @@ def clustered_heatmap(matrix: pd.DataFrame, path: Path, title: str = "") -> Path
     languages = [matrix.index[i] for i in order]
     table = matrix.loc[languages, languages]
     return heatmap(table, path, title, xlabel="target")
+
+
+def over_steps(pooled: pd.DataFrame, role: dict[str, str], path: Path, title: str = "") -> Path:
+    """Layer-pooled alignment against training step, one line per language (trained solid, untrained dashed),
+    one panel per metric (the NeuronXA paper's Figure 3)."""
+    metrics = list(dict.fromkeys(pooled.metric))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    languages = sorted(pooled.language.unique(), key=lambda language: (role[language], language))
+    colours = dict(zip(languages, plt.cm.tab10(np.arange(len(languages)) % 10)))
+    for ax, metric in zip(axes[0], metrics):
+        for language in languages:
+            rows = pooled[(pooled.metric == metric) & (pooled.language == language)].sort_values("step")
+            ax.plot(rows.step, rows.score, marker="o", markersize=3, color=colours[language],
+                    linestyle="-" if role[language] == "trained" else "--", label=f"{language} ({role[language]})")
+        ax.set(xlabel="training step", ylabel=f"{metric} (layer-pooled)", title=metric)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title, fontsize=10)
+    return _saved(fig, path)
+
+
+def against_quality(pooled: pd.DataFrame, quality: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Alignment against translation quality, one point per (language, checkpoint), one panel per alignment
+    metric, the steps of a language joined in order (the NeuronXA paper's Figure 4)."""
+    chrf = quality[quality.metric == "chrf"].rename(columns={"value": "chrf"})[["step", "language", "chrf"]]
+    joined = pooled.merge(chrf, on=["step", "language"])
+    metrics = list(dict.fromkeys(joined.metric))
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(5 * max(len(metrics), 1), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for language, rows in joined[joined.metric == metric].groupby("language"):
+            rows = rows.sort_values("step")
+            ax.plot(rows.score, rows.chrf, marker="o", markersize=3, linewidth=0.8, label=language)
+        ax.set(xlabel=f"{metric} (layer-pooled)", ylabel="chrF", title=metric)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _saved(fig, path)

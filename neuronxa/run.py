@@ -1,7 +1,8 @@
 """Command line: ``python -m neuronxa.run [overrides]`` (Hydra; ``-m`` for sweeps).
 
 Composes the config and hands it to its task: ``task=align`` (the default: corpus → stage one → stage two →
-correlations, in ``align_task``) or ``task=neurons`` (language neurons, in ``neurons_task``). Bad input ends
+correlations, in ``align_task``), ``task=neurons`` (language neurons, in ``neurons_task``) or ``task=training``
+(alignment over a LoRA fine-tune, in ``training_task``). Bad input ends
 with a one-line error (``debug=true`` for the traceback).
 """
 
@@ -14,13 +15,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from neuronxa import align_task, neurons_task
+from neuronxa import align_task, neurons_task, training_task
 from neuronxa.errors import Interrupted, NeuronXAError
 
-TASKS = {"align": align_task.run, "neurons": neurons_task.run}
+TASKS = {"align": align_task.run, "neurons": neurons_task.run, "training": training_task.run}
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         TASKS[cfg.task.name](cfg, Path(HydraConfig.get().runtime.output_dir))

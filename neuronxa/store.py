@@ -25,7 +25,6 @@ import json
 import os
 import re
 import tempfile
-import uuid
 from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
@@ -36,6 +35,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from neuronxa import files
 from neuronxa.errors import NeuronXAError
 
 FORMAT_VERSION = 2  # 2: chunk files c.{layer}.0.0 beside each array's zarr.json (one listing per array)
@@ -143,41 +143,18 @@ class StateStore:
         """Write named arrays of one language atomically (one chunk per index of the first axis)."""
         self._ensure_root()
         self._verified.pop(language, None)
-        staging = f"{self.root}/.staging/{self.digest[:16]}-{language}-{uuid.uuid4().hex}"
-        self.fs.makedirs(staging, exist_ok=True)
         try:
-            group = zarr.open_group(self.url(staging), mode="w")
-            chunks = {name: self._write_array(group, name, array) for name, array in arrays.items()}
-            group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "chunks": chunks,
-                                "store_digest": self.digest, "complete": True})
-            target = f"{self.path}/{language}"
-            if self.fs.exists(target):
-                trash = f"{self.root}/.staging/old-{uuid.uuid4().hex}"
-                self._move(target, trash)
-                self._remove(trash)
-            self._move(staging, target)
+            with files.staged(f"{self.path}/{language}", self.fs, f"{self.root}/.staging") as staging:
+                self.fs.makedirs(staging, exist_ok=True)
+                group = zarr.open_group(self.url(staging), mode="w")
+                chunks = {name: self._write_array(group, name, array) for name, array in arrays.items()}
+                group.attrs.update({"ids": list(ids), "fingerprint": fingerprint, **metadata, "chunks": chunks,
+                                    "store_digest": self.digest, "complete": True})
         except OSError as error:
-            self._remove(staging)
             raise NeuronXAError(
                 f"could not write the cache entry for {language} under {self.url(self.root)}: "
                 f"{error.strerror or error}. Nothing was marked complete; free space (or fix permissions) and rerun"
             ) from None
-        except BaseException:
-            self._remove(staging)
-            raise
-
-    def _move(self, source: str, target: str) -> None:
-        """One atomic rename on a local disk; a recursive copy and delete elsewhere."""
-        if self.local:
-            os.replace(source, target)
-        else:
-            self.fs.mv(source, target, recursive=True)
-
-    def _remove(self, path: str) -> None:
-        try:
-            self.fs.rm(path, recursive=True)
-        except OSError:  # already gone, or the disk is failing: nothing marked complete is left either way
-            pass
 
     @staticmethod
     def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> int:

@@ -90,5 +90,5 @@ def tiny_overrides(tiny_folder, tmp_path):
 
 
 def composed(overrides):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "neuronxa" / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)

@@ -1,4 +1,4 @@
-"""Every config under conf/ composes: each option of each group, every experiment (the paper's included, with
+"""Every config under neuronxa/conf/ composes: each option of each group, every experiment (the paper's included, with
 their sweeps' values), and every model config resolves to a model spec."""
 
 import pytest
@@ -10,7 +10,7 @@ from neuronxa.models import spec_from_config
 
 from conftest import ROOT
 
-CONF = ROOT / "conf"
+CONF = ROOT / "neuronxa" / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

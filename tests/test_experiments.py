@@ -7,7 +7,10 @@ import pytest
 
 from conftest import ROOT, UDHR
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if not p.stem.endswith("_paper"))
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "neuronxa" / "conf" / "experiment").glob("*.yaml")
+                     if (ROOT / "experiments" / f"{p.stem}.py").is_file())
+SHRUNK = {"fig3": ["task.steps=2", "task.every=1", "task.translate_units=2", "task.max_new_tokens=3",
+                   "task.untrained=[spa_Latn]"]}
 
 
 @pytest.mark.slow
@@ -18,7 +21,7 @@ def test_experiment_runs_shrunk_and_prints_its_table(experiment, tiny_folder, tm
     overrides = [f"experiment={experiment}", "model=hf", f"model.name_or_path={tiny_folder}", "dataset.max_units=4",
                  "model.device=cpu", "model.dtype=float32",
                  "++benchmark.units=2", f"paths.outputs={outputs}", f"hydra.run.dir={tmp_path / 'run'}",
-                 f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+                 f"hydra.sweep.dir={tmp_path / 'multirun'}", *SHRUNK.get(experiment, [])]
     sweep = subprocess.run([sys.executable, "-m", "neuronxa.run", *overrides], cwd=ROOT, capture_output=True,
                            text=True, timeout=900)
     assert sweep.returncode == 0, sweep.stderr[-3000:]

@@ -109,6 +109,9 @@ def test_neurons_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     matrix = pd.read_csv(folder / "deactivation.csv", index_col=0)
     assert matrix.shape == (2, 2) and list(matrix.index) == ["eng_Latn", "fra_Latn"]
     assert (folder / "plots" / "deactivation.png").is_file()
+    compared = pd.read_csv(folder / "compared_deactivation.csv", index_col=0)   # the compared model's own matrix
+    assert compared.shape == (2, 2)
+    np.testing.assert_allclose(compared.to_numpy(), matrix.to_numpy())        # the same model: the same matrix
     logged = runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "neurons")
     assert logged["tags.task"].tolist() == ["neurons"]
 

@@ -1,5 +1,6 @@
 """Stage one end to end: the cache is reused, resumed, and never stale; the command line reports it."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.extract import extract_corpus, language_groups, pooled_states
 from neuronxa.models import ModelSpec
 
-from conftest import FIXTURES, ROOT, UDHR
+from conftest import FIXTURES, ROOT, UDHR, assert_storage_close
 
 
 def spec(folder):
@@ -241,3 +242,37 @@ def test_a_model_spread_by_device_map_gives_the_same_states(tiny_folder, tmp_pat
     for kind in ("nas", "nav", "hidden"):
         np.testing.assert_array_equal(spread.read("fra_Latn", kind, "weighted"),
                                       plain.read("fra_Latn", kind, "weighted"))
+
+
+def test_batches_by_a_token_budget_fill_with_short_sentences():
+    lengths = [50, 10, 12, 48, 11, 9, 30]
+    batches = extract.length_batches(lengths, batch_size=8, batch_tokens=100)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))   # each sentence once
+    assert all(len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1 for batch in batches)
+    assert batches == [[0, 3], [6, 2, 4], [1, 5]]      # longest first; 3 × 30 fits, a fourth would not
+    assert extract.length_batches([500, 5], batch_size=8, batch_tokens=100) == [[0], [1]]   # too long: alone
+    assert extract.length_batches(lengths, 2) == extract.length_batches(lengths, 2, batch_tokens=None)
+
+
+def test_token_budget_batches_give_the_same_states(tiny_folder, tmp_path):
+    corpus = read_tsv(FIXTURES / "toy.tsv")
+    fixed, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fixed", batch_size=2)
+    budget, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "budget", batch_size=64, batch_tokens=12)
+    for language in corpus.languages:
+        for kind in ("nas", "nav", "hidden"):
+            assert_storage_close(budget.read(language, kind, "weighted"), fixed.read(language, kind, "weighted"))
+    with pytest.raises(NeuronXAError, match="extract.batch_tokens must be a whole number"):
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "bad", batch_tokens=0)
+
+
+@pytest.mark.skipif(not UDHR.is_dir(), reason="the udhr package is fetched by `make install`")
+def test_the_scale_bench_writes_every_figure(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run([sys.executable, "-m", "bench.gpu", "--shape", "tiny", "--languages", "2", "--units", "3",
+                             "--naive-units", "4", "--rounds", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert {"device", "model_shape", "extract_over_bare", "naive_over_extract", "mfu_stage_one", "mfu_bare",
+            "tokens_per_second_stage_one", "rerun_over_first", "paper_sweep_projected_hours"} <= set(figures)
+    assert figures["tokens"] > 0 and all(figures[k] > 0 for k in ("extract_over_bare", "mfu_bare"))

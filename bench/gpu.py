@@ -1,0 +1,205 @@
+"""Stage one at the users' scale: a random-weight model of a real 7-8B architecture (no download: a forward
+pass costs the same with random weights), measured in one run on the same device, data and batches.
+
+    python -m bench.gpu --shape llama2_7b                 # on a GPU, bfloat16: writes bench/results/gpu.json
+    python -m bench.gpu --shape llama2_7b --scale 8       # the same shape scaled down (layers and widths / 8)
+    bash bench/gpu_setup.sh --shape llama31_8b            # a bare GPU machine: install from brought wheels, run
+
+Figures: tokens per second of the bare decoder stack and of stage one (probes, pooling, host copy, cache writes),
+``extract_over_bare``; the common way (one sentence per call, logits, ``output_hidden_states``, activations
+pooled on the host) per token against stage one, ``naive_over_extract``; model FLOP utilisation
+(2 × decoder parameters × tokens / seconds, against the measured matrix-multiply rate of the same dtype);
+peak device memory; the batch; a warm stage two against stage one plus stage two, ``rerun_over_first``; and the
+paper's full sweep projected from the stage-one rate (9 models × 204 languages × 100 sentences × the mean
+tokens per sentence measured here). Off a GPU, the figures go to bench/results/cpu_scaled.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.run import MANY, UDHR, naive_extraction
+from neuronxa import models, scoring
+from neuronxa.corpus import read_udhr
+from neuronxa.extract import extract_corpus, length_batches, model_device, padded, tokenize
+from neuronxa.models import ModelSpec
+
+SHAPES = {   # the architectures' own config.json fields (hub configs, read by hand)
+    "llama2_7b": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)),
+    "llama31_8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                 num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                 rope_theta=500000.0)),
+    "qwen25_7b": ("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4, vocab_size=152064)),
+    "mistral_7b": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=32768)),
+    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=1000)),
+}
+PAPER_SWEEP = {"models": 9, "languages": 204, "sentences": 100}
+
+
+def scaled_config(shape: str, scale: int):
+    """The shape's config, layers and widths divided by ``scale`` (heads kept whole), SDPA attention."""
+    from transformers import AutoConfig
+
+    model_type, fields = SHAPES[shape]
+    fields = dict(fields)
+    if scale > 1:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads"):
+            fields[name] = max(fields[name] // scale, 1)
+    config = AutoConfig.for_model(model_type, **fields, max_position_embeddings=4096)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+class WrappedIds:
+    """A real multilingual tokenizer (Gemma 3's) whose ids are folded into a smaller vocabulary: realistic
+    sentence lengths for a model with random weights."""
+
+    def __init__(self, tokenizer, vocab_size: int) -> None:
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+        self.bos_token_id, self.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+
+    def __call__(self, texts, **kwargs):
+        encoded = self.tokenizer(texts, **kwargs)
+        ids = encoded["input_ids"]
+        if isinstance(ids, torch.Tensor):
+            encoded["input_ids"] = ids % self.vocab_size
+        else:
+            encoded["input_ids"] = [[i % self.vocab_size for i in sentence] for sentence in ids]
+        return encoded
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured FLOP/s of a large square matrix product in ``dtype`` on ``device``."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    synchronise(device)
+    repeats = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronise(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def bare_seconds(model, tokenizer, texts: list[str], batch_size: int, batch_tokens: int | None) -> float:
+    """The decoder stack alone over stage one's batches (no hooks, no LM head, nothing kept)."""
+    token_ids, _ = tokenize(tokenizer, texts, 512)
+    device = model_device(model)
+    synchronise(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens):
+            ids, attention = padded([token_ids[i] for i in batch], 0, device)
+            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
+    synchronise(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # the process's peak RSS
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every figure, in one run on one device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = scaled_config(args.shape, args.scale)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    tokenizer = WrappedIds(AutoTokenizer.from_pretrained(models.converted_folder(models.model_spec("gemma3_270m"))),
+                           config.vocab_size)
+    work = Path(tempfile.mkdtemp(prefix="neuronxa-gpu-bench-"))
+    config.save_pretrained(work / "model")                      # the cache key reads the config alone
+    spec = ModelSpec(f"random-{args.shape}", str(work / "model"))
+    corpus = read_udhr(UDHR, MANY[: args.languages]).subset(max_units=args.units)
+    texts = [text for language in corpus.languages for text in corpus.texts(language)]
+    tokens = sum(len(ids) for ids in tokenize(tokenizer, texts, 512)[0])
+    batch = dict(batch_size=args.batch_size, batch_tokens=args.batch_tokens)
+    bare_seconds(model, tokenizer, texts[:32], **batch)         # warm-up (kernels, allocator)
+    bare = min(bare_seconds(model, tokenizer, texts, **batch) for _ in range(args.rounds))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stage_one = []
+    for attempt in range(args.rounds):
+        synchronise(device)
+        start = time.perf_counter()
+        store, _ = extract_corpus(corpus, spec, work / f"cache{attempt}", dtype=str(dtype).removeprefix("torch."),
+                                  device=device.type, loaded=(model, tokenizer), **batch)
+        synchronise(device)
+        stage_one.append(time.perf_counter() - start)
+    peak = peak_memory_gib(device)
+    first = min(stage_one)
+    naive_texts = texts[: args.naive_units]
+    naive_tokens = sum(len(ids) for ids in tokenize(tokenizer, naive_texts, 512)[0])
+    naive = naive_extraction(model, tokenizer, naive_texts, 512)
+    start = time.perf_counter()
+    scoring.score(store, ["nasca", "navca", "mexa"], "weighted", corpus.languages[0], progress=False)
+    warm = time.perf_counter() - start
+    parameters = sum(p.numel() for p in model.base_model.parameters()) - model.get_input_embeddings().weight.numel()
+    rate = matmul_rate(device, dtype)
+    per_sentence = tokens / len(texts)
+    sweep_tokens = PAPER_SWEEP["models"] * PAPER_SWEEP["languages"] * PAPER_SWEEP["sentences"] * per_sentence
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "model_shape": args.shape if args.scale == 1 else f"{args.shape} / {args.scale}",
+        "dtype": str(dtype).removeprefix("torch."), "decoder_parameters": parameters,
+        "sentences": len(texts), "tokens": tokens, "batch_size": args.batch_size, "batch_tokens": args.batch_tokens,
+        "tokens_per_second_bare": tokens / bare, "tokens_per_second_stage_one": tokens / first,
+        "extract_over_bare": first / bare,
+        "naive_over_extract": (naive / naive_tokens) / (first / tokens),
+        "matmul_flops_per_second": rate,
+        "mfu_bare": 2 * parameters * tokens / bare / rate, "mfu_stage_one": 2 * parameters * tokens / first / rate,
+        "peak_gpu_memory_gib" if device.type == "cuda" else "peak_rss_gib": peak,
+        "rerun_over_first": warm / (first + warm),
+        "paper_sweep_tokens_assumed": f"9 x 204 x 100 x {per_sentence:.1f} tokens per sentence (UDHR, measured)",
+        "paper_sweep_projected_hours": sweep_tokens / (tokens / first) / 3600,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama2_7b")
+    parser.add_argument("--scale", type=int, default=1, help="divide layers and widths (for a CPU)")
+    parser.add_argument("--languages", type=int, default=20)
+    parser.add_argument("--units", type=int, default=24, help="UDHR articles per language")
+    parser.add_argument("--batch-size", type=int, default=256, help="sentences per batch, at most")
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch, at most")
+    parser.add_argument("--naive-units", type=int, default=64, help="sentences timed the common way")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/gpu.json (cpu_scaled.json)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    figures = measure(args)
+    for name, value in figures.items():
+        print(f"  {name:<30} {value:.4g}" if isinstance(value, float) else f"  {name:<30} {value}")
+    out = args.out or Path("bench/results") / ("gpu.json" if torch.cuda.is_available() else "cpu_scaled.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The training task (``task=training``): a LoRA translation fine-tune of the model on UDHR pairs
+(xx → English), with alignment (trained and untrained languages) and chrF scored at every checkpoint, their
+correlation across checkpoints, and the merged model saved for the base-vs-aligned neuron comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from neuronxa import models, plots, scoring, training
+from neuronxa.corpus import ParallelCorpus, read_udhr, udhr_article
+from neuronxa.errors import NeuronXAError, check_whole
+from neuronxa.pipeline import Logged, model_name, tracked_run, write_csv
+from neuronxa.uncertainty import pearson, spearman
+
+
+def run(cfg: DictConfig, folder: Path) -> None:
+    """The training job, in its MLflow run; checkpoints, tables and plots go to ``folder``."""
+    tracked_run(cfg, folder, f"{cfg.model.name}-training", aligned_by_training)
+
+
+def check_task(cfg: DictConfig) -> None:
+    """The task's options, before the corpus is read or a model loads."""
+    task = cfg.task
+    if cfg.dataset.name != "udhr":
+        raise NeuronXAError(f"task=training trains on UDHR paragraphs: use dataset=udhr, not {cfg.dataset.name}")
+    for option in ("steps", "every", "batch_size", "translate_units", "max_new_tokens", "max_length"):
+        check_whole(task[option], f"task.{option}", 1)
+    (first, last), (eval_first, eval_last) = task.train_articles, task.eval_articles
+    if not (0 <= first <= last < eval_first <= eval_last <= 30):
+        raise NeuronXAError(f"task.train_articles {list(task.train_articles)} must come before task.eval_articles "
+                            f"{list(task.eval_articles)} within articles 0-30 (0: the preamble), without overlap")
+    overlap = set(task.trained) & set(task.untrained)
+    if not task.trained or overlap:
+        raise NeuronXAError("task.trained needs at least one language, and no language may be both trained and "
+                            f"untrained (both: {', '.join(sorted(overlap))})")
+    for metric in task.metrics:
+        scoring.representations(metric)
+    scoring.check_layer_pool(cfg.score.layer_pool)
+
+
+def split_corpus(cfg: DictConfig) -> tuple[ParallelCorpus, ParallelCorpus]:
+    """The UDHR units (``task.unit``) of the pivot, trained and untrained languages: (training units, evaluation
+    units)."""
+    task = cfg.task
+    languages = [cfg.score.pivot, *task.trained, *task.untrained]
+    corpus = read_udhr(cfg.dataset.path, languages, unit=task.unit)
+    corpus.validate(corpus.resolve(cfg.score.pivot))
+    (first, last), (eval_first, eval_last) = task.train_articles, task.eval_articles
+    return (corpus.where(lambda unit: first <= udhr_article(unit) <= last),
+            corpus.where(lambda unit: eval_first <= udhr_article(unit) <= eval_last))
+
+
+def translation_pairs(train: ParallelCorpus, trained: list[str], pivot: str) -> list[tuple[str, str]]:
+    """(source, English) pairs of every training unit of the trained languages."""
+    return [(train.units[language][unit], train.units[pivot][unit])
+            for language in trained for unit in train.shared_ids(pivot, language)]
+
+
+def callbacks(cfg: DictConfig, tokenizer, evaluation: ParallelCorpus,
+              comet) -> tuple[training.AlignmentCallback, training.TranslationCallback]:
+    """The alignment callback over every language's evaluation units, and the translation callback over the
+    first ``task.translate_units`` of them."""
+    task, pivot = cfg.task, evaluation.resolve(cfg.score.pivot)
+    alignment = training.AlignmentCallback(
+        tokenizer, {language: evaluation.texts(language) for language in evaluation.languages}, pivot,
+        list(task.metrics), task.every, cfg.pooling.name, cfg.score.layer_pool, cfg.extract.batch_size,
+        cfg.extract.max_length)
+    languages = [evaluation.resolve(code) for code in (task.translate_languages or
+                                                       [*task.trained, *task.untrained])]
+    units = evaluation.ids(pivot)[: task.translate_units]
+    translation = training.TranslationCallback(
+        tokenizer, {language: [evaluation.units[language][unit] for unit in units] for language in languages},
+        [evaluation.units[pivot][unit] for unit in units], task.every, task.max_new_tokens, comet=comet)
+    return alignment, translation
+
+
+def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
+    """Fine-tune with LoRA, scoring alignment and translation at every checkpoint; save the merged model."""
+    check_task(cfg)
+    comet, comet_note = training.load_comet(cfg.task.comet_checkpoint)
+    train, evaluation = split_corpus(cfg)
+    pivot = evaluation.resolve(cfg.score.pivot)
+    trained = [train.resolve(code) for code in cfg.task.trained]
+    pairs = translation_pairs(train, trained, pivot)
+    print(f"training pairs: {len(pairs)} ({', '.join(trained)} → {pivot}; articles "
+          f"{cfg.task.train_articles[0]}-{cfg.task.train_articles[1]}); evaluation: {len(evaluation.ids(pivot))} "
+          f"units of articles {cfg.task.eval_articles[0]}-{cfg.task.eval_articles[1]} in "
+          f"{len(evaluation.languages) - 1} languages; {comet_note}")
+    model, tokenizer = models.load(models.spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device)
+    alignment, translation = callbacks(cfg, tokenizer, evaluation, comet)
+    lora = cfg.task.lora
+    trainer = training.fine_tune(
+        training.lora_model(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules), tokenizer,
+        training.translation_examples(tokenizer, pairs, cfg.task.max_length), folder / "checkpoints",
+        cfg.task.steps, cfg.task.every, cfg.task.batch_size, cfg.task.learning_rate, cfg.task.seed,
+        [alignment, translation])
+    merged = models.save_model(trainer.model.merge_and_unload(), tokenizer, Path(cfg.task.merged_dir))
+    return report(cfg, folder, trained, alignment.pooled(), translation, loss_by_step(trainer.state.log_history),
+                  merged)
+
+
+def loss_by_step(log_history: list[dict]) -> pd.DataFrame:
+    """The training loss the Trainer logged at each step."""
+    rows = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    return pd.DataFrame(rows, columns=["step", "loss"])
+
+
+def correlations_by_checkpoint(pooled: pd.DataFrame, quality: pd.DataFrame) -> pd.DataFrame:
+    """Pearson and Spearman correlation across checkpoints between each alignment score and each translation
+    score: per language, and over every (language, checkpoint) point together (``all``)."""
+    joined = pooled.merge(quality.rename(columns={"metric": "quality", "value": "quality_value"}),
+                          on=["step", "language"])
+    rows = []
+    for (metric, measure), group in joined.groupby(["metric", "quality"], sort=False):
+        for language, points in [*group.groupby("language", sort=False), ("all", group)]:
+            x, y = points.score.to_numpy(float), points.quality_value.to_numpy(float)
+            rows.append({"metric": metric, "quality": measure, "language": language, "n": len(points),
+                         "pearson_r": float(pearson(x, y)), "spearman_rho": float(spearman(x, y))})
+    return pd.DataFrame(rows, columns=["metric", "quality", "language", "n", "pearson_r", "spearman_rho"])
+
+
+def report(cfg: DictConfig, folder: Path, trained: list[str], pooled: pd.DataFrame,
+           translation: training.TranslationCallback, loss: pd.DataFrame, merged: Path) -> Logged:
+    """Print, write and plot the alignment and translation scores per checkpoint and their correlations."""
+    role = {language: "trained" if language in trained else "untrained" for language in pooled.language.unique()}
+    quality = translation.history
+    correlations = correlations_by_checkpoint(pooled, quality)
+    print_tables(pooled, quality, correlations, role)
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{model_name(cfg)} · LoRA on {', '.join(trained)} → English"
+    files = [write_csv(pooled.assign(role=pooled.language.map(role)), folder / "alignment_by_step.csv"),
+             write_csv(quality, folder / "translation_by_step.csv"), write_csv(loss, folder / "loss.csv"),
+             write_csv(correlations, folder / "correlations.csv"), write_translations(translation, folder),
+             plots.over_steps(pooled, role, folder / "plots" / "alignment_by_step.png", title),
+             plots.against_quality(pooled, quality, folder / "plots" / "alignment_vs_chrf.png", title)]
+    print(f"\nmerged model: {merged} (compare its neurons: make align-demo, or python -m neuronxa.run "
+          f"task=neurons task.compare_model={merged})\nrun folder: {folder}")
+    series = [("loss", row.loss, int(row.step)) for row in loss.itertuples()]
+    series += [(f"{row.metric}.{row.language}", row.score, int(row.step)) for row in pooled.itertuples()]
+    series += [(f"{row.metric}.{row.language}", row.value, int(row.step)) for row in quality.itertuples()]
+    values = {f"pearson.{row.metric}.{row.quality}.{row.language}": row.pearson_r for row in correlations.itertuples()}
+    return Logged({"merged_model": str(merged), "trained": " ".join(trained)}, values, series, files)
+
+
+def print_tables(pooled: pd.DataFrame, quality: pd.DataFrame, correlations: pd.DataFrame,
+                 role: dict[str, str]) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
+        for metric, rows in pooled.groupby("metric", sort=False):
+            table = rows.pivot(index="language", columns="step", values="score")
+            table = table.loc[sorted(table.index, key=lambda language: (role[language], language))]
+            table.index = [f"{language} ({role[language]})" for language in table.index]
+            print(f"\n{metric} (layer-pooled) by training step:\n{table.to_string()}")
+        for measure, rows in quality.groupby("metric", sort=False):
+            print(f"\n{measure} of greedy translations into English by training step:")
+            print(rows.pivot(index="language", columns="step", values="value").round(1).to_string())
+        print("\ncorrelation between alignment and translation quality across checkpoints:")
+        print(correlations.to_string(index=False))
+
+
+def write_translations(translation: training.TranslationCallback, folder: Path) -> Path:
+    """Every translation made, with its step, language, source and reference."""
+    rows = [{"step": step, "language": language, "source": source, "reference": reference, "translation": text}
+            for (step, language), texts in translation.translations.items()
+            for source, reference, text in zip(translation.sources[language], translation.references, texts)]
+    return write_csv(pd.DataFrame(rows), folder / "translations.csv")
+
