@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from bench.run import MANY, UDHR, naive_extraction
+from bench.run import MANY, UDHR, bare_forward, naive_extraction, synchronise
 from neuronxa import models, scoring
 from neuronxa.corpus import read_udhr
-from neuronxa.extract import extract_corpus, length_batches, model_device, padded, tokenize
+from neuronxa.extract import extract_corpus, tokenize
 from neuronxa.models import ModelSpec
 
 SHAPES = {   # the architectures' own config.json fields (hub configs, read by hand)
@@ -80,11 +80,6 @@ class WrappedIds:
         return encoded
 
 
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
     """Measured FLOP/s of a large square matrix product in ``dtype`` on ``device``."""
     n = 8192 if device.type == "cuda" else 1024
@@ -98,20 +93,6 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
         a @ b
     synchronise(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def bare_seconds(model, tokenizer, texts: list[str], batch_size: int, batch_tokens: int | None) -> float:
-    """The decoder stack alone over stage one's batches (no hooks, no LM head, nothing kept)."""
-    token_ids, _ = tokenize(tokenizer, texts, 512)
-    device = model_device(model)
-    synchronise(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens):
-            ids, attention = padded([token_ids[i] for i in batch], 0, device)
-            model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
-    synchronise(device)
-    return time.perf_counter() - start
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -138,8 +119,8 @@ def measure(args: argparse.Namespace) -> dict:
     texts = [text for language in corpus.languages for text in corpus.texts(language)]
     tokens = sum(len(ids) for ids in tokenize(tokenizer, texts, 512)[0])
     batch = dict(batch_size=args.batch_size, batch_tokens=args.batch_tokens)
-    bare_seconds(model, tokenizer, texts[:32], **batch)         # warm-up (kernels, allocator)
-    bare = min(bare_seconds(model, tokenizer, texts, **batch) for _ in range(args.rounds))
+    bare_forward(model, tokenizer, texts[:32], max_length=512, **batch)   # warm-up (kernels, allocator)
+    bare = min(bare_forward(model, tokenizer, texts, max_length=512, **batch) for _ in range(args.rounds))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stage_one = []

@@ -53,17 +53,26 @@ def timed(function, *args, **kwargs):
     return time.perf_counter() - start, result
 
 
-def bare_forward(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> float:
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's kernels run asynchronously); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forward(model, tokenizer, texts: list[str], batch_size: int, max_length: int,
+                 batch_tokens: int | None = None) -> float:
     """Seconds for the decoder stack alone over the same length-sorted, right-padded batches as stage one
-    (one group of languages: all their units sorted together)."""
+    (one group of languages: all their units sorted together); no hooks, no LM head, nothing kept."""
     token_ids, _ = tokenize(tokenizer, texts, max_length)
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    synchronise(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        for batch in length_batches([len(ids) for ids in token_ids], batch_size):
+        for batch in length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens):
             ids, attention = padded([token_ids[i] for i in batch], pad, device)
             model.base_model(input_ids=ids, attention_mask=attention, use_cache=False)
+    synchronise(device)
     return time.perf_counter() - start
 
 

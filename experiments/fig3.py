@@ -15,6 +15,7 @@ import pandas as pd
 
 from neuronxa import plots
 from neuronxa.tracking import runs
+from neuronxa.training_task import by_step
 
 from experiments.common import arguments, artifact, print_table
 
@@ -53,9 +54,7 @@ def main() -> None:
         print(f"figure: {plots.over_steps(pooled, role, folder / f'{args.experiment}_alignment_by_step.png')}")
         print(f"figure: {plots.against_quality(pooled, quality, folder / f'{args.experiment}_alignment_vs_chrf.png')}")
         for metric, rows in pooled.groupby("metric"):
-            table = rows.pivot(index="language", columns="step", values="score")
-            table.index = [f"{language} ({role[language]})" for language in table.index]
-            print_table(f"{metric} (layer-pooled) by training step (the paper's Figure 3)", table, 3)
+            print_table(f"{metric} (layer-pooled) by training step (the paper's Figure 3)", by_step(rows, role), 3)
         print_table("translation quality by training step", quality.pivot_table(
             index=["metric", "language"], columns="step", values="value"), 1)
         shown = correlations[correlations.language == "all"].assign(

@@ -145,14 +145,20 @@ def report(cfg: DictConfig, folder: Path, trained: list[str], pooled: pd.DataFra
     return Logged({"merged_model": str(merged), "trained": " ".join(trained)}, values, series, files)
 
 
+def by_step(rows: pd.DataFrame, role: dict[str, str]) -> pd.DataFrame:
+    """One metric's layer-pooled scores as a language × step table, trained languages first, each row named
+    with its role."""
+    table = rows.pivot(index="language", columns="step", values="score")
+    table = table.loc[sorted(table.index, key=lambda language: (role[language], language))]
+    table.index = [f"{language} ({role[language]})" for language in table.index]
+    return table
+
+
 def print_tables(pooled: pd.DataFrame, quality: pd.DataFrame, correlations: pd.DataFrame,
                  role: dict[str, str]) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
         for metric, rows in pooled.groupby("metric", sort=False):
-            table = rows.pivot(index="language", columns="step", values="score")
-            table = table.loc[sorted(table.index, key=lambda language: (role[language], language))]
-            table.index = [f"{language} ({role[language]})" for language in table.index]
-            print(f"\n{metric} (layer-pooled) by training step:\n{table.to_string()}")
+            print(f"\n{metric} (layer-pooled) by training step:\n{by_step(rows, role).to_string()}")
         for measure, rows in quality.groupby("metric", sort=False):
             print(f"\n{measure} of greedy translations into English by training step:")
             print(rows.pivot(index="language", columns="step", values="value").round(1).to_string())
