@@ -43,8 +43,8 @@ run: install ## Stage one (and two) on the embedded defaults: Gemma 3 270M over 
 test: install ## All tests: unit tests on tiny random models, integration tests on the embedded model and corpus
 	$(PY) -m pytest
 
-test-quick: install ## Unit tests only
-	$(PY) -m pytest -m "not integration and not slow"
+test-quick: install ## Unit tests only (no embedded model, no command-line or child-process runs): about a minute
+	$(PY) -m pytest -m "not integration and not slow and not cli"
 
 neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)

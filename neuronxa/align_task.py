@@ -9,10 +9,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from neuronxa import benchmarks, models, pairwise, plots, scoring, tracking
-from neuronxa.corpus import ParallelCorpus
+from neuronxa.corpus import ParallelCorpus, held_out_texts
 from neuronxa.correlation import Resampling, compare, correlate
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.models import spec_from_config
+from neuronxa.models import ModelSpec, spec_from_config
 from neuronxa.pipeline import (Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run,
                                write_csv)
 from neuronxa.store import StateStore
@@ -62,29 +62,41 @@ def stage_two(cfg: DictConfig, corpus: ParallelCorpus,
     return labelled(cfg, corpus, scores), labelled(cfg, corpus, summary), labelled(cfg, corpus, differences)
 
 
-def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
-    """Per language, the corpus units after ``dataset.max_units`` (what the stand-in benchmark reads)."""
-    return benchmarks.held_out_texts(load_corpus(cfg.dataset), corpus, cfg.benchmark.get("units"))
+def standin_texts(cfg: DictConfig, corpus: ParallelCorpus, rest: ParallelCorpus) -> dict[str, list[str]]:
+    """Per language, the held-out units (after ``dataset.max_units``) that the stand-in benchmark reads."""
+    return held_out_texts(corpus, rest, cfg.benchmark.get("units"))
 
 
-def load_benchmarks(cfg: DictConfig, corpus: ParallelCorpus) -> pd.DataFrame | None:
-    """Downstream results for this model: none, the offline stand-in, a CSV or lm-eval result files."""
+def lm_eval_results(cfg: DictConfig, spec: ModelSpec) -> pd.DataFrame:
+    paths = [cfg.benchmark.path] if isinstance(cfg.benchmark.path, str) else list(cfg.benchmark.path)
+    return benchmarks.read_lm_eval(paths, spec.name, cfg.benchmark.metric_key)
+
+
+def csv_results(cfg: DictConfig, spec: ModelSpec) -> pd.DataFrame:
+    aliases = (spec.name_or_path, *cfg.benchmark.get("model_aliases", []))
+    return benchmarks.for_model(benchmarks.read_csv(cfg.benchmark.path), spec.name, aliases)
+
+
+RESULT_READERS = {"csv": csv_results, "lm_eval": lm_eval_results}
+
+
+def load_benchmarks(cfg: DictConfig) -> pd.DataFrame | None:
+    """Downstream results for this model read from files: none, a CSV or lm-eval result files (the stand-in,
+    which runs the model, is ``standin_results``)."""
     source = cfg.benchmark.source
     if source == "none":
         return None
-    spec = spec_from_config(cfg.model)
-    if source == "standin":
-        return benchmarks.cached_standin(spec, held_out(cfg, corpus), cfg.cache.dir, cfg.extract.max_length,
-                                         cfg.model.dtype, cfg.model.device)
+    if source not in RESULT_READERS:
+        raise NeuronXAError(f"unknown benchmark source {source!r}: use none, standin, csv or lm_eval")
     if cfg.benchmark.get("path") is None:
         raise NeuronXAError(f"benchmark={source} needs its results: pass benchmark.path=/path/to/results")
-    aliases = (spec.name_or_path, *cfg.benchmark.get("model_aliases", []))
-    if source == "csv":
-        return benchmarks.for_model(benchmarks.read_csv(cfg.benchmark.path), spec.name, aliases)
-    if source == "lm_eval":
-        paths = [cfg.benchmark.path] if isinstance(cfg.benchmark.path, str) else list(cfg.benchmark.path)
-        return benchmarks.read_lm_eval(paths, spec.name, cfg.benchmark.metric_key)
-    raise NeuronXAError(f"unknown benchmark source {source!r}: use none, standin, csv or lm_eval")
+    return RESULT_READERS[source](cfg, spec_from_config(cfg.model))
+
+
+def standin_results(cfg: DictConfig, texts: dict[str, list[str]]) -> pd.DataFrame:
+    """The offline stand-in benchmark: the model's bits per byte on the held-out texts (cached)."""
+    return benchmarks.cached_standin(spec_from_config(cfg.model), texts, cfg.cache.dir, cfg.extract.max_length,
+                                     cfg.model.dtype, cfg.model.device)
 
 
 def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder: Path) -> list[Path]:
@@ -161,22 +173,22 @@ def run(cfg: DictConfig, folder: Path) -> None:
     tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", align)
 
 
-def prepare(cfg: DictConfig) -> tuple[ParallelCorpus, pd.DataFrame | None]:
-    """Every check that can fail before a forward pass; the corpus and any downstream results read now."""
+def prepare(cfg: DictConfig) -> tuple[ParallelCorpus, dict[str, list[str]] | None, pd.DataFrame | None]:
+    """Every check that can fail before a forward pass; the corpus, the stand-in's held-out texts (when it is the
+    benchmark) and any downstream results read from files."""
     for metric in cfg.metric.names:
         scoring.representations(metric)
     scoring.check_layer_pool(cfg.score.layer_pool)
     resampling(cfg)
-    corpus = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus, rest = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
     corpus.validate(None if every_pivot(cfg) else pivot_language(cfg, corpus))
     target_languages(cfg, corpus)
     if every_pivot(cfg):
         pairwise.chosen_metrics(list(cfg.metric.names))
-        return corpus, None
-    if cfg.benchmark.source == "standin":
-        held_out(cfg, corpus)  # no held-out text: say so now (the stand-in itself runs after stage one)
-        return corpus, None
-    return corpus, load_benchmarks(cfg, corpus)
+        return corpus, None, None
+    if cfg.benchmark.source == "standin":   # the stand-in itself runs after stage one
+        return corpus, standin_texts(cfg, corpus, rest), None
+    return corpus, None, load_benchmarks(cfg)
 
 
 def correlated(cfg: DictConfig, summary: pd.DataFrame,
@@ -192,13 +204,13 @@ def correlated(cfg: DictConfig, summary: pd.DataFrame,
 
 def align(cfg: DictConfig, folder: Path) -> Logged:
     """Corpus, stage one, stage two, correlations; tables and plots in ``folder``; returns what to log."""
-    corpus, results = prepare(cfg)
+    corpus, standin, results = prepare(cfg)
     store = stage_one(cfg, cfg.model, corpus)
     if every_pivot(cfg):
         return every_pair(cfg, corpus, store, folder)
     scores, summary, differences = stage_two(cfg, corpus, store)
-    if cfg.benchmark.source == "standin":
-        results = load_benchmarks(cfg, corpus)
+    if standin is not None:
+        results = standin_results(cfg, standin)
     correlations, comparisons = correlated(cfg, summary, results) if results is not None else (None, None)
     print_results(summary, differences, correlations, comparisons, cfg.score.level)
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from neuronxa import files, models
-from neuronxa.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError
 from neuronxa.languages import is_flores_code
 from neuronxa.likelihood import negative_bits_per_byte
@@ -127,19 +126,6 @@ def for_model(results: pd.DataFrame, model: str, aliases: tuple[str, ...] = ()) 
         known = ", ".join(sorted(results.model.unique())[:10])
         raise NeuronXAError(f"no benchmark results for model {model!r} (the file has: {known})")
     return rows.assign(value=rows.value.astype(np.float64))
-
-
-def held_out_texts(full: ParallelCorpus, scored: ParallelCorpus, limit: int | None = None) -> dict[str, list[str]]:
-    """Per language, the texts of the units that are not scored (at most ``limit``); an error if none are left."""
-    held_out = {language: [text for unit, text in full.units[language].items()
-                           if unit not in scored.units[language]][:limit] for language in scored.languages}
-    empty = [language for language, texts in held_out.items() if not texts]
-    if empty:
-        raise NeuronXAError(
-            f"no held-out units in {', '.join(empty)}: set dataset.max_units below the corpus size "
-            f"({len(full.ids(empty[0]))} units; the units after max_units are held out)"
-        )
-    return held_out
 
 
 def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: str | Path, max_length: int = 512,

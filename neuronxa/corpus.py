@@ -89,6 +89,14 @@ class ParallelCorpus:
         sources = {language: self.source_codes.get(language, language) for language in chosen}
         return ParallelCorpus(self.name, units, sources)
 
+    def split(self, max_units: int | None) -> tuple[ParallelCorpus, ParallelCorpus]:
+        """The first ``max_units`` units of each id group (the scored units) and, per language, the units after
+        them (held out: the stand-in benchmark's and deactivation's texts)."""
+        scored = self.subset(max_units=max_units)
+        rest = {language: {unit: text for unit, text in units.items() if unit not in scored.units[language]}
+                for language, units in self.units.items()}
+        return scored, ParallelCorpus(self.name, rest, scored.source_codes)
+
     def where(self, keep) -> ParallelCorpus:
         """The corpus with only the units whose id passes ``keep(unit_id)``."""
         units = {language: {unit: text for unit, text in units.items() if keep(unit)}
@@ -115,6 +123,19 @@ class ParallelCorpus:
                     f"corpus {self.name!r}: {language} shares fewer than two units with {anchor}; "
                     "alignment needs at least two parallel units"
                 )
+
+
+def held_out_texts(scored: ParallelCorpus, rest: ParallelCorpus, limit: int | None = None) -> dict[str, list[str]]:
+    """Per scored language, the texts of its held-out units in ``rest`` (at most ``limit``); an error if a
+    language has none."""
+    held_out = {language: rest.texts(language)[:limit] for language in scored.languages}
+    empty = [language for language, texts in held_out.items() if not texts]
+    if empty:
+        raise NeuronXAError(
+            f"no held-out units in {', '.join(empty)}: set dataset.max_units below the corpus size "
+            f"({len(scored.ids(empty[0]))} units, all scored; the units after max_units are held out)"
+        )
+    return held_out
 
 
 @lru_cache(maxsize=4096)

@@ -47,14 +47,9 @@ def check_max_length(max_length: int) -> None:
         raise NeuronXAError(f"extract.max_length must be at least 2 tokens, not {max_length}")
 
 
-def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids per sentence (with the tokenizer's special tokens), cut at ``max_length``; and how many were cut."""
-    token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
-    return token_ids, int(cut.sum())
-
-
-def tokenize_each(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
-    """Token ids per sentence, cut at ``max_length``, and for each sentence whether it was cut."""
+def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per sentence (with the tokenizer's special tokens), cut at ``max_length``, and for each sentence
+    whether it was cut."""
     check_max_length(max_length)
     encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
     return [ids[:max_length] for ids in encoded], np.array([len(ids) > max_length for ids in encoded], dtype=bool)
@@ -112,7 +107,7 @@ def pooled_states(
     layer 0 is the first decoder layer; ``layers`` keeps the first N and stops the forward pass there;
     ``batch_tokens`` caps a batch's padded tokens besides its ``batch_size`` sentences (see ``length_batches``).
     """
-    token_ids, cut = tokenize_each(tokenizer, sentences, max_length)
+    token_ids, cut = tokenize(tokenizer, sentences, max_length)
     arrays: dict[str, dict[str, np.ndarray]] = {}
 
     def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:
@@ -166,7 +161,7 @@ def activation_counts(
     With ``prompt``, each text is read after the prompt (``prompt + text``) and only the text's tokens count.
     """
     full = [(prompt or "") + text for text in texts]
-    token_ids, n_truncated = tokenize(tokenizer, full, max_length)
+    token_ids, cut = tokenize(tokenizer, full, max_length)
     skip = [0] * len(texts)
     if prompt:
         skip = [len(ids) for ids in tokenize(tokenizer, [prompt] * len(texts), max_length)[0]]
@@ -181,7 +176,7 @@ def activation_counts(
         counts = pooled["nas"][:, 0].sum(dim=1).round().to(torch.int64).cpu().numpy()
         active = counts if active is None else active + counts
         total += int(counted.sum().item())
-    return active, total, n_truncated
+    return active, total, int(cut.sum())
 
 
 def check_options(spec: ModelSpec, max_length: int, batch_size: int, group_units: int, layers: int | None,
@@ -270,8 +265,8 @@ def extract_corpus(corpus: ParallelCorpus, spec: ModelSpec, cache_dir: str | Pat
     loader = Loader(spec, dtype, resolve_device(device), device_map, offload_folder, loaded)
     compute = partial(state_writes, batch_size=batch_size, max_length=max_length, skip_bos=skip_bos, layers=layers,
                       batch_tokens=batch_tokens)
-    return cached(corpus, stage_one_store(cache_dir, spec, corpus, max_units, max_length, loader, skip_bos, layers),
-                  group_units, loader, compute)
+    store = stage_one_store(cache_dir, spec, corpus, max_units, max_length, loader, skip_bos, layers)
+    return compute_missing(corpus, store, group_units, loader, compute)
 
 
 def extract_counts(corpus: ParallelCorpus, spec: ModelSpec, cache_dir: str | Path, prompt: str = "",
@@ -286,7 +281,7 @@ def extract_counts(corpus: ParallelCorpus, spec: ModelSpec, cache_dir: str | Pat
     store = stage_one_store(cache_dir, spec, corpus, max_units, max_length, loader, False, layers,
                             {"product": "activation_counts", "prompt": prompt})
     compute = partial(count_writes, prompt=prompt, batch_size=batch_size, max_length=max_length, layers=layers)
-    return cached(corpus, store, 1, loader, compute)
+    return compute_missing(corpus, store, 1, loader, compute)
 
 
 def stage_one_store(cache_dir: str | Path, spec: ModelSpec, corpus: ParallelCorpus, max_units: int | None,
@@ -302,8 +297,8 @@ def stage_one_store(cache_dir: str | Path, spec: ModelSpec, corpus: ParallelCorp
     return store
 
 
-def cached(corpus: ParallelCorpus, store: StateStore, group_units: int, loader: Loader,
-           compute) -> tuple[StateStore, pd.DataFrame]:
+def compute_missing(corpus: ParallelCorpus, store: StateStore, group_units: int, loader: Loader,
+                    compute) -> tuple[StateStore, pd.DataFrame]:
     """Run ``compute(store, corpus, group, model_and_tokenizer)`` (which returns one cache write per language)
     for every planned group with a language the cache lacks, under the group's locks, writing in the background;
     then the report."""

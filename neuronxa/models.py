@@ -11,18 +11,17 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from importlib import import_module
+from importlib import import_module, resources
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 from filelock import FileLock
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from neuronxa import files
 from neuronxa.errors import NeuronXAError
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"   # the package's Hydra config groups (installed with it)
 _SOURCE_FILE = "neuronxa_source.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -63,12 +62,13 @@ def spec_from_config(conf) -> ModelSpec:
     )
 
 
-def named_config(group: str, name: str) -> Path | None:
-    """The file of config ``name`` in config group ``group`` (``model/gemma3_270m.yaml``), if there is one."""
+def named_config(group: str, name: str) -> DictConfig | None:
+    """Config ``name`` of config group ``group`` (``model/gemma3_270m.yaml``) from the package's Hydra configs,
+    if there is one."""
     if "/" in name or name == "hf":
         return None
-    path = CONF_DIR / group / f"{name}.yaml"
-    return path if path.is_file() else None
+    resource = resources.files("neuronxa.conf") / group / f"{name}.yaml"
+    return OmegaConf.create(resource.read_text()) if resource.is_file() else None
 
 
 def model_spec(name_or_path: str | ModelSpec, revision: str | None = None) -> ModelSpec:
@@ -77,7 +77,7 @@ def model_spec(name_or_path: str | ModelSpec, revision: str | None = None) -> Mo
         return name_or_path
     config = named_config("model", name_or_path)
     if config is not None:
-        spec = spec_from_config(OmegaConf.load(config))
+        spec = spec_from_config(config)
         return ModelSpec(**{**spec.__dict__, "revision": revision or spec.revision})
     return ModelSpec(name=name_or_path, name_or_path=name_or_path, revision=revision)
 
@@ -87,7 +87,7 @@ def model_conf(name_or_path: str, like):
     dtype and device of the config ``like``)."""
     config = named_config("model", name_or_path)
     if config is not None:
-        return OmegaConf.load(config)
+        return config
     return OmegaConf.merge(like, {"name": "hf", "name_or_path": name_or_path, "gguf": None, "revision": None})
 
 

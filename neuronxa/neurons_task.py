@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from neuronxa import benchmarks, interop, models, neurons, plots
-from neuronxa.corpus import ParallelCorpus
+from neuronxa import interop, models, neurons, plots
+from neuronxa.corpus import ParallelCorpus, held_out_texts
 from neuronxa.errors import NeuronXAError
 from neuronxa.models import spec_from_config
 from neuronxa.pipeline import Logged, load_corpus, model_name, stage_one, tracked_run, write_csv
@@ -63,11 +63,11 @@ def task_dataset(cfg: DictConfig) -> DictConfig:
     return dataset
 
 
-def task_corpus(cfg: DictConfig) -> ParallelCorpus:
-    """The corpus restricted to the task's languages."""
-    corpus = load_corpus(task_dataset(cfg), cfg.dataset.get("max_units"))
+def task_corpus(cfg: DictConfig) -> tuple[ParallelCorpus, ParallelCorpus]:
+    """The corpus restricted to the task's languages, and its held-out units (after ``dataset.max_units``)."""
+    corpus, rest = load_corpus(task_dataset(cfg), cfg.dataset.get("max_units"))
     corpus.validate()
-    return corpus
+    return corpus, rest
 
 
 def describe(found: pd.DataFrame, task: DictConfig) -> str:
@@ -90,8 +90,9 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
     task = cfg.task
     neurons.check_options(task.method, task.top_rate, task.bar_rate, task.filter_rate, task.lam)
     source = imported(cfg.task)     # published files are read before any model loads
-    corpus = task_corpus(cfg) if source is None or cfg.task.deactivate or cfg.task.compare_model else None
-    texts = held_out(cfg, corpus) if cfg.task.deactivate else None
+    needs_corpus = source is None or cfg.task.deactivate or cfg.task.compare_model
+    corpus, rest = task_corpus(cfg) if needs_corpus else (None, None)
+    texts = held_out_texts(corpus, rest, cfg.task.eval_units) if cfg.task.deactivate else None
     if source is None:
         found, n_layers = identified(cfg, cfg.model, corpus)
         languages = corpus.languages
@@ -117,11 +118,6 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
         values.update(deactivation_values)
     print(f"\nrun folder: {folder}")
     return Logged({"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}, values, series, files)
-
-
-def held_out(cfg: DictConfig, corpus: ParallelCorpus) -> dict[str, list[str]]:
-    """Per language, the ``task.eval_units`` units after ``dataset.max_units``: the perplexity texts."""
-    return benchmarks.held_out_texts(load_corpus(task_dataset(cfg)), corpus, cfg.task.eval_units)
 
 
 def report(found: pd.DataFrame, languages: list[str], n_layers: int, folder: Path,

@@ -20,13 +20,14 @@ from neuronxa.store import StateStore
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 
-def load_corpus(dataset: DictConfig, max_units: int | None = None) -> ParallelCorpus:
-    """The configured corpus with its languages, and at most ``max_units`` units per language."""
+def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[ParallelCorpus, ParallelCorpus]:
+    """The configured corpus with its languages, read once and split into the first ``max_units`` units per
+    language (scored) and the units after them (held out)."""
     if max_units is not None:
         check_whole(max_units, "dataset.max_units", 2, " (alignment compares units with each other; null: every unit)")
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
-    return read_corpus(dataset.name, dataset.path, languages, max_units, **options)
+    return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)
 
 
 def plain(value):

@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from neuronxa.probes import architecture, decoder_layers
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES
 
 
 def loop_cosine(X, Y):
@@ -89,6 +89,7 @@ def tiny_overrides(tiny_folder, tmp_path):
             f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none"]
 
 
-def composed(overrides):
-    with initialize_config_dir(str(ROOT / "neuronxa" / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides)
+def composed(overrides: list[str], hydra: bool = False):
+    """The config as ``python -m neuronxa.run`` composes it, found as the installed package's configs."""
+    with initialize_config_module("neuronxa.conf", version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra)

