@@ -13,7 +13,7 @@ from neuronxa import interop, models, neurons, plots
 from neuronxa.corpus import ParallelCorpus, held_out_texts
 from neuronxa.errors import NeuronXAError
 from neuronxa.models import spec_from_config
-from neuronxa.pipeline import Logged, load_corpus, model_name, stage_one, tracked_run, write_csv
+from neuronxa.pipeline import Logged, load_corpus, model_name, stage_one_counts, tracked_run, write_csv
 from neuronxa.probes import act_modules, ffn_width
 
 
@@ -24,7 +24,7 @@ def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:
 
 def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tuple[pd.DataFrame, int]:
     """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
-    store = stage_one(cfg, model, corpus, counts_prompt=cfg.task.prompt or "")
+    store = stage_one_counts(cfg, model, corpus, cfg.task.prompt or "")
     active = [store.array(language, "active") for language in corpus.languages]
     prob = neurons.probabilities(active, [store.n_tokens_total(lang) for lang in corpus.languages])
     return identify_from(prob, cfg.task), prob.shape[0]

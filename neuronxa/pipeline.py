@@ -42,21 +42,33 @@ def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
         raise NeuronXAError(f"score.pivot: {error} Set score.pivot to one of the corpus languages.") from None
 
 
-def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
-              counts_prompt: str | None = None) -> StateStore:
-    """Stage one for ``model``: runs the forward passes the cache lacks (pooled states or, with ``counts_prompt``,
-    activation counts) and prints what was written or reused."""
-    common = dict(max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
-                  batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
-                  device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
-                  layers=cfg.extract.get("layers"))
-    spec = spec_from_config(model)
-    if counts_prompt is None:
-        store, report = extract_corpus(corpus, spec, cfg.cache.dir, skip_bos=cfg.pooling.skip_bos,
-                                       group_units=cfg.extract.group_units,
-                                       batch_tokens=cfg.extract.get("batch_tokens"), **common)
-    else:
-        store, report = extract_counts(corpus, spec, cfg.cache.dir, counts_prompt, **common)
+def forward_options(cfg: DictConfig, model: DictConfig) -> dict:
+    """The options every stage-one product shares: units, length, batching, dtype, device placement, layers."""
+    return dict(max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
+                batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
+                device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
+                layers=cfg.extract.get("layers"))
+
+
+def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> StateStore:
+    """Stage one for ``model``: the pooled states the cache lacks are computed; prints what was written or
+    reused."""
+    store, report = extract_corpus(corpus, spec_from_config(model), cfg.cache.dir, skip_bos=cfg.pooling.skip_bos,
+                                   group_units=cfg.extract.group_units, batch_tokens=cfg.extract.get("batch_tokens"),
+                                   **forward_options(cfg, model))
+    return reported(cfg, store, report)
+
+
+def stage_one_counts(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus, prompt: str = "") -> StateStore:
+    """Stage one for language neurons: the activation counts the cache lacks (each unit read after ``prompt``)
+    are computed; prints what was written or reused."""
+    store, report = extract_counts(corpus, spec_from_config(model), cfg.cache.dir, prompt,
+                                   **forward_options(cfg, model))
+    return reported(cfg, store, report)
+
+
+def reported(cfg: DictConfig, store: StateStore, report: pd.DataFrame) -> StateStore:
+    """Print stage one's report (a row per language) and its totals; returns the store."""
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(report.to_string(index=False))
     counts = report.status.value_counts().to_dict()

@@ -126,7 +126,7 @@ def test_neurons_from_published_counts_without_a_model_then_its_mask_deactivates
         torch.save({"n": 40, "over_zero": torch.randint(0, 40, (3, 24), generator=rng)}, files[-1])
     base = tiny_overrides(tiny_folder, tmp_path) + ["task=neurons", "task.languages=[eng_Latn,fra_Latn]",
                                                     "dataset.max_units=2", "task.top_rate=0.1"]
-    monkeypatch.setattr(neurons_task, "stage_one", lambda *a, **k: pytest.fail("stage one ran"))
+    monkeypatch.setattr(neurons_task, "stage_one_counts", lambda *a, **k: pytest.fail("stage one ran"))
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model loaded"))
     neurons_task.run(composed(base + [f"task.counts=[{files[0]},{files[1]}]", "task.deactivate=false"]),
                      tmp_path / "counts")
