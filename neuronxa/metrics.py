@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binom
 
+from neuronxa.errors import NeuronXAError
+
 
 def cosine_matrix(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """C[i, j] = cosine(X[i], Y[j]): rows are pivot units, columns target units; NaN for zero vectors."""
@@ -27,7 +29,7 @@ def beaten(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``C`` may carry leading batch axes: ``(..., n, n)``."""
     C = np.asarray(C, dtype=np.float64)
     if C.ndim < 2 or C.shape[-1] != C.shape[-2]:
-        raise ValueError(f"expected square similarity matrices, got shape {C.shape}")
+        raise NeuronXAError(f"expected square similarity matrices (units × the same units), got shape {C.shape}")
     diagonal = np.diagonal(C, axis1=-2, axis2=-1)[..., :, None]
     with np.errstate(invalid="ignore"):
         by_row, by_column = C >= diagonal, np.swapaxes(C, -1, -2) >= diagonal
@@ -62,7 +64,7 @@ def retrieval_accuracy(C: np.ndarray) -> dict[str, float]:
 def chance_pvalue(k: int, n: int) -> float:
     """P(a random n×n matrix scores at least k/n): binomial tail with p = 1/(2n − 1)."""
     if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+        raise NeuronXAError(f"chance level needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
     return float(binom.sf(k - 1, n, 1.0 / (2 * n - 1)))
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
+from neuronxa.errors import NeuronXAError
 from neuronxa.metrics import (
     anc, chance_pvalue, cosine_matrix, linear_cka, retrieval_accuracy, svcca, weak_alignment,
 )
@@ -143,3 +144,10 @@ def test_nan_inputs_give_nan_baselines_and_no_alignment_for_the_nan_unit(rng):
         assert math.isnan(baseline(X, Y))
         assert math.isnan(baseline(np.full((6, 5), np.inf), Y))
     assert math.isnan(svcca(np.zeros((6, 5)), Y)) and math.isnan(linear_cka(np.zeros((6, 5)), Y))
+
+
+def test_bad_shapes_and_counts_are_one_clear_error():
+    with pytest.raises(NeuronXAError, match="square similarity matrices.*shape \\(2, 3\\)"):
+        weak_alignment(np.zeros((2, 3)))
+    with pytest.raises(NeuronXAError, match="k=4, n=3"):
+        chance_pvalue(4, 3)
