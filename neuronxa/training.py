@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.scoring import check_layer_pool, check_texts, evaluating, score_model, summarise
@@ -200,13 +200,15 @@ def translation_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_length
 
 
 def lora_model(model, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
-               target_modules: str | list[str] = "all-linear"):
-    """The model with LoRA adapters (``peft``) on its linear layers (the LM head excluded)."""
+               target_modules: str | list[str] = "all-linear", seed: int = 0):
+    """The model with LoRA adapters (``peft``) on its linear layers (the LM head excluded), initialised from
+    ``seed`` (the adapters' A matrices are random: without it two runs would train from different starts)."""
     from peft import LoraConfig, get_peft_model
 
     check_whole(rank, "task.lora.rank", 1)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
                         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules))
+    set_seed(seed)
     return get_peft_model(model, config)
 
 

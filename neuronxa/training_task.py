@@ -93,7 +93,7 @@ def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
     alignment, translation = callbacks(cfg, tokenizer, evaluation, comet)
     lora = cfg.task.lora
     trainer = training.fine_tune(
-        training.lora_model(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules), tokenizer,
+        training.lora_model(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules, cfg.task.seed), tokenizer,
         training.translation_examples(tokenizer, pairs, cfg.task.max_length), folder / "checkpoints",
         cfg.task.steps, cfg.task.every, cfg.task.batch_size, cfg.task.learning_rate, cfg.task.seed,
         [alignment, translation])

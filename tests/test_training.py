@@ -283,3 +283,17 @@ def test_a_sweep_over_checkpoint_folders_is_plotted_against_step(tiny_folder, tm
     live = alignment.pooled()
     live = live[live.step.isin([2, 4])].sort_values(["step", "language"])
     np.testing.assert_allclose(scored.score, live.score, atol=2e-3)   # the cache keeps half precision
+
+
+def lora_starts(seed: int, draws: int) -> list[torch.Tensor]:
+    """The LoRA A matrices of a tiny model's adapters after ``draws`` unrelated draws from the global RNG."""
+    base = tiny_model("llama")
+    torch.rand(draws)
+    model = training.lora_model(base, rank=2, seed=seed)
+    return [param.detach().clone() for name, param in model.named_parameters() if "lora_A" in name]
+
+
+def test_lora_adapters_start_from_the_seed_whatever_ran_before():
+    first, again, other = lora_starts(0, 1), lora_starts(0, 5), lora_starts(1, 1)
+    assert len(first) > 0 and all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))
