@@ -49,7 +49,7 @@ test-quick: install ## Unit tests only (no embedded model, no command-line or ch
 neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
 
-align-demo: install ## Alignment over a LoRA fine-tune of Gemma 3 270M (UDHR pairs into English), then its neurons against the base model's (about 25 min)
+align-demo: install ## Alignment over a LoRA fine-tune of Gemma 3 270M (UDHR pairs into English), then its neurons against the base model's (about 20 min)
 	$(PY) -m neuronxa.run task=training tracking.experiment=align-demo $(ARGS)
 	$(PY) -m neuronxa.run experiment=align_demo
 
