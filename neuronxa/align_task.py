@@ -44,10 +44,14 @@ def every_pivot(cfg: DictConfig) -> bool:
     return str(cfg.score.pivot) == "all"
 
 
+def in_front(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """The frame with a constant column per label, in front."""
+    return frame.assign(**labels)[[*labels, *frame.columns]]
+
+
 def labelled(cfg: DictConfig, corpus: ParallelCorpus, frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with model, dataset and pooling columns in front."""
-    labels = {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name}
-    return frame.assign(**labels)[[*labels, *frame.columns]]
+    return in_front(frame, {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name})
 
 
 def stage_two(cfg: DictConfig, corpus: ParallelCorpus,
@@ -198,8 +202,7 @@ def correlated(cfg: DictConfig, summary: pd.DataFrame,
     labels = {"model": model_name(cfg), "pooling": cfg.pooling.name}
     correlations = correlate(summary, results, pivot, settings)
     comparisons = compare(summary, results, pivot, settings)
-    return (correlations.assign(**labels)[[*labels, *correlations.columns]],
-            comparisons.assign(**labels)[[*labels, *comparisons.columns]])
+    return in_front(correlations, labels), in_front(comparisons, labels)
 
 
 def align(cfg: DictConfig, folder: Path) -> Logged:

@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from neuronxa import metrics, uncertainty
 from neuronxa.errors import NeuronXAError
-from neuronxa.scoring import ALIGNMENT, interval, pool_layers
+from neuronxa.scoring import ALIGNMENT, check_cached, interval, pool_layers
 from neuronxa.store import StateStore
+
 
 def shared_units(store: StateStore, languages: list[str]) -> tuple[list[str], dict[str, list[int]]]:
     """The units every language has, in the first language's order, and each language's rows of them."""
@@ -36,7 +37,8 @@ def stacked(store: StateStore, languages: list[str], rows: dict[str, list[int]],
     return states, np.linalg.norm(states, axis=-1)
 
 
-def pivot_block(states: np.ndarray, norms: np.ndarray, pivot: int, subsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pivot_block(states: np.ndarray, norms: np.ndarray, pivot: int,
+                subsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """μ of language ``pivot`` against every language from ``pivot`` on: values (targets,) and half-sample
     values (targets, resamples)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -62,9 +64,7 @@ def pairwise(store: StateStore, wanted: list[str], pooling: str, languages: list
     """Long table (metric, pivot, target, value, ci_low, ci_high, n) of the layer-pooled alignment scores of
     every ordered pair of distinct languages."""
     chosen = chosen_metrics(wanted)
-    missing = [language for language in languages if language not in store.languages()]
-    if missing:
-        raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")
+    check_cached(store, languages)
     units, rows = shared_units(store, languages)
     n, k = len(units), len(languages)
     subsets = uncertainty.half_samples(n, resamples, seed)

@@ -14,6 +14,12 @@ from neuronxa.errors import NeuronXAError
 POOLINGS = ("weighted", "mean", "last")
 
 
+def check_pooling(name: str) -> None:
+    """One line naming the poolings unless ``name`` is one of them."""
+    if name not in POOLINGS:
+        raise NeuronXAError(f"unknown pooling {name!r}: choose from {', '.join(POOLINGS)}")
+
+
 def real_token_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor, bos_token_id: int | None,
                     skip_bos: bool, count_from: torch.Tensor | None = None) -> torch.Tensor:
     """1 for the tokens that pooling counts: real tokens, without a leading BOS when ``skip_bos``, and only from
@@ -42,7 +48,7 @@ def pooling_weights(mask: torch.Tensor, poolings: tuple[str, ...] = POOLINGS) ->
         elif pooling == "sum":
             weights.append(mask)
         else:
-            raise NeuronXAError(f"unknown pooling {pooling!r}: choose from {', '.join(POOLINGS)}")
+            check_pooling(pooling)   # not one of them: raises
     return torch.stack(weights)
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from neuronxa import metrics, uncertainty
 from neuronxa.errors import NeuronXAError
 from neuronxa.extract import PooledStates, pooled_states, split_states
-from neuronxa.pooling import POOLINGS
+from neuronxa.pooling import check_pooling
 from neuronxa.store import StateStore
 
 ALIGNMENT = {"nasca": "nas", "navca": "nav", "mexa": "hidden"}
@@ -89,10 +89,15 @@ def check_targets(store: StateStore, pivot: str, languages: list[str] | None) ->
     if pivot not in cached:
         raise NeuronXAError(f"pivot language {pivot!r} has no cached states (cached: {', '.join(cached)})")
     targets = [lang for lang in (languages or cached) if lang != pivot]
-    missing = [lang for lang in targets if lang not in cached]
+    check_cached(store, targets)
+    return targets
+
+
+def check_cached(store: StateStore, languages: list[str]) -> None:
+    """One line naming the languages the cache lacks, if any."""
+    missing = [language for language in languages if language not in store.languages()]
     if missing:
         raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")
-    return targets
 
 
 Resampled = dict[tuple[str, str], np.ndarray]
@@ -176,8 +181,7 @@ def score_model(model, tokenizer, texts: Mapping[str, Sequence[str]], pivot: str
     translations), through stage one's probes and stage two's metrics. A ``peft`` model is scored with its
     adapters; the model is put in eval mode for the pass and back in its mode afterwards."""
     check_texts(texts, pivot)
-    if pooling not in POOLINGS:
-        raise NeuronXAError(f"unknown pooling {pooling!r}: choose from {', '.join(POOLINGS)}")
+    check_pooling(pooling)
     kinds = tuple(sorted({kind for metric in metrics for kind in representations(metric)}))
     languages = list(texts)
     with evaluating(model):

@@ -5,6 +5,7 @@ import pytest
 
 from neuronxa import metrics
 from neuronxa.errors import NeuronXAError
+from neuronxa.pairwise import pairwise
 from neuronxa.scoring import METRICS, score, summarise
 
 from helpers import loop_cosine, loop_weak_alignment
@@ -57,5 +58,7 @@ def test_bad_requests_are_clear(store):
         score(store, ["nasca"], "weighted", "spa_Latn", progress=False)
     with pytest.raises(NeuronXAError, match="no cached states for ita_Latn"):
         score(store, ["nasca"], "weighted", "eng_Latn", ["ita_Latn"], progress=False)
+    with pytest.raises(NeuronXAError, match="no cached states for ita_Latn"):
+        pairwise(store, ["nasca"], "weighted", ["eng_Latn", "ita_Latn"], progress=False)
     with pytest.raises(NeuronXAError, match="mean or max"):
         summarise(score(store, ["nasca"], "weighted", "eng_Latn", progress=False)[0], "median")
