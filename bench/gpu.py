@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from bench.run import MANY, UDHR, bare_forward, naive_extraction, synchronise
-from neuronxa import models, scoring
-from neuronxa.corpus import read_udhr
-from neuronxa.extract import extract_corpus, tokenize
-from neuronxa.models import ModelSpec
+from neuronxa.data.corpus import read_udhr
+from neuronxa.stage_one import models
+from neuronxa.stage_one.extract import extract_corpus, tokenize
+from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_two import scoring
 
 SHAPES = {   # the architectures' own config.json fields (hub configs, read by hand)
     "llama2_7b": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

@@ -15,8 +15,8 @@ import tempfile
 import numpy as np
 
 from bench.run import timed
-from neuronxa.pairwise import pairwise
-from neuronxa.store import StateStore
+from neuronxa.stage_one.store import StateStore
+from neuronxa.stage_two.pairwise import pairwise
 
 LAYERS, NAS_WIDTH, HIDDEN_WIDTH = 18, 2048, 640   # Gemma 3 270M
 

@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuronxa import models, scoring
-from neuronxa.corpus import ParallelCorpus, read_udhr
-from neuronxa.extract import extract_corpus, length_batches, model_device, padded, pooled_states, tokenize
-from neuronxa.models import ModelSpec
-from neuronxa.pooling import POOLINGS
-from neuronxa.probes import architecture, decoder_layers, submodule
-from neuronxa.store import StateStore
+from neuronxa.data.corpus import ParallelCorpus, read_udhr
+from neuronxa.stage_one import models
+from neuronxa.stage_one.extract import extract_corpus, length_batches, model_device, padded, pooled_states, tokenize
+from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.pooling import POOLINGS
+from neuronxa.stage_one.probes import architecture, decoder_layers, submodule
+from neuronxa.stage_one.store import StateStore
+from neuronxa.stage_two import scoring
 
 UDHR = Path("data/udhr/package")
 MANY = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "por_Latn", "ita_Latn", "rus_Cyrl", "pol_Latn", "tur_Latn",
@@ -116,8 +117,8 @@ def stage_one_only(spec: ModelSpec, loaded: tuple, corpus: ParallelCorpus, folde
 def peak_rss_of_stage_one(spec: ModelSpec, languages: list[str], units: int, cache: Path) -> float:
     """Peak resident memory (MiB) of a separate process that runs stage one over the given languages."""
     code = (
-        "import resource, sys; from neuronxa.corpus import read_udhr; from neuronxa.extract import extract_corpus;"
-        "from neuronxa.models import ModelSpec;"
+        "import resource, sys; from neuronxa.data.corpus import read_udhr; from neuronxa.stage_one.extract import extract_corpus;"
+        "from neuronxa.stage_one.models import ModelSpec;"
         f"c = read_udhr({str(UDHR)!r}, {languages!r}).subset(max_units={units});"
         f"extract_corpus(c, ModelSpec(**{spec.__dict__!r}), {str(cache)!r});"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

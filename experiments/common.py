@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuronxa.tracking import runs
+from neuronxa.tasks.tracking import runs
 
 PAPER = Path(__file__).resolve().parent / "paper"
 # The paper's FLORES-200 "head" languages (its appendix A); every other language is "long-tail".

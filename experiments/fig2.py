@@ -1,6 +1,6 @@
 """Figure 2: NASCA across layers for every language, one panel per model; prints each model's layer profile.
 
-`make reproduce-fig2` runs the sweep (neuronxa/conf/experiment/fig2.yaml), saves the figure and prints the profile.
+`make reproduce-fig2` runs the sweep (conf/experiment/fig2.yaml), saves the figure and prints the profile.
 """
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from neuronxa import plots
-
 from experiments.common import arguments, collect, print_table
+from neuronxa.tasks import plots
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Figures 3 and 4: alignment against training step, and its correlation with translation quality across
 checkpoints (the paper: Pearson 0.9635 with COMET and 0.9286 with CometKiwi, Llama 3.1 8B, English-Icelandic).
 
-`make reproduce-fig3` fine-tunes (task=training, neuronxa/conf/experiment/fig3.yaml), then plots the logged run. Runs
+`make reproduce-fig3` fine-tunes (task=training, conf/experiment/fig3.yaml), then plots the logged run. Runs
 that scored checkpoints one by one (a sweep over `model.revision=` or checkpoint folders, tagged with their
 step) in the same experiment are plotted against step too.
 """
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuronxa import plots
-from neuronxa.tracking import runs
-from neuronxa.training_task import by_step
-
 from experiments.common import arguments, artifact, print_table
+from neuronxa.tasks import plots
+from neuronxa.tasks.tracking import runs
+from neuronxa.tasks.training import by_step
 
 PAPER_PEARSON = {"comet": 0.9635, "cometkiwi": 0.9286}
 

@@ -1,6 +1,6 @@
 """Table 1: retrieval accuracy with NAS vs hidden states (the embedding), best layer, head vs long-tail.
 
-`make reproduce-table1` runs the sweep (neuronxa/conf/experiment/table1.yaml) and prints this table, then the paper's.
+`make reproduce-table1` runs the sweep (conf/experiment/table1.yaml) and prints this table, then the paper's.
 """
 
 from __future__ import annotations

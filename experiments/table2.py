@@ -1,6 +1,6 @@
 """Table 2: NASCA with non-English pivots (high→high, high→low, low→low language pairs).
 
-`make reproduce-table2` runs the sweep (neuronxa/conf/experiment/table2.yaml) and prints this table beside the paper's.
+`make reproduce-table2` runs the sweep (conf/experiment/table2.yaml) and prints this table beside the paper's.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Table 3: Pearson correlation of MEXA / NASCA / NAVCA with cross-lingual transfer, per model and pooling.
 
-`make reproduce-table3` runs the sweep (neuronxa/conf/experiment/table3.yaml) and prints this table beside the paper's.
+`make reproduce-table3` runs the sweep (conf/experiment/table3.yaml) and prints this table beside the paper's.
 """
 
 from experiments.common import print_correlation_tables

@@ -1,6 +1,6 @@
 """Table 4: Pearson correlation of MEXA / NASCA / NAVCA with multilingual benchmarks, per model and pooling.
 
-`make reproduce-table4` runs the sweep (neuronxa/conf/experiment/table4.yaml) and prints this table beside the paper's.
+`make reproduce-table4` runs the sweep (conf/experiment/table4.yaml) and prints this table beside the paper's.
 """
 
 from experiments.common import print_correlation_tables

@@ -15,13 +15,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from neuronxa import align_task, neurons_task, training_task
 from neuronxa.errors import Interrupted, NeuronXAError
+from neuronxa.tasks import align as align_task
+from neuronxa.tasks import neurons as neurons_task
+from neuronxa.tasks import training as training_task
 
 TASKS = {"align": align_task.run, "neurons": neurons_task.run, "training": training_task.run}
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://neuronxa.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         TASKS[cfg.task.name](cfg, Path(HydraConfig.get().runtime.output_dir))

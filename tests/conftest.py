@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuronxa.store import StateStore
+from neuronxa.stage_one.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -93,7 +93,7 @@ def tiny_folder(tmp_path):
 def _cpu(monkeypatch):
     """Tests run on the CPU in float32 wherever they run (a GPU machine included), unless a test names a device:
     ``device="auto"`` resolves to the CPU."""
-    from neuronxa import extract, models
+    from neuronxa.stage_one import extract, models
 
     real = models.resolve_device
     pinned = lambda device: "cpu" if device == "auto" else real(device)   # noqa: E731

@@ -7,9 +7,8 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from neuronxa.probes import architecture, decoder_layers
-
 from conftest import FIXTURES
+from neuronxa.stage_one.probes import architecture, decoder_layers
 
 
 def loop_cosine(X, Y):

@@ -1,4 +1,4 @@
-"""Every config under neuronxa/conf/ composes: each option of each group, every experiment (the paper's included, with
+"""Every config under conf/ composes: each option of each group, every experiment (the paper's included, with
 their sweeps' values), and every model config resolves to a model spec."""
 
 from pathlib import Path
@@ -8,9 +8,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import neuronxa.conf
-from neuronxa.models import spec_from_config
-
 from helpers import composed
+from neuronxa.stage_one.models import spec_from_config
 
 CONF = Path(neuronxa.conf.__file__).parent
 GROUPS = sorted(p.name for p in CONF.iterdir() if any(p.glob("*.yaml")) and p.name not in ("hydra", "experiment"))

@@ -4,12 +4,19 @@ import os
 
 import pytest
 
-from neuronxa.corpus import (ParallelCorpus, held_out_texts, read_corpus, read_flores, read_jsonl, read_tatoeba, read_tsv,
-                             read_udhr)
-from neuronxa.errors import NeuronXAError
-from neuronxa.languages import detect_script, flores_code
-
 from conftest import FIXTURES, UDHR
+from neuronxa.data.corpus import (
+    ParallelCorpus,
+    held_out_texts,
+    read_corpus,
+    read_flores,
+    read_jsonl,
+    read_tatoeba,
+    read_tsv,
+    read_udhr,
+)
+from neuronxa.data.languages import detect_script, flores_code
+from neuronxa.errors import NeuronXAError
 
 
 def test_udhr_articles_with_normalised_codes():

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuronxa.benchmarks import for_model, read_csv, read_lm_eval
-from neuronxa.correlation import correlate
-from neuronxa.errors import NeuronXAError
-
 from conftest import FIXTURES
+from neuronxa.data.benchmarks import for_model, read_csv, read_lm_eval
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_two.correlation import correlate
 
 
 def summary(**scores):

@@ -11,14 +11,14 @@ import time
 import mlflow
 import pytest
 
-from neuronxa import align_task, models
-from neuronxa.benchmarks import read_csv, read_lm_eval
-from neuronxa.corpus import read_flores, read_jsonl, read_tsv
-from neuronxa.errors import NeuronXAError
-from neuronxa.tracking import EXPERIMENT_KIND, MODEL_DEVELOPMENT, check_reachable
-
-from helpers import corpus_file, tiny_overrides, composed
 from conftest import ROOT
+from helpers import composed, corpus_file, tiny_overrides
+from neuronxa.data.benchmarks import read_csv, read_lm_eval
+from neuronxa.data.corpus import read_flores, read_jsonl, read_tsv
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import models
+from neuronxa.tasks import align as align_task
+from neuronxa.tasks.tracking import EXPERIMENT_KIND, MODEL_DEVELOPMENT, check_reachable
 
 BOM = "\ufeff"
 
@@ -99,7 +99,7 @@ def test_the_mlflow_run_spans_the_job_and_records_how_it_ended(tiny_folder, tmp_
 
 INTERRUPTIBLE = textwrap.dedent("""
     import runpy, sys, time
-    from neuronxa import extract
+    from neuronxa.stage_one import extract
     real = extract.pooled_states
     def paced(*args, **kwargs):
         time.sleep(1.5)

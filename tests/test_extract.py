@@ -12,11 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from neuronxa.errors import NeuronXAError
-from neuronxa.extract import length_batches, pooled_states, tokenize
-from neuronxa.probes import PoolingProbe, decoder_layers
-
 from helpers import SENTENCES, manual_token_states
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one.extract import length_batches, pooled_states, tokenize
+from neuronxa.stage_one.probes import PoolingProbe, decoder_layers
 
 
 def manual_pool(tokens: np.ndarray, pooling: str, skip_first: bool = False) -> np.ndarray:

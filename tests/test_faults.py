@@ -11,21 +11,20 @@ import time
 import numpy as np
 import pytest
 
-from neuronxa.corpus import read_tsv
-from neuronxa.extract import extract_corpus
-from neuronxa.models import ModelSpec
-from neuronxa.store import StateStore
-
-from helpers import LANGUAGES, corpus_file
 from conftest import ROOT, assert_storage_close
+from helpers import LANGUAGES, corpus_file
+from neuronxa.data.corpus import read_tsv
+from neuronxa.stage_one.extract import extract_corpus
+from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.store import StateStore
 
 pytestmark = pytest.mark.cli     # every test here runs stage one in child processes
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from neuronxa import extract
-    from neuronxa.corpus import read_tsv
-    from neuronxa.models import ModelSpec
+    from neuronxa.stage_one import extract
+    from neuronxa.data.corpus import read_tsv
+    from neuronxa.stage_one.models import ModelSpec
     slow = float(sys.argv[4])
     real = extract.pooled_states
     def paced(*args, **kwargs):

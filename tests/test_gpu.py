@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from neuronxa import neurons
-from neuronxa.extract import activation_counts, pooled_states
-
-from helpers import SENTENCES
 from conftest import tiny_model, tiny_tokenizer
+from helpers import SENTENCES
+from neuronxa.neurons import identify as neurons
+from neuronxa.stage_one.extract import activation_counts, pooled_states
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from neuronxa import interop, neurons
 from neuronxa.errors import NeuronXAError
+from neuronxa.neurons import identify as neurons
+from neuronxa.neurons import interop
 
 
 def save_counts(path, over_zero, tokens, key):

@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
+from helpers import loop_cosine, loop_weak_alignment
 from neuronxa.errors import NeuronXAError
-from neuronxa.metrics import (
-    anc, chance_pvalue, cosine_matrix, linear_cka, retrieval_accuracy, svcca, weak_alignment,
+from neuronxa.stage_two.metrics import (
+    anc,
+    chance_pvalue,
+    cosine_matrix,
+    linear_cka,
+    retrieval_accuracy,
+    svcca,
+    weak_alignment,
 )
 
-from helpers import loop_cosine, loop_weak_alignment
 
 @pytest.fixture
 def rng() -> np.random.Generator:

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from neuronxa import interop, neurons
-from neuronxa.extract import activation_counts, tokenize
-from neuronxa.errors import NeuronXAError
-from neuronxa.likelihood import perplexity
-from neuronxa.neurons import identify
-
-from helpers import SENTENCES, manual_token_states
 from conftest import tiny_model, tiny_tokenizer
+from helpers import SENTENCES, manual_token_states
+from neuronxa.errors import NeuronXAError
+from neuronxa.neurons import identify as neurons
+from neuronxa.neurons import interop
+from neuronxa.neurons.identify import identify
+from neuronxa.stage_one.extract import activation_counts, tokenize
+from neuronxa.stage_one.likelihood import perplexity
 
 K, LAYERS, WIDTH = 4, 2, 200
 SPECIFIC = {(0, 5): 0, (0, 17): 1, (0, 40): 2, (0, 99): 3, (1, 3): 0, (1, 8): 1, (1, 60): 2, (1, 61): 3,

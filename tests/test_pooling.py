@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.pooling import pooling_weights, real_token_mask
+from neuronxa.stage_one.pooling import pooling_weights, real_token_mask
 
 
 def test_weights_by_hand_with_padding():

@@ -6,17 +6,20 @@ import subprocess
 import sys
 
 import fsspec
-import numpy as np
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
-from neuronxa import align_task, interop, models, neurons_task, pipeline
-from neuronxa.errors import NeuronXAError
-from neuronxa.tracking import runs
-
-from helpers import tiny_overrides, composed
 from conftest import ROOT
+from helpers import composed, tiny_overrides
+from neuronxa.errors import NeuronXAError
+from neuronxa.neurons import interop
+from neuronxa.stage_one import models
+from neuronxa.tasks import align as align_task
+from neuronxa.tasks import common as pipeline
+from neuronxa.tasks import neurons as neurons_task
+from neuronxa.tasks.tracking import runs
 
 
 def multirun(overrides, tmp_path, experiment):

@@ -3,15 +3,12 @@
 import numpy as np
 import pytest
 
-from neuronxa import metrics
-from neuronxa.errors import NeuronXAError
-from neuronxa.pairwise import pairwise
-from neuronxa.scoring import METRICS, score, summarise
-
-from helpers import loop_cosine, loop_weak_alignment
-
-
 from conftest import LAYERS, UNITS
+from helpers import loop_cosine, loop_weak_alignment
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_two import metrics
+from neuronxa.stage_two.pairwise import pairwise
+from neuronxa.stage_two.scoring import METRICS, score, summarise
 
 
 def test_scores_equal_a_direct_loop_computation(store):

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuronxa import extract, models
-from neuronxa.corpus import read_tsv, read_udhr
-from neuronxa.errors import NeuronXAError
-from neuronxa.extract import extract_corpus, language_groups, pooled_states
-from neuronxa.models import ModelSpec
-
 from conftest import FIXTURES, ROOT, UDHR, assert_storage_close
+from neuronxa.data.corpus import read_tsv, read_udhr
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import extract, models
+from neuronxa.stage_one.extract import extract_corpus, language_groups, pooled_states
+from neuronxa.stage_one.models import ModelSpec
 
 
 def spec(folder):
@@ -207,7 +206,7 @@ def test_a_layer_limit_is_its_own_cache_entry(tiny_folder, tmp_path):
 
 
 def test_a_failed_background_write_stops_stage_one_and_frees_its_locks(tiny_folder, tmp_path, monkeypatch):
-    from neuronxa.store import StateStore
+    from neuronxa.stage_one.store import StateStore
 
     corpus = read_tsv(FIXTURES / "toy.tsv")
     real = StateStore.write

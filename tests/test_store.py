@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.store import StateStore
+from neuronxa.stage_one.store import StateStore
 
 KEY = {"model": "tiny", "revision": "abc", "corpus": "toy", "max_length": 8}
 

@@ -12,16 +12,19 @@ import sacrebleu
 import torch
 from transformers import TrainerCallback
 
-from neuronxa import align_task, metrics, models, training, training_task
-from neuronxa.corpus import read_tsv, udhr_article
-from neuronxa.errors import NeuronXAError
-from neuronxa.extract import extract_corpus
-from neuronxa.models import ModelSpec
-from neuronxa.scoring import score, score_model
-from neuronxa.tracking import runs
-
 from conftest import ROOT, tiny_model, tiny_tokenizer
 from helpers import LANGUAGES, composed, corpus_file, loop_weak_alignment, manual_token_states, tiny_overrides
+from neuronxa.data.corpus import read_tsv, udhr_article
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import models
+from neuronxa.stage_one.extract import extract_corpus
+from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_two import metrics
+from neuronxa.stage_two.scoring import score, score_model
+from neuronxa.tasks import align as align_task
+from neuronxa.tasks import training as training_task
+from neuronxa.tasks.tracking import runs
+from neuronxa.training import callbacks as training
 
 UDHR = ROOT / "data" / "udhr" / "package"
 

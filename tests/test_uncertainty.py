@@ -7,11 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from neuronxa import metrics, pairwise, scoring, uncertainty
-from neuronxa.correlation import Resampling, compare, correlate
-
 from helpers import loop_cosine, loop_weak_alignment
-
+from neuronxa.stage_two import metrics, pairwise, scoring, uncertainty
+from neuronxa.stage_two.correlation import Resampling, compare, correlate
 
 
 class Population:

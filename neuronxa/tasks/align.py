@@ -8,14 +8,16 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from neuronxa import benchmarks, models, pairwise, plots, scoring, tracking
-from neuronxa.corpus import ParallelCorpus, held_out_texts
-from neuronxa.correlation import Resampling, compare, correlate
+from neuronxa.data import benchmarks
+from neuronxa.data.corpus import ParallelCorpus, held_out_texts
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.models import ModelSpec, spec_from_config
-from neuronxa.pipeline import (Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run,
-                               write_csv)
-from neuronxa.store import StateStore
+from neuronxa.stage_one import models, standin
+from neuronxa.stage_one.models import ModelSpec, spec_from_config
+from neuronxa.stage_one.store import StateStore
+from neuronxa.stage_two import pairwise, scoring
+from neuronxa.stage_two.correlation import Resampling, compare, correlate
+from neuronxa.tasks import plots, tracking
+from neuronxa.tasks.common import Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run, write_csv
 
 
 def target_languages(cfg: DictConfig, corpus: ParallelCorpus) -> list[str]:
@@ -99,7 +101,7 @@ def load_benchmarks(cfg: DictConfig) -> pd.DataFrame | None:
 
 def standin_results(cfg: DictConfig, texts: dict[str, list[str]]) -> pd.DataFrame:
     """The offline stand-in benchmark: the model's bits per byte on the held-out texts (cached)."""
-    return benchmarks.cached_standin(spec_from_config(cfg.model), texts, cfg.cache.dir, cfg.extract.max_length,
+    return standin.cached_standin(spec_from_config(cfg.model), texts, cfg.cache.dir, cfg.extract.max_length,
                                      cfg.model.dtype, cfg.model.device)
 
 

@@ -19,7 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.languages import flores_code, is_flores_code
+from neuronxa.data.languages import flores_code, is_flores_code
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from neuronxa import interop, models, neurons, plots
-from neuronxa.corpus import ParallelCorpus, held_out_texts
+from neuronxa.data.corpus import ParallelCorpus, held_out_texts
 from neuronxa.errors import NeuronXAError
-from neuronxa.models import spec_from_config
-from neuronxa.pipeline import Logged, load_corpus, model_name, stage_one_counts, tracked_run, write_csv
-from neuronxa.probes import act_modules, ffn_width
+from neuronxa.neurons import identify as neurons
+from neuronxa.neurons import interop
+from neuronxa.stage_one import models
+from neuronxa.stage_one.models import spec_from_config
+from neuronxa.stage_one.probes import act_modules, ffn_width
+from neuronxa.tasks import plots
+from neuronxa.tasks.common import Logged, load_corpus, model_name, stage_one_counts, tracked_run, write_csv
 
 
 def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from neuronxa import metrics, uncertainty
 from neuronxa.errors import NeuronXAError
-from neuronxa.scoring import ALIGNMENT, check_cached, interval, pool_layers
-from neuronxa.store import StateStore
+from neuronxa.stage_one.store import StateStore
+from neuronxa.stage_two import metrics, uncertainty
+from neuronxa.stage_two.scoring import ALIGNMENT, check_cached, interval, pool_layers
 
 
 def shared_units(store: StateStore, languages: list[str]) -> tuple[list[str], dict[str, list[int]]]:

@@ -19,7 +19,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.scoring import check_layer_pool, check_texts, evaluating, score_model, summarise
+from neuronxa.stage_two.scoring import check_layer_pool, check_texts, evaluating, score_model, summarise
 
 PROMPT = "Translate to English: {source}\nEnglish:"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa import tracking
-from neuronxa.corpus import ParallelCorpus, read_corpus
+from neuronxa.data.corpus import ParallelCorpus, read_corpus
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.extract import extract_corpus, extract_counts
-from neuronxa.models import spec_from_config
-from neuronxa.store import StateStore
+from neuronxa.stage_one.extract import extract_corpus, extract_counts
+from neuronxa.stage_one.models import spec_from_config
+from neuronxa.stage_one.store import StateStore
+from neuronxa.tasks import tracking
 
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 

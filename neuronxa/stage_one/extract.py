@@ -20,13 +20,13 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from neuronxa import models
-from neuronxa.corpus import ParallelCorpus
+from neuronxa.data.corpus import ParallelCorpus
 from neuronxa.errors import Interrupted, NeuronXAError, check_creatable, check_whole
-from neuronxa.models import ModelSpec, resolve_device, resolve_dtype
-from neuronxa.pooling import POOLINGS, pooling_weights, real_token_mask
-from neuronxa.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of, module_paths
-from neuronxa.store import StateStore
+from neuronxa.stage_one import models
+from neuronxa.stage_one.models import ModelSpec, resolve_device, resolve_dtype
+from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
+from neuronxa.stage_one.probes import KINDS, SITE_NAMES, PoolingProbe, architecture_of, module_paths
+from neuronxa.stage_one.store import StateStore
 
 
 class PooledStates(dict):

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from neuronxa import metrics, uncertainty
 from neuronxa.errors import NeuronXAError
-from neuronxa.extract import PooledStates, pooled_states, split_states
-from neuronxa.pooling import check_pooling
-from neuronxa.store import StateStore
+from neuronxa.stage_one.extract import PooledStates, pooled_states, split_states
+from neuronxa.stage_one.pooling import check_pooling
+from neuronxa.stage_one.store import StateStore
+from neuronxa.stage_two import metrics, uncertainty
 
 ALIGNMENT = {"nasca": "nas", "navca": "nav", "mexa": "hidden"}
 BASELINES = {"cka": metrics.linear_cka, "svcca": metrics.svcca, "anc": metrics.anc}

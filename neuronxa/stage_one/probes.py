@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.pooling import pool
+from neuronxa.stage_one.pooling import pool
 
 KINDS = ("nas", "nav", "hidden")
 SITE_NAMES = {

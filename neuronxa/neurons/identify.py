@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuronxa.likelihood import perplexity
 from neuronxa.errors import NeuronXAError
-from neuronxa.probes import act_modules, ffn_width
+from neuronxa.stage_one.likelihood import perplexity
+from neuronxa.stage_one.probes import act_modules, ffn_width
 
 TYPES = ("specific", "related", "agnostic")
 LAMBDA_RANGE = (0.0, 0.2)

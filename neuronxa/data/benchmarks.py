@@ -1,6 +1,7 @@
-"""Downstream results per language: a CSV, lm-evaluation-harness result files, or an offline stand-in.
+"""Downstream results per language: a CSV or lm-evaluation-harness result files (the offline stand-in, which
+runs the model, is ``neuronxa.stage_one.standin``).
 
-All three give one table with the columns ``model, benchmark, language, value`` (higher is better), with
+Each gives one table with the columns ``model, benchmark, language, value`` (higher is better), with
 languages as FLORES codes where a mapping is known.
 
 The stand-in, for machines with no network, is computed from the model itself: its per-language negative
@@ -11,23 +12,17 @@ one of the paper's benchmarks, and is labelled ``standin:neg_bits_per_byte`` whe
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import re
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pandas as pd
 
-from neuronxa import files, models
 from neuronxa.errors import NeuronXAError
-from neuronxa.languages import is_flores_code
-from neuronxa.likelihood import negative_bits_per_byte
-from neuronxa.models import ModelSpec
+from neuronxa.data.languages import is_flores_code
 
-STANDIN = "standin:neg_bits_per_byte"
 COLUMNS = ["model", "benchmark", "language", "value"]
 
 # ISO 639-1 codes used by XNLI, m-ARC, m-MMLU, m-HellaSwag (Okapi) -> the FLORES-200 code of that language.
@@ -52,9 +47,6 @@ _TASK_PATTERNS = [
     (re.compile(r"^xcopa_([a-z]{2})$"), "xcopa"),
     (re.compile(r"^xstorycloze_([a-z]{2})$"), "xstorycloze"),
 ]
-
-
-LIKELIHOOD = "rolling windows"  # part of the stand-in's cache key: values from truncated scoring are not reused
 
 
 def flores_language(code: str) -> str:
@@ -111,11 +103,6 @@ def read_lm_eval(paths: list[str | Path], model: str | None = None, metric_key: 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def standin(model, tokenizer, held_out: dict[str, list[str]], model_name: str, max_length: int = 512) -> pd.DataFrame:
-    """The offline stand-in benchmark: per-language negative bits per byte on held-out units."""
-    rows = [(model_name, STANDIN, language, negative_bits_per_byte(model, tokenizer, texts, max_length))
-            for language, texts in held_out.items()]
-    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def for_model(results: pd.DataFrame, model: str, aliases: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -126,21 +113,3 @@ def for_model(results: pd.DataFrame, model: str, aliases: tuple[str, ...] = ()) 
         known = ", ".join(sorted(results.model.unique())[:10])
         raise NeuronXAError(f"no benchmark results for model {model!r} (the file has: {known})")
     return rows.assign(value=rows.value.astype(np.float64))
-
-
-def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: str | Path, max_length: int = 512,
-                   dtype: str = "auto", device: str = "auto") -> pd.DataFrame:
-    """The stand-in benchmark for a model and held-out texts, computed once and kept beside the state cache."""
-    digest = hashlib.sha256(json.dumps(
-        [models.identity(spec), held_out, max_length, dtype, LIKELIHOOD], sort_keys=True).encode()).hexdigest()[:16]
-    fs, root = fsspec.core.url_to_fs(str(cache_dir))
-    path = f"{root}/standin/{digest}.csv"
-    if fs.isfile(path):
-        with fs.open(path) as file:
-            return pd.read_csv(file)
-    model, tokenizer = models.load(spec, dtype=dtype, device=device)
-    results = standin(model, tokenizer, held_out, spec.name, max_length)
-    fs.makedirs(f"{root}/standin", exist_ok=True)
-    with files.staged(path, fs) as staging, fs.open(staging, "w") as file:
-        results.to_csv(file, index=False)
-    return results

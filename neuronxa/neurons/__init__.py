@@ -1,0 +1,1 @@
+"""Language neurons: identification from activation probabilities, deactivation, the anchors' published formats."""

@@ -1,0 +1,1 @@
+"""Stage two: alignment scores, baselines, retrieval, intervals and correlations from pooled states."""
