@@ -1,0 +1,1 @@
+"""Data: parallel corpora and their readers, language codes, downstream results per language."""
