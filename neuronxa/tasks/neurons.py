@@ -136,7 +136,7 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: 
     print(per_language.to_string(index=False))
     print("\nby layer:\n" + layers.T.to_string())
     print(f"\nstages ({tables.STAGE_RULE}):\n" + stages.to_string(index=False))
-    mask = interop.write_mask(found, folder / "mask.pt", len(languages), n_layers)
+    mask = interop.write_mask(found, folder / "mask.pt", n_languages=len(languages), n_layers=n_layers)
     print(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
     files = [write_csv(named, folder / "neurons.csv"), write_csv(per_language, folder / "counts_by_language.csv"),
              write_csv(layers, folder / "by_layer.csv", index=True), write_csv(stages, folder / "stages.csv"),

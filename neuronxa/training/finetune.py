@@ -17,7 +17,7 @@ from neuronxa.errors import check_whole
 from neuronxa.training.callbacks import EveryNSteps
 from neuronxa.training.translation import PROMPT
 
-LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "task_type": "CAUSAL_LM",
                  "target_modules": "all-linear"}   # every linear layer but the LM head
 TRAINER_DEFAULTS = {
     "per_device_train_batch_size": 8, "learning_rate": 5e-4, "lr_scheduler_type": "constant", "warmup_steps": 0,
@@ -42,14 +42,14 @@ def translation_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_length
 
 
 def lora_model(model, *, seed: int = 0, **lora):
-    """The model with LoRA adapters (``peft``) built from ``peft.LoraConfig(**LORA_DEFAULTS, **lora)`` for a
-    causal LM. The adapters' A matrices are random: they are drawn from ``seed`` inside ``torch.random.fork_rng``,
-    so two runs train from the same start and the global generators are left as they were."""
+    """The model with LoRA adapters (``peft``) as ``peft.LoraConfig`` makes them from ``lora`` over
+    ``LORA_DEFAULTS``. The adapters' A matrices are random: they are drawn from ``seed`` inside
+    ``torch.random.fork_rng``, so two runs train from the same start and the global generators stay as they were."""
     from peft import LoraConfig, get_peft_model
 
     options = {**LORA_DEFAULTS, **lora}
     check_whole(options["r"], "r", 1)
-    config = LoraConfig(task_type="CAUSAL_LM", **options)
+    config = LoraConfig(**options)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return get_peft_model(model, config)
@@ -58,12 +58,12 @@ def lora_model(model, *, seed: int = 0, **lora):
 def fine_tune(model, tokenizer, examples: list[dict], *, folder: Path, every: int, seed: int = 0,
               callbacks: Sequence[TrainerCallback] = (), progress: bool = True, **arguments) -> Trainer:
     """Train ``model`` (e.g. a LoRA model) on ``examples`` through ``Trainer`` with
-    ``TrainingArguments(**TRAINER_DEFAULTS, **arguments)`` (``max_steps``, ``learning_rate``, ...), saving a
+    ``TrainingArguments`` from ``arguments`` (``max_steps``, ``learning_rate``, ...) over ``TRAINER_DEFAULTS``, saving a
     checkpoint every ``every`` steps under ``folder`` (with the tokenizer: ``models.load`` reads a LoRA checkpoint
     as its base model with the adapter). Measuring callbacks (``EveryNSteps``) are attached to the Trainer, so
     they log through it; returns the trained Trainer."""
-    args = TrainingArguments(output_dir=str(folder), **{
-        **TRAINER_DEFAULTS, "save_steps": every, "seed": seed, "data_seed": seed,
+    args = TrainingArguments(**{
+        "output_dir": str(folder), **TRAINER_DEFAULTS, "save_steps": every, "seed": seed, "data_seed": seed,
         "use_cpu": model.device.type == "cpu", "disable_tqdm": not progress, **arguments})
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator,
