@@ -9,7 +9,7 @@ from conftest import ROOT, UDHR
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "neuronxa" / "conf" / "experiment").glob("*.yaml")
                      if (ROOT / "experiments" / f"{p.stem}.py").is_file())
-SHRUNK = {"fig3": ["task.steps=2", "task.every=1", "task.translate_units=2", "task.max_new_tokens=3",
+SHRUNK = {"fig3": ["task.trainer.max_steps=2", "task.every=1", "task.translate_units=2", "task.max_new_tokens=3",
                    "task.untrained=[spa_Latn]"]}
 
 

@@ -9,8 +9,9 @@ import torch
 
 from conftest import tiny_model, tiny_tokenizer
 from helpers import SENTENCES
-from neuronxa.neurons import identify as neurons
+from neuronxa.neurons.deactivation import deactivated
 from neuronxa.stage_one.extract import activation_counts, pooled_states
+from neuronxa.stage_one.likelihood import perplexity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -35,7 +36,7 @@ def test_gpu_counts_and_deactivation():
     cpu_counts = activation_counts(model, tokenizer, SENTENCES)
     gpu_counts = activation_counts(model.to("cuda"), tokenizer, SENTENCES)
     np.testing.assert_array_equal(cpu_counts[0], gpu_counts[0])
-    intact = neurons.perplexity(model, tokenizer, SENTENCES)
-    with neurons.deactivated(model, {0: [1, 2, 3], 1: [4]}):
-        changed = neurons.perplexity(model, tokenizer, SENTENCES)
-    assert changed != intact and neurons.perplexity(model, tokenizer, SENTENCES) == pytest.approx(intact)
+    intact = perplexity(model, tokenizer, SENTENCES)
+    with deactivated(model, {0: [1, 2, 3], 1: [4]}):
+        changed = perplexity(model, tokenizer, SENTENCES)
+    assert changed != intact and perplexity(model, tokenizer, SENTENCES) == pytest.approx(intact)

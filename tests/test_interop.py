@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.neurons import identify as neurons
 from neuronxa.neurons import interop
+from neuronxa.neurons.identify import identify, probabilities
 
 
 def save_counts(path, over_zero, tokens, key):
@@ -25,7 +25,7 @@ def test_lape_counts_read_back_as_layers_neurons_languages(tmp_path):
     assert read.counts.shape == (3, 8, 2) and read.counts.dtype == np.int64
     np.testing.assert_array_equal(read.counts[..., 1], raw[1])
     assert read.tokens == [60, 61] and read.formats == ["lape", "lape"]
-    prob = neurons.probabilities([read.counts[..., k] for k in range(2)], read.tokens)
+    prob = probabilities([read.counts[..., k] for k in range(2)], read.tokens)
     # LAPE divides LongTensors: float32, exactly as torch does
     expected = torch.stack([torch.tensor(c) for c in raw], dim=-1) / torch.tensor([60, 61])
     np.testing.assert_array_equal(prob, expected.numpy())
@@ -42,7 +42,7 @@ def test_njunlp_counts_subtract_the_prefix_clamped_at_zero(tmp_path):
     same = save_counts(tmp_path / "prefix.same.pt", full, 30, "total_tokens")   # no answer tokens: divide by 1
     assert interop.read_counts(files, [same]).tokens == [1]
     # NJUNLP's probability: float32 division by max(token difference, 1)
-    prob = neurons.probabilities([read.counts[..., 0]], read.tokens)
+    prob = probabilities([read.counts[..., 0]], read.tokens)
     np.testing.assert_array_equal(prob[..., 0], (torch.tensor(read.counts[..., 0]).float() / 18.0).numpy())
 
 
@@ -63,7 +63,7 @@ def test_bad_count_files_get_one_line(tmp_path):
 
 def test_a_written_mask_loads_as_the_anchors_structure_and_reads_back(tmp_path):
     prob = np.random.default_rng(3).beta(0.3, 3, size=(4, 50, 3))
-    found = neurons.identify(prob, top_rate=0.1)
+    found = identify(prob, top_rate=0.1)
     path = interop.write_mask(found, tmp_path / "mask.Mistral", n_languages=3, n_layers=4)
     mask = torch.load(path, weights_only=True)
     assert isinstance(mask, list) and len(mask) == 3 and all(len(layers) == 4 for layers in mask)

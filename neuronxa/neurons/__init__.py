@@ -1,1 +1,2 @@
-"""Language neurons: identification from activation probabilities, deactivation, the anchors' published formats."""
+"""Language neurons: identification from activation probabilities, tables of where they sit, deactivation, and
+the anchors' published formats."""

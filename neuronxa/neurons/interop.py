@@ -89,7 +89,7 @@ def mask_lists(neurons: pd.DataFrame, n_languages: int, n_layers: int) -> list[l
     return [[sorted(layer) for layer in language] for language in mask]
 
 
-def write_mask(neurons: pd.DataFrame, path: str | Path, n_languages: int, n_layers: int) -> Path:
+def write_mask(neurons: pd.DataFrame, path: str | Path, *, n_languages: int, n_layers: int) -> Path:
     """Save the kept neurons as the anchors' mask (``torch.load(path, weights_only=True)`` reads it back)."""
     lists = mask_lists(neurons, n_languages, n_layers)
     torch.save([[torch.tensor(layer, dtype=torch.long) for layer in language] for language in lists], path)

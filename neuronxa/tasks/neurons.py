@@ -11,8 +11,9 @@ from omegaconf import DictConfig
 
 from neuronxa.data.corpus import ParallelCorpus, held_out_texts
 from neuronxa.errors import NeuronXAError
-from neuronxa.neurons import identify as neurons
-from neuronxa.neurons import interop
+from neuronxa.neurons import interop, tables
+from neuronxa.neurons.deactivation import deactivation_matrix, deactivation_summary
+from neuronxa.neurons.identify import TYPES, check_options, identify, probabilities
 from neuronxa.stage_one import models
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.probes import act_modules, ffn_width
@@ -21,15 +22,16 @@ from neuronxa.tasks.common import Logged, load_corpus, model_name, stage_one_cou
 
 
 def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:
-    """``neurons.identify`` with the task's options."""
-    return neurons.identify(prob, task.method, task.top_rate, task.filter_rate, task.bar_rate, task.lam)
+    """``identify`` with the task's options."""
+    return identify(prob, task.method, task.top_rate, filter_rate=task.filter_rate, bar_rate=task.bar_rate,
+                    lam=task.lam)
 
 
 def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tuple[pd.DataFrame, int]:
     """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
     store = stage_one_counts(cfg, model, corpus, cfg.task.prompt or "")
     active = [store.array(language, "active") for language in corpus.languages]
-    prob = neurons.probabilities(active, [store.n_tokens_total(lang) for lang in corpus.languages])
+    prob = probabilities(active, [store.n_tokens_total(lang) for lang in corpus.languages])
     return identify_from(prob, cfg.task), prob.shape[0]
 
 
@@ -50,7 +52,7 @@ def imported(task: DictConfig) -> tuple[pd.DataFrame, int, list[str]] | None:
         return found, found.attrs["n_layers"], imported_languages(task, found.attrs["n_languages"], "task.mask")
     if task.get("counts"):
         counts = interop.read_counts(list(task.counts), list(task.prefix_counts) if task.get("prefix_counts") else None)
-        prob = neurons.probabilities([counts.counts[..., k] for k in range(counts.counts.shape[-1])], counts.tokens)
+        prob = probabilities([counts.counts[..., k] for k in range(counts.counts.shape[-1])], counts.tokens)
         names = imported_languages(task, prob.shape[-1], "task.counts")
         print(f"imported activation counts: {prob.shape[0]} layers × {prob.shape[1]} neurons × {len(names)} "
               f"languages ({', '.join(sorted(set(counts.formats)))})")
@@ -91,51 +93,50 @@ def run(cfg: DictConfig, folder: Path) -> None:
 def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
     """Identify (or import), locate over layers, compare with an aligned model, deactivate."""
     task = cfg.task
-    neurons.check_options(task.method, task.top_rate, task.bar_rate, task.filter_rate, task.lam)
-    source = imported(cfg.task)     # published files are read before any model loads
-    needs_corpus = source is None or cfg.task.deactivate or cfg.task.compare_model
+    check_options(task.method, task.top_rate, task.bar_rate, filter_rate=task.filter_rate, lam=task.lam)
+    source = imported(task)     # published files are read before any model loads
+    if source is not None and task.compare_model:
+        raise NeuronXAError("task.compare_model needs the model's own counts: drop task.counts / task.mask")
+    needs_corpus = source is None or task.deactivate or task.compare_model
     corpus, rest = task_corpus(cfg) if needs_corpus else (None, None)
-    texts = held_out_texts(corpus, rest, cfg.task.eval_units) if cfg.task.deactivate else None
+    texts = held_out_texts(corpus, rest, task.eval_units) if task.deactivate else None
     if source is None:
         found, n_layers = identified(cfg, cfg.model, corpus)
         languages = corpus.languages
     else:
         found, n_layers, languages = source
         languages = [corpus.resolve(code) for code in languages] if corpus is not None else languages
-    print("\n" + describe(found, cfg.task))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plots").mkdir(exist_ok=True)
-    title = f"{model_name(cfg)} · {corpus.name if corpus else 'imported'} · {cfg.task.method}"
-    files, values, series = report(found, languages, n_layers, folder, title)
+    print("\n" + describe(found, task))
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    title = f"{model_name(cfg)} · {corpus.name if corpus else 'imported'} · {task.method}"
+    files, values, series = report(found, languages, n_layers, folder=folder, title=title)
     deactivations = [(cfg.model, found, "")]
-    if cfg.task.compare_model:
-        if source is not None:
-            raise NeuronXAError("task.compare_model needs the model's own counts: drop task.counts / task.mask")
-        other, other_found, compare_files = compare_models(cfg, corpus, found, n_layers, folder)
+    if task.compare_model:
+        other, other_found, compare_files = compare_models(cfg, corpus, found, n_layers=n_layers, folder=folder)
         files += compare_files
         deactivations.append((other, other_found, "compared_"))
-    for model, model_found, prefix in deactivations if cfg.task.deactivate else ():
-        deactivation_files, deactivation_values = deactivate(cfg, model, model_found, languages, texts, n_layers,
-                                                             folder, title, prefix)
-        files += deactivation_files
-        values.update(deactivation_values)
+    for model, model_found, prefix in deactivations if task.deactivate else ():
+        more_files, more_values = deactivate(cfg, model, model_found, languages=languages, texts=texts,
+                                             n_layers=n_layers, folder=folder, title=title, prefix=prefix)
+        files += more_files
+        values.update(more_values)
     print(f"\nrun folder: {folder}")
-    return Logged({"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}, values, series, files)
+    return Logged({"dataset": corpus.name if corpus else "imported", "method": task.method}, values, series, files)
 
 
-def report(found: pd.DataFrame, languages: list[str], n_layers: int, folder: Path,
+def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: Path,
            title: str) -> tuple[list[Path], dict[str, float], list[tuple[str, float, int]]]:
     """Counts per language and layer, the four stages and the overlap: printed, written (with the anchors'
     mask), plotted; returns the files, the MLflow values and the per-layer series."""
     named = found.assign(languages=found.languages.map(lambda idx: " ".join(languages[i] for i in idx)))
-    per_language = neurons.counts_by_language(found, languages)
-    layers = neurons.by_layer(found, n_layers)
-    stages = neurons.stages(layers)
-    shared = neurons.overlap(found, languages)
+    per_language = tables.counts_by_language(found, languages)
+    layers = tables.by_layer(found, n_layers)
+    stages = tables.stages(layers)
+    shared = tables.overlap(found, languages)
     print(per_language.to_string(index=False))
     print("\nby layer:\n" + layers.T.to_string())
-    print(f"\nstages ({neurons.STAGE_RULE}):\n" + stages.to_string(index=False))
-    mask = interop.write_mask(found, folder / "mask.pt", len(languages), n_layers)
+    print(f"\nstages ({tables.STAGE_RULE}):\n" + stages.to_string(index=False))
+    mask = interop.write_mask(found, folder / "mask.pt", n_languages=len(languages), n_layers=n_layers)
     print(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
     files = [write_csv(named, folder / "neurons.csv"), write_csv(per_language, folder / "counts_by_language.csv"),
              write_csv(layers, folder / "by_layer.csv", index=True), write_csv(stages, folder / "stages.csv"),
@@ -143,8 +144,8 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, folder: Pat
              plots.stacked_by_layer(layers, folder / "plots" / "neurons_by_layer.png", f"neuron types by layer · {title}"),
              plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}", "language",
                            vmin=0, vmax=None, cmap="viridis")]
-    values = {f"{kind}.{row.language}": getattr(row, kind) for row in per_language.itertuples() for kind in neurons.TYPES}
-    series = [(f"{kind}.by_layer", layers.loc[layer, kind], layer) for layer in layers.index for kind in neurons.TYPES]
+    values = {f"{kind}.{row.language}": getattr(row, kind) for row in per_language.itertuples() for kind in TYPES}
+    series = [(f"{kind}.by_layer", layers.loc[layer, kind], layer) for layer in layers.index for kind in TYPES]
     return files, values, series
 
 
@@ -157,7 +158,7 @@ def check_shape(found: pd.DataFrame, n_layers: int, model) -> None:
                             "from (model=...) or set task.deactivate=false")
 
 
-def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, languages: list[str],
+def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, *, languages: list[str],
                texts: dict[str, list[str]], n_layers: int, folder: Path, title: str,
                prefix: str = "") -> tuple[list[Path], dict[str, float]]:
     """Perplexity with each language's neurons switched off, beside same-size random sets: printed and written
@@ -165,15 +166,10 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, lan
     spec = spec_from_config(model_conf)
     model, tokenizer = models.load(spec, dtype=model_conf.dtype, device=model_conf.device)
     check_shape(found, n_layers, model)
-    own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, languages, texts, cfg.task.seed,
-                                                       cfg.extract.max_length)
+    own, control, intact = deactivation_matrix(model, tokenizer, found, languages=languages, texts=texts,
+                                               seed=cfg.task.seed, max_length=cfg.extract.max_length)
     summary = deactivation_summary(own, control, intact)
-    print(f"\n{spec.name}: intact perplexity on held-out units:\n"
-          + intact.round(2).to_frame("perplexity").T.to_string())
-    print(f"\n{spec.name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
-    print(own.round(2).to_string())
-    print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
-    print("\n" + summary.round(3).to_string(index=False))
+    print_deactivation(spec.name, own, control, intact=intact, summary=summary)
     values = {f"{prefix}deactivation.{row.set}.{row.cell}": row.mean_log_ratio for row in summary.itertuples()}
     limit = float(np.nanmax(np.abs(np.concatenate([own.values, control.values])))) or 1.0
     title = f"{spec.name} · {title.split(' · ', 1)[-1]}"
@@ -188,22 +184,17 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, lan
     return files, values
 
 
-def deactivation_summary(own: pd.DataFrame, control: pd.DataFrame, intact: pd.Series) -> pd.DataFrame:
-    """Per neuron set (a language's own neurons, or the random control), on the diagonal (the language's own
-    text) and off it: the mean log perplexity ratio (deactivated / intact, so that languages with a high
-    perplexity do not dominate), and how many evaluated languages suffer most from their own row."""
-    diagonal = np.eye(len(own), dtype=bool)
-    rows = []
-    for name, frame in (("language", own), ("random", control)):
-        log_ratio = np.log((frame + intact) / intact).to_numpy()
-        own_worst = int(sum(np.argmax(log_ratio[:, j]) == j for j in range(len(frame))))
-        for cell, mask in (("diagonal", diagonal), ("off_diagonal", ~diagonal)):
-            rows.append({"set": name, "cell": cell, "mean_log_ratio": float(np.nanmean(log_ratio[mask])),
-                         "own_row_hurts_most": f"{own_worst}/{len(frame)}" if cell == "diagonal" else ""})
-    return pd.DataFrame(rows)
+def print_deactivation(name: str, own: pd.DataFrame, control: pd.DataFrame, *, intact: pd.Series,
+                       summary: pd.DataFrame) -> None:
+    """The intact perplexities, the two deactivation matrices and their summary, for the model ``name``."""
+    print(f"\n{name}: intact perplexity on held-out units:\n" + intact.round(2).to_frame("perplexity").T.to_string())
+    print(f"\n{name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
+    print(own.round(2).to_string())
+    print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
+    print("\n" + summary.round(3).to_string(index=False))
 
 
-def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, n_layers: int,
+def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, *, n_layers: int,
                    folder: Path) -> tuple[DictConfig, pd.DataFrame, list[Path]]:
     """Base (the run's model) vs ``task.compare_model`` (e.g. its aligned version) on the same corpus: the
     compared model's config and neurons, and the files of the comparison."""
@@ -214,10 +205,11 @@ def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, 
                             "base and aligned models must share an architecture")
     aligned_languages = ([corpus.resolve(code) for code in cfg.task.aligned_languages]
                          if cfg.task.aligned_languages else None)
-    layers, per_language = neurons.compare(base, aligned, corpus.languages, n_layers, aligned_languages)
+    layers, per_language = tables.compare(base, aligned, corpus.languages, n_layers=n_layers,
+                                          aligned_languages=aligned_languages)
     print(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
     if aligned_languages is not None:
-        by_set = per_language.groupby("in_aligned_set")[list(neurons.TYPES)].mean()
+        by_set = per_language.groupby("in_aligned_set")[list(TYPES)].mean()
         by_set.index = by_set.index.map({True: "aligned languages", False: "other languages (spontaneous)"})
         print("\nmean change per language:\n" + by_set.round(1).to_string())
     print("\nper layer:\n" + layers.T.to_string())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from neuronxa.data.corpus import ParallelCorpus, read_udhr, udhr_article
 from neuronxa.errors import NeuronXAError, check_whole
@@ -16,7 +16,9 @@ from neuronxa.stage_two import scoring
 from neuronxa.stage_two.uncertainty import pearson, spearman
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import Logged, model_name, tracked_run, write_csv
-from neuronxa.training import callbacks as training
+from neuronxa.training.callbacks import AlignmentCallback, TranslationCallback
+from neuronxa.training.finetune import fine_tune, lora_model, translation_examples
+from neuronxa.training.translation import load_comet
 
 
 def run(cfg: DictConfig, folder: Path) -> None:
@@ -29,8 +31,11 @@ def check_task(cfg: DictConfig) -> None:
     task = cfg.task
     if cfg.dataset.name != "udhr":
         raise NeuronXAError(f"task=training trains on UDHR paragraphs: use dataset=udhr, not {cfg.dataset.name}")
-    for option in ("steps", "every", "batch_size", "translate_units", "max_new_tokens", "max_length"):
-        check_whole(task[option], f"task.{option}", 1)
+    wholes = {f"task.{option}": task[option] for option in ("every", "translate_units", "max_new_tokens", "max_length")}
+    wholes |= {f"task.trainer.{option}": task.trainer.get(option)
+               for option in ("max_steps", "per_device_train_batch_size")}
+    for option, value in {**wholes, "task.lora.r": task.lora.get("r")}.items():
+        check_whole(value, option, 1)
     (first, last), (eval_first, eval_last) = task.train_articles, task.eval_articles
     if not (0 <= first <= last < eval_first <= eval_last <= 30):
         raise NeuronXAError(f"task.train_articles {list(task.train_articles)} must come before task.eval_articles "
@@ -62,28 +67,29 @@ def translation_pairs(train: ParallelCorpus, trained: list[str], pivot: str) -> 
             for language in trained for unit in train.shared_ids(pivot, language)]
 
 
-def callbacks(cfg: DictConfig, tokenizer, evaluation: ParallelCorpus,
-              comet) -> tuple[training.AlignmentCallback, training.TranslationCallback]:
+def callbacks(cfg: DictConfig, tokenizer, evaluation: ParallelCorpus, *,
+              comet) -> tuple[AlignmentCallback, TranslationCallback]:
     """The alignment callback over every language's evaluation units, and the translation callback over the
     first ``task.translate_units`` of them."""
     task, pivot = cfg.task, evaluation.resolve(cfg.score.pivot)
-    alignment = training.AlignmentCallback(
+    alignment = AlignmentCallback(
         tokenizer, {language: evaluation.texts(language) for language in evaluation.languages}, pivot,
-        list(task.metrics), task.every, cfg.pooling.name, cfg.score.layer_pool, cfg.extract.batch_size,
-        cfg.extract.max_length)
+        metrics=list(task.metrics), every=task.every, pooling=cfg.pooling.name, layer_pool=cfg.score.layer_pool,
+        batch_size=cfg.extract.batch_size, max_length=cfg.extract.max_length)
     languages = [evaluation.resolve(code) for code in (task.translate_languages or
                                                        [*task.trained, *task.untrained])]
     units = evaluation.ids(pivot)[: task.translate_units]
-    translation = training.TranslationCallback(
+    translation = TranslationCallback(
         tokenizer, {language: [evaluation.units[language][unit] for unit in units] for language in languages},
-        [evaluation.units[pivot][unit] for unit in units], task.every, task.max_new_tokens, comet=comet)
+        [evaluation.units[pivot][unit] for unit in units], every=task.every, max_new_tokens=task.max_new_tokens,
+        comet=comet)
     return alignment, translation
 
 
 def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
     """Fine-tune with LoRA, scoring alignment and translation at every checkpoint; save the merged model."""
     check_task(cfg)
-    comet, comet_note = training.load_comet(cfg.task.comet_checkpoint)
+    comet, comet_note = load_comet(cfg.task.comet_checkpoint)
     train, evaluation = split_corpus(cfg)
     pivot = evaluation.resolve(cfg.score.pivot)
     trained = [train.resolve(code) for code in cfg.task.trained]
@@ -93,16 +99,15 @@ def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
           f"units of articles {cfg.task.eval_articles[0]}-{cfg.task.eval_articles[1]} in "
           f"{len(evaluation.languages) - 1} languages; {comet_note}")
     model, tokenizer = models.load(models.spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device)
-    alignment, translation = callbacks(cfg, tokenizer, evaluation, comet)
-    lora = cfg.task.lora
-    trainer = training.fine_tune(
-        training.lora_model(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules, cfg.task.seed), tokenizer,
-        training.translation_examples(tokenizer, pairs, cfg.task.max_length), folder / "checkpoints",
-        cfg.task.steps, cfg.task.every, cfg.task.batch_size, cfg.task.learning_rate, cfg.task.seed,
-        [alignment, translation])
+    alignment, translation = callbacks(cfg, tokenizer, evaluation, comet=comet)
+    trainer = fine_tune(
+        lora_model(model, seed=cfg.task.seed, **OmegaConf.to_container(cfg.task.lora, resolve=True)), tokenizer,
+        translation_examples(tokenizer, pairs, cfg.task.max_length), folder=folder / "checkpoints",
+        every=cfg.task.every, seed=cfg.task.seed, callbacks=[alignment, translation],
+        **OmegaConf.to_container(cfg.task.trainer, resolve=True))
     merged = models.save_model(trainer.model.merge_and_unload(), tokenizer, Path(cfg.task.merged_dir))
-    return report(cfg, folder, trained, alignment.pooled(), translation, loss_by_step(trainer.state.log_history),
-                  merged)
+    return report(cfg, folder, trained, pooled=alignment.pooled(), translation=translation,
+                  loss=loss_by_step(trainer.state.log_history), merged=merged)
 
 
 def loss_by_step(log_history: list[dict]) -> pd.DataFrame:
@@ -125,13 +130,13 @@ def correlations_by_checkpoint(pooled: pd.DataFrame, quality: pd.DataFrame) -> p
     return pd.DataFrame(rows, columns=["metric", "quality", "language", "n", "pearson_r", "spearman_rho"])
 
 
-def report(cfg: DictConfig, folder: Path, trained: list[str], pooled: pd.DataFrame,
-           translation: training.TranslationCallback, loss: pd.DataFrame, merged: Path) -> Logged:
+def report(cfg: DictConfig, folder: Path, trained: list[str], *, pooled: pd.DataFrame,
+           translation: TranslationCallback, loss: pd.DataFrame, merged: Path) -> Logged:
     """Print, write and plot the alignment and translation scores per checkpoint and their correlations."""
     role = {language: "trained" if language in trained else "untrained" for language in pooled.language.unique()}
     quality = translation.history
     correlations = correlations_by_checkpoint(pooled, quality)
-    print_tables(pooled, quality, correlations, role)
+    print_tables(pooled, quality, correlations, role=role)
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{model_name(cfg)} · LoRA on {', '.join(trained)} → English"
     files = [write_csv(pooled.assign(role=pooled.language.map(role)), folder / "alignment_by_step.csv"),
@@ -157,8 +162,9 @@ def by_step(rows: pd.DataFrame, role: dict[str, str]) -> pd.DataFrame:
     return table
 
 
-def print_tables(pooled: pd.DataFrame, quality: pd.DataFrame, correlations: pd.DataFrame,
+def print_tables(pooled: pd.DataFrame, quality: pd.DataFrame, correlations: pd.DataFrame, *,
                  role: dict[str, str]) -> None:
+    """The alignment and translation scores by training step, and their correlations."""
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
         for metric, rows in pooled.groupby("metric", sort=False):
             print(f"\n{metric} (layer-pooled) by training step:\n{by_step(rows, role).to_string()}")
@@ -169,7 +175,7 @@ def print_tables(pooled: pd.DataFrame, quality: pd.DataFrame, correlations: pd.D
         print(correlations.to_string(index=False))
 
 
-def write_translations(translation: training.TranslationCallback, folder: Path) -> Path:
+def write_translations(translation: TranslationCallback, folder: Path) -> Path:
     """Every translation made, with its step, language, source and reference."""
     rows = [{"step": step, "language": language, "source": source, "reference": reference, "translation": text}
             for (step, language), texts in translation.translations.items()
