@@ -15,6 +15,7 @@ from conftest import ROOT
 from helpers import composed, tiny_overrides
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import interop
+from neuronxa.run import TASKS
 from neuronxa.stage_one import models
 from neuronxa.tasks import align as align_task
 from neuronxa.tasks import common as pipeline
@@ -243,6 +244,7 @@ def test_every_language_as_pivot(tiny_folder, tmp_path, monkeypatch):
     corpus, _ = six_language_corpus(tmp_path)
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "task=pairwise",
                                                             "metric=all", "score.resamples=20"])
+    assert "pairwise" in TASKS                                  # the command line's task=pairwise
     pairwise_task.run(cfg, tmp_path / "run")
     pairs = pd.read_csv(tmp_path / "run" / "pairwise.csv")
     assert set(pairs.metric) == {"nasca", "navca", "mexa"} and len(pairs) == 3 * 6 * 5

@@ -6,7 +6,7 @@ import pytest
 from conftest import LAYERS, UNITS
 from helpers import loop_cosine, loop_weak_alignment, retrieval_accuracy
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_two import metrics
+from neuronxa.stage_two import metrics, registry, uncertainty
 from neuronxa.stage_two.pairwise import pairwise
 from neuronxa.stage_two.registry import METRICS
 from neuronxa.stage_two.scoring import score, summarise
@@ -60,3 +60,20 @@ def test_bad_requests_are_clear(store):
         pairwise(store, ["nasca"], "weighted", languages=["eng_Latn", "ita_Latn"], progress=False)
     with pytest.raises(NeuronXAError, match="mean or max"):
         summarise(score(store, ["nasca"], "weighted", pivot="eng_Latn", progress=False)[0], "median")
+
+
+def test_the_registry_says_what_each_score_reads_and_how_its_interval_is_made(store):
+    scores, _ = score(store, list(METRICS), "weighted", pivot="eng_Latn", progress=False)
+    assert set(scores.metric) == set(registry.SCORES)          # every column the scorer writes is registered
+    one_way = registry.score("retrieval.nas.pivot_to_target")
+    assert (one_way.metric, one_way.kind, one_way.representation, one_way.direction) == (
+        "retrieval", "retrieval", "nas", "pivot_to_target")
+    assert one_way.label == "R.nas.p→t" and not one_way.headline and one_way.counts_units
+    assert registry.score("retrieval.hidden.bidirectional").headline
+    assert registry.score("navca").representation == "nav" and registry.score("navca").counts_units
+    assert registry.score("mexa").interval is uncertainty.share_interval
+    assert registry.score("svcca").interval is uncertainty.normal_interval and not registry.score("svcca").counts_units
+    assert registry.of_kind("alignment") == ["nasca", "navca", "mexa"]
+    assert registry.representations(["retrieval", "cka"]) == ["hidden", "nas"]
+    with pytest.raises(NeuronXAError, match="unknown score 'retrieval.nav.bidirectional'"):
+        registry.score("retrieval.nav.bidirectional")

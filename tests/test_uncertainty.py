@@ -123,7 +123,8 @@ def test_bootstrap_interval_and_permutation_p_match_slow_loops():
         if np.ptp(xs) > 0 and np.ptp(ys) > 0:
             loop.append(np.corrcoef(xs, ys)[0, 1])
     expected = np.percentile(loop, [2.5, 97.5])
-    assert uncertainty.bootstrap_interval(x, y, "pearson", 300, 0.95, seed=4) == pytest.approx(tuple(expected))
+    interval = uncertainty.bootstrap_interval(x, y, "pearson", resamples=300, level=0.95, seed=4)
+    assert interval == pytest.approx(tuple(expected))
     r = np.corrcoef(x, y)[0, 1]
     as_extreme = [abs(np.corrcoef(x, y[list(p)])[0, 1]) >= abs(r) - 1e-12 for p in itertools.permutations(range(6))]
     assert uncertainty.permutation_p(x, y, "pearson", 9999) == pytest.approx(np.mean(as_extreme))

@@ -43,7 +43,7 @@ def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str],
     return values, halves
 
 
-def _shared_rows(store: States, pivot: str, language: str, pivot_ids: dict[str, int]) -> tuple[list, list]:
+def _shared_rows(store: States, pivot: str, language: str, *, pivot_ids: dict[str, int]) -> tuple[list, list]:
     """Rows of the units a target shares with the pivot: (pivot rows, target rows), in the target's order."""
     shared = [(pivot_ids[unit], row) for row, unit in enumerate(store.ids(language)) if unit in pivot_ids]
     if len(shared) < 2:
@@ -79,7 +79,7 @@ def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languag
     pivot_states = {kind: store.read(pivot, kind, pooling) for kind in kinds}
     rows, resampled = [], {}
     for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
-        pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids)
+        pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
         subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
         halves: dict[str, list[np.ndarray]] = {}
         for kind in kinds:
