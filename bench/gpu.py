@@ -138,7 +138,7 @@ def measure(args: argparse.Namespace) -> dict:
     naive_tokens = sum(len(ids) for ids in tokenize(tokenizer, naive_texts, 512)[0])
     naive = naive_extraction(model, tokenizer, naive_texts, 512)
     start = time.perf_counter()
-    scoring.score(store, ["nasca", "navca", "mexa"], "weighted", corpus.languages[0], progress=False)
+    scoring.score(store, ["nasca", "navca", "mexa"], "weighted", pivot=corpus.languages[0], progress=False)
     warm = time.perf_counter() - start
     parameters = sum(p.numel() for p in model.base_model.parameters()) - model.get_input_embeddings().weight.numel()
     rate = matmul_rate(device, dtype)

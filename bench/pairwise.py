@@ -1,4 +1,4 @@
-"""Time of every language as pivot (``score.pivot=all``) on synthetic cached states of the embedded model's shape.
+"""Time of every language as pivot (``task=pairwise``) on synthetic cached states of the embedded model's shape.
 
     python -m bench.pairwise                     # 20 languages, 100 units, Gemma 3 270M's widths and layers
     python -m bench.pairwise --languages 10 40   # other sizes
@@ -37,7 +37,8 @@ def synthetic_store(folder: str, languages: int, units: int, seed: int = 0) -> t
 
 def pairwise_seconds(store: StateStore, names: list[str], resamples: int) -> float:
     """Seconds for NASCA and MEXA of every language pair, with ``resamples`` half-samples per score."""
-    return timed(pairwise, store, ["nasca", "mexa"], "weighted", names, resamples=resamples, progress=False)[0]
+    return timed(pairwise, store, ["nasca", "mexa"], "weighted", languages=names, resamples=resamples,
+                 progress=False)[0]
 
 
 def main() -> None:

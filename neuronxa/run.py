@@ -18,9 +18,11 @@ from omegaconf import DictConfig
 from neuronxa.errors import Interrupted, NeuronXAError
 from neuronxa.tasks import align as align_task
 from neuronxa.tasks import neurons as neurons_task
+from neuronxa.tasks import pairwise as pairwise_task
 from neuronxa.tasks import training as training_task
 
-TASKS = {"align": align_task.run, "neurons": neurons_task.run, "training": training_task.run}
+TASKS = {"align": align_task.run, "neurons": neurons_task.run, "training": training_task.run,
+         "pairwise": pairwise_task.run}
 
 
 @hydra.main(config_path="pkg://neuronxa.conf", config_name="config", version_base="1.3")

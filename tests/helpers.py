@@ -1,5 +1,5 @@
-"""Helpers shared by several test modules: slow loop restatements of the metrics, a hand-computed forward pass,
-small corpora and composed configs. (Fixtures live in conftest.py.)"""
+"""Helpers shared by several test modules: slow loop restatements of the metrics, μ and retrieval of one matrix,
+a hand-computed forward pass, small corpora and composed configs. (Fixtures live in conftest.py.)"""
 
 import math
 
@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_module
 
 from conftest import FIXTURES
 from neuronxa.stage_one.probes import architecture, decoder_layers
+from neuronxa.stage_two.metrics import beaten
 
 
 def loop_cosine(X, Y):
@@ -30,6 +31,27 @@ def loop_weak_alignment(C):
     n = len(C)
     return sum(all(beats(C[i][i], C[i][j]) and beats(C[i][i], C[j][i]) for j in range(n) if j != i)
                for i in range(n)) / n
+
+
+def hits(C):
+    """Per unit i: is C[i,i] above every other value of row i, and of column i? Two boolean ``(..., n)``."""
+    by_row, by_column = beaten(C)
+    return ~by_row.any(axis=-1), ~by_column.any(axis=-1)
+
+
+def weak_alignment(C):
+    """μ of one cosine matrix: share of units i with C[i,i] > C[i,j] and C[i,i] > C[j,i] for every j != i (a tie
+    is a miss), through the production's ``beaten``."""
+    rows, columns = hits(C)
+    return float(np.mean(rows & columns))
+
+
+def retrieval_accuracy(C):
+    """Retrieval by nearest neighbour on one cosine matrix: pivot→target (row i's maximum is at i), target→pivot
+    (column j's maximum is at j) and both; ties are misses."""
+    rows, columns = hits(C)
+    return {"pivot_to_target": float(np.mean(rows)), "target_to_pivot": float(np.mean(columns)),
+            "bidirectional": float(np.mean(rows & columns))}
 
 
 SENTENCES = [

@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from helpers import loop_cosine, loop_weak_alignment
+from helpers import loop_cosine, loop_weak_alignment, retrieval_accuracy, weak_alignment
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_two.metrics import (
-    anc,
-    chance_pvalue,
-    cosine_matrix,
-    linear_cka,
-    retrieval_accuracy,
-    svcca,
-    weak_alignment,
-)
+from neuronxa.stage_two.metrics import anc, chance_pvalue, cosine_matrix, linear_cka, svcca
 
 
 @pytest.fixture

@@ -15,10 +15,12 @@ from conftest import ROOT
 from helpers import composed, tiny_overrides
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import interop
+from neuronxa.run import TASKS
 from neuronxa.stage_one import models
 from neuronxa.tasks import align as align_task
 from neuronxa.tasks import common as pipeline
 from neuronxa.tasks import neurons as neurons_task
+from neuronxa.tasks import pairwise as pairwise_task
 from neuronxa.tasks.tracking import runs
 
 
@@ -240,17 +242,19 @@ def test_intervals_differences_and_comparisons_in_a_run(tiny_folder, tmp_path, c
 
 def test_every_language_as_pivot(tiny_folder, tmp_path, monkeypatch):
     corpus, _ = six_language_corpus(tmp_path)
-    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "score.pivot=all",
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "task=pairwise",
                                                             "metric=all", "score.resamples=20"])
-    align_task.run(cfg, tmp_path / "run")
+    assert "pairwise" in TASKS                                  # the command line's task=pairwise
+    pairwise_task.run(cfg, tmp_path / "run")
     pairs = pd.read_csv(tmp_path / "run" / "pairwise.csv")
     assert set(pairs.metric) == {"nasca", "navca", "mexa"} and len(pairs) == 3 * 6 * 5
     assert list(pairs.columns[3:]) == ["metric", "pivot", "target", "value", "ci_low", "ci_high", "n"]
     assert (tmp_path / "run" / "plots" / "nasca_pairwise.png").stat().st_size > 1000
-    with monkeypatch.context() as patch, pytest.raises(NeuronXAError, match="score.pivot=all scores nasca"):
-        patch.setattr(align_task, "stage_one", lambda *a, **k: pytest.fail("stage one started"))
-        align_task.run(composed(tiny_overrides(tiny_folder, tmp_path) + [
-            f"dataset.path={corpus}", "score.pivot=all", "metric=cka"]), tmp_path / "bad")
+    with monkeypatch.context() as patch, pytest.raises(NeuronXAError,
+                                                       match="pairwise scoring computes the alignment scores nasca"):
+        patch.setattr(pairwise_task, "stage_one", lambda *a, **k: pytest.fail("stage one started"))
+        pairwise_task.run(composed(tiny_overrides(tiny_folder, tmp_path) + [
+            f"dataset.path={corpus}", "task=pairwise", "metric=cka"]), tmp_path / "bad")
     one = composed(tiny_overrides(tiny_folder, tmp_path) + [f"dataset.path={corpus}", "score.pivot=deu_Latn",
                                                             "metric=nasca", "score.resamples=20"])
     align_task.run(one, tmp_path / "one")

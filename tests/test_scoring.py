@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 
 from conftest import LAYERS, UNITS
-from helpers import loop_cosine, loop_weak_alignment
+from helpers import loop_cosine, loop_weak_alignment, retrieval_accuracy
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_two import metrics
+from neuronxa.stage_two import metrics, registry, uncertainty
 from neuronxa.stage_two.pairwise import pairwise
-from neuronxa.stage_two.scoring import METRICS, score, summarise
+from neuronxa.stage_two.registry import METRICS
+from neuronxa.stage_two.scoring import score, summarise
 
 
 def test_scores_equal_a_direct_loop_computation(store):
-    scores, _ = score(store, list(METRICS), "weighted", "eng_Latn", progress=False)
+    scores, _ = score(store, list(METRICS), "weighted", pivot="eng_Latn", progress=False)
     for language in ("fra_Latn", "xxx_Latn"):
         for layer in range(LAYERS):
             value = scores.set_index(["metric", "language", "layer"])["value"]
@@ -23,12 +24,12 @@ def test_scores_equal_a_direct_loop_computation(store):
                 assert value[metric, language, layer] == pytest.approx(expected)
             assert value["cka", language, layer] == pytest.approx(metrics.linear_cka(X["hidden"], Y["hidden"]))
             assert value["anc", language, layer] == pytest.approx(metrics.anc(X["hidden"], Y["hidden"]))
-            retrieval = metrics.retrieval_accuracy(metrics.cosine_matrix(X["nas"], Y["nas"]))
+            retrieval = retrieval_accuracy(metrics.cosine_matrix(X["nas"], Y["nas"]))
             assert value["retrieval.nas.target_to_pivot", language, layer] == retrieval["target_to_pivot"]
 
 
 def test_known_alignment(store):
-    scores, _ = score(store, ["nasca", "mexa"], "weighted", "eng_Latn", progress=False)
+    scores, _ = score(store, ["nasca", "mexa"], "weighted", pivot="eng_Latn", progress=False)
     values = scores.groupby(["metric", "language"])["value"]
     assert values.min()["nasca", "fra_Latn"] == 1.0          # a small perturbation keeps every pair aligned
     assert values.min()["nasca", "deu_Latn"] == 1.0          # aligned by unit id, whatever the order
@@ -38,7 +39,7 @@ def test_known_alignment(store):
 
 
 def test_summary_pools_layers_and_reports_chance(store):
-    scores, _ = score(store, ["nasca", "cka"], "weighted", "eng_Latn", ["xxx_Latn"], progress=False)
+    scores, _ = score(store, ["nasca", "cka"], "weighted", pivot="eng_Latn", languages=["xxx_Latn"], progress=False)
     by_layer = scores[scores.metric == "nasca"].set_index("layer")["value"]
     for pool, expected in (("mean", by_layer.mean()), ("max", by_layer.max())):
         row = summarise(scores, pool).set_index("metric").loc["nasca"]
@@ -50,12 +51,29 @@ def test_summary_pools_layers_and_reports_chance(store):
 
 def test_bad_requests_are_clear(store):
     with pytest.raises(NeuronXAError, match="unknown metric 'nascar'"):
-        score(store, ["nascar"], "weighted", "eng_Latn", progress=False)
+        score(store, ["nascar"], "weighted", pivot="eng_Latn", progress=False)
     with pytest.raises(NeuronXAError, match="pivot language 'spa_Latn'"):
-        score(store, ["nasca"], "weighted", "spa_Latn", progress=False)
+        score(store, ["nasca"], "weighted", pivot="spa_Latn", progress=False)
     with pytest.raises(NeuronXAError, match="no cached states for ita_Latn"):
-        score(store, ["nasca"], "weighted", "eng_Latn", ["ita_Latn"], progress=False)
+        score(store, ["nasca"], "weighted", pivot="eng_Latn", languages=["ita_Latn"], progress=False)
     with pytest.raises(NeuronXAError, match="no cached states for ita_Latn"):
-        pairwise(store, ["nasca"], "weighted", ["eng_Latn", "ita_Latn"], progress=False)
+        pairwise(store, ["nasca"], "weighted", languages=["eng_Latn", "ita_Latn"], progress=False)
     with pytest.raises(NeuronXAError, match="mean or max"):
-        summarise(score(store, ["nasca"], "weighted", "eng_Latn", progress=False)[0], "median")
+        summarise(score(store, ["nasca"], "weighted", pivot="eng_Latn", progress=False)[0], "median")
+
+
+def test_the_registry_says_what_each_score_reads_and_how_its_interval_is_made(store):
+    scores, _ = score(store, list(METRICS), "weighted", pivot="eng_Latn", progress=False)
+    assert set(scores.metric) == set(registry.SCORES)          # every column the scorer writes is registered
+    one_way = registry.score("retrieval.nas.pivot_to_target")
+    assert (one_way.metric, one_way.kind, one_way.representation, one_way.direction) == (
+        "retrieval", "retrieval", "nas", "pivot_to_target")
+    assert one_way.label == "R.nas.p→t" and not one_way.headline and one_way.counts_units
+    assert registry.score("retrieval.hidden.bidirectional").headline
+    assert registry.score("navca").representation == "nav" and registry.score("navca").counts_units
+    assert registry.score("mexa").interval is uncertainty.share_interval
+    assert registry.score("svcca").interval is uncertainty.normal_interval and not registry.score("svcca").counts_units
+    assert registry.of_kind("alignment") == ["nasca", "navca", "mexa"]
+    assert registry.representations(["retrieval", "cka"]) == ["hidden", "nas"]
+    with pytest.raises(NeuronXAError, match="unknown score 'retrieval.nav.bidirectional'"):
+        registry.score("retrieval.nav.bidirectional")

@@ -20,7 +20,8 @@ from neuronxa.stage_one import models
 from neuronxa.stage_one.extract import extract_corpus
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_two import metrics
-from neuronxa.stage_two.scoring import score, score_model
+from neuronxa.stage_two.live import score_model
+from neuronxa.stage_two.scoring import score
 from neuronxa.tasks import align as align_task
 from neuronxa.tasks import training as training_task
 from neuronxa.tasks.tracking import runs
@@ -35,9 +36,9 @@ def test_score_model_gives_the_cached_pipelines_numbers(tiny_folder, tmp_path):
     corpus = read_tsv(corpus_file(tmp_path))
     store, _ = extract_corpus(corpus, ModelSpec("tiny", str(tiny_folder)), tmp_path / "cache", batch_size=2)
     wanted = ["nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval"]
-    cached, _ = score(store, wanted, "weighted", "eng_Latn", progress=False)
+    cached, _ = score(store, wanted, "weighted", pivot="eng_Latn", progress=False)
     model, tokenizer = models.load(str(tiny_folder), dtype="float32", device="cpu")
-    live = score_model(model, tokenizer, LANGUAGES, "eng_Latn", wanted, batch_size=2)
+    live = score_model(model, tokenizer, LANGUAGES, pivot="eng_Latn", metrics=wanted, batch_size=2)
     key = ["metric", "language", "layer"]
     joined = cached.merge(live, on=key, suffixes=("_cached", "_live"))
     assert len(joined) == len(cached) == len(live)
@@ -48,7 +49,7 @@ def test_score_model_gives_the_cached_pipelines_numbers(tiny_folder, tmp_path):
 
 def test_score_model_against_a_hand_computed_forward_pass():
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
-    live = score_model(model, tokenizer, LANGUAGES, "eng_Latn", ["nasca", "mexa"], pooling="mean")
+    live = score_model(model, tokenizer, LANGUAGES, pivot="eng_Latn", metrics=["nasca", "mexa"], pooling="mean")
     for language in ("fra_Latn", "deu_Latn"):
         pooled = {}
         for side in ("eng_Latn", language):
@@ -65,7 +66,7 @@ def test_score_model_against_a_hand_computed_forward_pass():
 def test_score_model_checks_its_texts_before_any_forward_pass():
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     with pytest.raises(NeuronXAError, match="pivot 'xxx_Latn' is not among"):
-        score_model(model, tokenizer, LANGUAGES, "xxx_Latn")
+        score_model(model, tokenizer, LANGUAGES, pivot="xxx_Latn")
     with pytest.raises(NeuronXAError, match="must be parallel"):
         score_model(model, tokenizer, {"eng_Latn": ["a", "b"], "fra_Latn": ["a"]})
     with pytest.raises(NeuronXAError, match="unknown pooling"):

@@ -38,7 +38,7 @@ def pooled(population, units, representation, subsets, metric):
     """The layer-pooled value and half-sample values of ``metric`` through the production path."""
     values, halves = [], []
     for X, Y in population.layers(units, representation):
-        value, half = scoring.layer_values(X, Y, "nas", ["nasca", "retrieval"], subsets)
+        value, half = scoring.layer_values(X, Y, "nas", wanted=["nasca", "retrieval"], subsets=subsets)
         values.append(value[metric])
         halves.append(half[metric])
     return float(np.mean(values)), np.mean(halves, axis=0)
@@ -61,7 +61,7 @@ def test_score_intervals_cover_the_expected_score_for_n_units(noise, n, metric):
     for repeat in range(250):
         subsets = uncertainty.half_samples(n, 200, seed=repeat)
         value, halves = pooled(population, population.draw(n), 0, subsets, metric)
-        low, high = scoring.interval(metric, value, halves, n, 0.95)
+        low, high = scoring.interval(metric, value, halves, n=n, level=0.95)
         covered.append(low <= truth <= high)
     assert 0.91 <= np.mean(covered) <= 0.99, (truth, np.mean(covered))
 
@@ -78,7 +78,7 @@ def test_paired_difference_intervals_cover_the_expected_difference():
         low, high = uncertainty.normal_interval(a - b, half_a - half_b, n, 0.95)
         covered.append(low <= truth <= high)
         width.append(high - low)
-        unpaired_width.append(np.diff(scoring.interval("nasca", a, half_a, n, 0.95))[0])
+        unpaired_width.append(np.diff(scoring.interval("nasca", a, half_a, n=n, level=0.95))[0])
     assert 0.93 <= np.mean(covered) <= 1.0, (truth, np.mean(covered))
     assert np.mean(width) < np.mean(unpaired_width)   # pairing on the same units narrows it
 
@@ -89,7 +89,7 @@ def test_half_samples_are_distinct_units_and_their_scores_match_a_loop():
     subsets = uncertainty.half_samples(9, 30, seed=2)
     assert subsets.shape == (30, 4) and all(len(set(s)) == 4 for s in subsets)
     assert len({tuple(s) for s in subsets}) > 20  # not one subset repeated
-    values, halves = scoring.layer_values(X, Y, "hidden", ["mexa", "cka", "anc", "svcca"], subsets)
+    values, halves = scoring.layer_values(X, Y, "hidden", wanted=["mexa", "cka", "anc", "svcca"], subsets=subsets)
     for s, half_mexa, half_cka, half_anc, half_svcca in zip(subsets, halves["mexa"], halves["cka"],
                                                              halves["anc"], halves["svcca"]):
         assert half_mexa == loop_weak_alignment(loop_cosine(X[s], Y[s]).tolist())
@@ -109,7 +109,7 @@ def test_wilson_and_normal_intervals_by_hand():
     # design effect S²/(p̄(1 − p̄)) with p̄ = 0.5: Wilson with n / design effect units
     assert uncertainty.share_interval(0.5, halves, 10) == pytest.approx(uncertainty.wilson(0.5, 10 / (s2 / 0.25)))
     assert uncertainty.share_interval(1.0, np.ones(5), 24) == pytest.approx(uncertainty.wilson(1.0, 24))
-    assert np.isnan(scoring.interval("nasca", 0.5, np.array([]), 10, 0.95)[0])
+    assert np.isnan(scoring.interval("nasca", 0.5, np.array([]), n=10, level=0.95)[0])
 
 
 def test_bootstrap_interval_and_permutation_p_match_slow_loops():
@@ -123,7 +123,8 @@ def test_bootstrap_interval_and_permutation_p_match_slow_loops():
         if np.ptp(xs) > 0 and np.ptp(ys) > 0:
             loop.append(np.corrcoef(xs, ys)[0, 1])
     expected = np.percentile(loop, [2.5, 97.5])
-    assert uncertainty.bootstrap_interval(x, y, "pearson", 300, 0.95, seed=4) == pytest.approx(tuple(expected))
+    interval = uncertainty.bootstrap_interval(x, y, "pearson", resamples=300, level=0.95, seed=4)
+    assert interval == pytest.approx(tuple(expected))
     r = np.corrcoef(x, y)[0, 1]
     as_extreme = [abs(np.corrcoef(x, y[list(p)])[0, 1]) >= abs(r) - 1e-12 for p in itertools.permutations(range(6))]
     assert uncertainty.permutation_p(x, y, "pearson", 9999) == pytest.approx(np.mean(as_extreme))
@@ -164,10 +165,11 @@ def test_correlation_and_comparison_tables():
 
 def test_every_pivot_equals_the_one_pivot_scores(store):
     languages = ["eng_Latn", "fra_Latn", "xxx_Latn"]
-    pairs = pairwise.pairwise(store, ["nasca", "mexa", "cka"], "weighted", languages, resamples=50, progress=False)
+    pairs = pairwise.pairwise(store, ["nasca", "mexa", "cka"], "weighted", languages=languages, resamples=50,
+                              progress=False)
     assert set(pairs.metric) == {"nasca", "mexa"} and len(pairs) == 2 * 6
     for pivot in languages:
-        scores, resampled = scoring.score(store, ["nasca", "mexa"], "weighted", pivot, languages,
+        scores, resampled = scoring.score(store, ["nasca", "mexa"], "weighted", pivot=pivot, languages=languages,
                                           progress=False, resamples=50)
         summary = scoring.summarise(scores, "mean", resampled).set_index(["metric", "language"])
         for row in pairs[pairs["pivot"] == pivot].itertuples():

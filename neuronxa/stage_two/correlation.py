@@ -48,7 +48,7 @@ def _tested(x: np.ndarray, y: np.ndarray, resampling: Resampling) -> dict[str, f
         name = "pearson_r" if kind == "pearson" else "spearman_rho"
         row[name], row[f"{kind}_p"] = map(float, analytic(x, y))
         row[f"{kind}_ci_low"], row[f"{kind}_ci_high"] = uncertainty.bootstrap_interval(
-            x, y, kind, resampling.bootstrap, resampling.level, resampling.seed)
+            x, y, kind, resamples=resampling.bootstrap, level=resampling.level, seed=resampling.seed)
         row[f"{kind}_permutation_p"] = uncertainty.permutation_p(x, y, kind, resampling.permutations, resampling.seed)
     return row
 
@@ -86,8 +86,8 @@ def _compared(x_a: np.ndarray, x_b: np.ndarray, y: np.ndarray, kind: str, resamp
     """Two metrics' correlations with one benchmark: Williams' p, and a paired bootstrap interval."""
     statistic = uncertainty.CORRELATIONS[kind]
     r_a, r_b, r_ab = (float(statistic(u, v)) for u, v in ((x_a, y), (x_b, y), (x_a, x_b)))
-    low, high = uncertainty.bootstrap_interval(x_a, y, kind, resampling.bootstrap, resampling.level,
-                                               resampling.seed, z=x_b)
+    low, high = uncertainty.bootstrap_interval(x_a, y, kind, resamples=resampling.bootstrap, level=resampling.level,
+                                               seed=resampling.seed, z=x_b)
     return {"r_a": r_a, "r_b": r_b, "difference": r_a - r_b, "ci_low": low, "ci_high": high,
             "p": uncertainty.williams_p(r_a, r_b, r_ab, len(y))}
 

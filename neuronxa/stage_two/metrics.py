@@ -38,29 +38,6 @@ def beaten(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return by_row, by_column
 
 
-def hits(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit i: is C[i,i] above every other value of row i, and of column i? Two boolean ``(..., n)``."""
-    by_row, by_column = beaten(C)
-    return ~by_row.any(axis=-1), ~by_column.any(axis=-1)
-
-
-def weak_alignment(C: np.ndarray) -> float:
-    """Share of units i with C[i,i] > C[i,j] and C[i,i] > C[j,i] for every j != i (a tie is a miss)."""
-    rows, columns = hits(C)
-    return float(np.mean(rows & columns))
-
-
-def retrieval_accuracy(C: np.ndarray) -> dict[str, float]:
-    """Retrieval by nearest neighbour: pivot→target (row i's maximum is at i), target→pivot (column j's
-    maximum is at j) and both; ties are misses."""
-    rows, columns = hits(C)
-    return {
-        "pivot_to_target": float(np.mean(rows)),
-        "target_to_pivot": float(np.mean(columns)),
-        "bidirectional": float(np.mean(rows & columns)),
-    }
-
-
 def chance_pvalue(k: int, n: int) -> float:
     """P(a random n×n matrix scores at least k/n): binomial tail with p = 1/(2n − 1)."""
     if n < 1 or not 0 <= k <= n:

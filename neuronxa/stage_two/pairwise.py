@@ -1,4 +1,4 @@
-"""Every language as pivot (``score.pivot=all``): the alignment scores of every pair of corpus languages, from
+"""Every language as pivot: the alignment scores of every pair of corpus languages, from
 the states of all languages stacked per layer, so that a pivot's comparisons with every target are a few matrix
 products rather than a loop of pairs.
 
@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.store import StateStore
-from neuronxa.stage_two import metrics, uncertainty
-from neuronxa.stage_two.scoring import ALIGNMENT, check_cached, interval, pool_layers
+from neuronxa.stage_two import metrics, registry, uncertainty
+from neuronxa.stage_two.scoring import check_cached, interval, pool_layers
 
 
 def shared_units(store: StateStore, languages: list[str]) -> tuple[list[str], dict[str, list[int]]]:
@@ -52,14 +52,16 @@ def pivot_block(states: np.ndarray, norms: np.ndarray, pivot: int,
 
 
 def chosen_metrics(wanted: list[str]) -> list[str]:
-    """The alignment scores among the wanted metrics: what every-pivot scoring computes (none is an error)."""
-    chosen = [metric for metric in wanted if metric in ALIGNMENT]
+    """The alignment scores among the wanted metrics: what pairwise scoring computes (none is an error)."""
+    alignment = registry.of_kind("alignment")
+    chosen = [metric for metric in wanted if metric in alignment]
     if not chosen:
-        raise NeuronXAError("score.pivot=all scores nasca, navca and mexa: add one of them (e.g. metric=alignment)")
+        raise NeuronXAError(f"pairwise scoring computes the alignment scores {', '.join(alignment)}: none of them "
+                            f"among {', '.join(wanted) or 'no metrics'}")
     return chosen
 
 
-def pairwise(store: StateStore, wanted: list[str], pooling: str, languages: list[str], layer_pool: str = "mean",
+def pairwise(store: StateStore, wanted: list[str], pooling: str, *, languages: list[str], layer_pool: str = "mean",
              resamples: int = 0, seed: int = 0, level: float = 0.95, progress: bool = True) -> pd.DataFrame:
     """Long table (metric, pivot, target, value, ci_low, ci_high, n) of the layer-pooled alignment scores of
     every ordered pair of distinct languages."""
@@ -70,7 +72,7 @@ def pairwise(store: StateStore, wanted: list[str], pooling: str, languages: list
     subsets = uncertainty.half_samples(n, resamples, seed)
     n_layers, frames = store.n_layers(languages[0]), []
     for metric in chosen:
-        kind = ALIGNMENT[metric]
+        (kind,) = registry.metric(metric).representations
         values, halves = np.empty((n_layers, k, k)), np.empty((n_layers, k, k, resamples))
         for layer in tqdm(range(n_layers), desc=f"pairwise {metric}", unit="layer", disable=not progress):
             states, norms = stacked(store, languages, rows, kind, pooling, layer)
@@ -79,18 +81,18 @@ def pairwise(store: StateStore, wanted: list[str], pooling: str, languages: list
                 values[layer, pivot, pivot:], values[layer, pivot:, pivot] = block, block
                 halves[layer, pivot, pivot:], halves[layer, pivot:, pivot] = half, half
         frames.append(_pooled_pairs(metric, languages, pool_layers(values, layer_pool),
-                                    pool_layers(halves, layer_pool), n, level))
+                                    halves=pool_layers(halves, layer_pool), n=n, level=level))
     return pd.concat(frames, ignore_index=True)
 
 
-def _pooled_pairs(metric: str, languages: list[str], values: np.ndarray, halves: np.ndarray, n: int,
+def _pooled_pairs(metric: str, languages: list[str], values: np.ndarray, *, halves: np.ndarray, n: int,
                   level: float) -> pd.DataFrame:
     """Rows of the ordered pairs of distinct languages with their intervals."""
     rows = []
     for a, pivot in enumerate(languages):
         for b, target in enumerate(languages):
             if a != b:
-                low, high = interval(metric, values[a, b], halves[a, b], n, level)
+                low, high = interval(metric, values[a, b], halves[a, b], n=n, level=level)
                 rows.append((metric, pivot, target, float(values[a, b]), low, high, n))
     return pd.DataFrame(rows, columns=["metric", "pivot", "target", "value", "ci_low", "ci_high", "n"])
 

@@ -110,7 +110,7 @@ def language_resamples(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def bootstrap_interval(x: np.ndarray, y: np.ndarray, kind: str, resamples: int = 2000, level: float = 0.95,
+def bootstrap_interval(x: np.ndarray, y: np.ndarray, kind: str, *, resamples: int = 2000, level: float = 0.95,
                        seed: int = 0, z: np.ndarray | None = None) -> tuple[float, float]:
     """Percentile interval of a correlation (``kind``) over languages resampled in pairs; with ``z``, of the
     paired difference corr(x, y) − corr(z, y) on the same resamples. Undefined resamples are left out."""

@@ -3,6 +3,7 @@ correlations, tables, plots and the MLflow run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models, standin
 from neuronxa.stage_one.models import ModelSpec, spec_from_config
 from neuronxa.stage_one.store import StateStore
-from neuronxa.stage_two import pairwise, scoring
+from neuronxa.stage_two import registry, scoring
 from neuronxa.stage_two.correlation import Resampling, compare, correlate
 from neuronxa.tasks import plots, tracking
 from neuronxa.tasks.common import Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run, write_csv
@@ -41,9 +42,17 @@ def resampling(cfg: DictConfig) -> Resampling:
     return Resampling(cfg.score.bootstrap, cfg.score.permutations, float(level), cfg.score.seed)
 
 
-def every_pivot(cfg: DictConfig) -> bool:
-    """``score.pivot=all``: every ordered pair of corpus languages."""
-    return str(cfg.score.pivot) == "all"
+@dataclass(frozen=True)
+class Inputs:
+    """What the job reads before a forward pass: the corpus, the pivot and target languages, the correlations'
+    resampling, and the downstream results' source: the stand-in's held-out texts (it runs the model after stage
+    one) or results read from files (either may be None)."""
+    corpus: ParallelCorpus
+    pivot: str
+    targets: list[str]
+    resampling: Resampling
+    standin: dict[str, list[str]] | None
+    results: pd.DataFrame | None
 
 
 def in_front(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -56,16 +65,14 @@ def labelled(cfg: DictConfig, corpus: ParallelCorpus, frame: pd.DataFrame) -> pd
     return in_front(frame, {"model": model_name(cfg), "dataset": corpus.name, "pooling": cfg.pooling.name})
 
 
-def stage_two(cfg: DictConfig, corpus: ParallelCorpus,
-              store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def stage_two(cfg: DictConfig, inputs: Inputs, store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Scores per metric, language and layer, their layer-pooled summary with intervals, and the paired
     differences of the alignment scores."""
-    scores, resampled = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot_language(cfg, corpus),
-                                      target_languages(cfg, corpus), resamples=cfg.score.resamples,
-                                      seed=cfg.score.seed)
-    summary = scoring.summarise(scores, cfg.score.layer_pool, resampled, cfg.score.level)
+    scores, resampled = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot=inputs.pivot,
+                                      languages=inputs.targets, resamples=cfg.score.resamples, seed=cfg.score.seed)
+    summary = scoring.summarise(scores, cfg.score.layer_pool, resampled, level=cfg.score.level)
     differences = scoring.differences(summary, resampled, cfg.score.level)
-    return labelled(cfg, corpus, scores), labelled(cfg, corpus, summary), labelled(cfg, corpus, differences)
+    return tuple(labelled(cfg, inputs.corpus, frame) for frame in (scores, summary, differences))
 
 
 def standin_texts(cfg: DictConfig, corpus: ParallelCorpus, rest: ParallelCorpus) -> dict[str, list[str]]:
@@ -105,13 +112,13 @@ def standin_results(cfg: DictConfig, texts: dict[str, list[str]]) -> pd.DataFram
                                      cfg.model.dtype, cfg.model.device)
 
 
-def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder: Path) -> list[Path]:
+def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, *, folder: Path) -> list[Path]:
     """Layer curves and a heatmap per metric, and a t-SNE of NAS beside hidden states (Figure 1)."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     title = f"{scores.model.iloc[0]} · {scores.dataset.iloc[0]} · {cfg.pooling.name}"
     for metric in scores.metric.unique():
-        if metric.startswith("retrieval.") and not metric.endswith("bidirectional"):
+        if not registry.score(metric).headline:
             continue
         made.append(plots.layer_curves(scores, metric, folder / f"{metric}_by_layer.png", f"{metric} · {title}"))
         made.append(plots.heatmap(plots.by_layer(scores, metric), folder / f"{metric}_heatmap.png", f"{metric} · {title}"))
@@ -130,27 +137,20 @@ def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, folder:
     return made
 
 
-def _short(metric: str) -> str:
-    """A narrow column name: retrieval.nas.pivot_to_target -> R.nas.p→t."""
-    for long, short in (("retrieval.", "R."), ("pivot_to_target", "p→t"), ("target_to_pivot", "t→p"),
-                        ("bidirectional", "both")):
-        metric = metric.replace(long, short)
-    return metric
-
-
 def _interval_cells(frame: pd.DataFrame, value: str) -> pd.Series:
     """'0.958 [0.91, 0.99]' per row."""
     return frame.apply(lambda row: f"{row[value]:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]", axis=1)
 
 
-def print_results(summary: pd.DataFrame, differences: pd.DataFrame, correlations: pd.DataFrame | None,
-                  comparisons: pd.DataFrame | None, level: float) -> None:
+def print_scores(summary: pd.DataFrame, differences: pd.DataFrame, level: float) -> None:
+    """The layer-pooled scores, the alignment scores' intervals and their paired differences."""
     with pd.option_context("display.width", 180, "display.max_columns", 30, "display.precision", 3):
-        table = summary.pivot(index="language", columns="metric", values="score").rename(columns=_short)
+        table = summary.pivot(index="language", columns="metric", values="score")
+        table = table.rename(columns=lambda metric: registry.score(metric).label)
         pooled_by, pivot = summary.layer_pool.iloc[0], summary["pivot"].iloc[0]
         print(f"\nlayer-pooled scores ({pooled_by} over layers; pivot {pivot}):")
         print(table.sort_values(table.columns[0], ascending=False).to_string())
-        shares = summary[summary.metric.isin(scoring.ALIGNMENT)]
+        shares = summary[summary.metric.isin(registry.of_kind("alignment"))]
         if shares.ci_low.notna().any():
             cells = shares.assign(cell=_interval_cells(shares, "score"))
             print(f"\n{level:.0%} intervals over the units (half-samples; n = {int(summary.n.max())}):")
@@ -160,6 +160,11 @@ def print_results(summary: pd.DataFrame, differences: pd.DataFrame, correlations
                                        pair=differences.metric_a + " − " + differences.metric_b)
             print(f"\npaired differences on the same units ({level:.0%} intervals):")
             print(cells.pivot(index="language", columns="pair", values="cell").to_string())
+
+
+def print_correlations(correlations: pd.DataFrame | None, comparisons: pd.DataFrame | None) -> None:
+    """The correlations with downstream results, and the comparisons of the alignment scores' correlations."""
+    with pd.option_context("display.width", 180, "display.max_columns", 30, "display.precision", 3):
         if correlations is not None:
             print("\ncorrelation with downstream results across languages (interval: bootstrap over languages; "
                   "perm. p: permutation test):")
@@ -169,8 +174,9 @@ def print_results(summary: pd.DataFrame, differences: pd.DataFrame, correlations
         if comparisons is not None and len(comparisons):
             print("\nare two alignment scores' correlations different? (Pearson; interval: paired bootstrap over "
                   "languages; p: Williams' t; every pair of metrics in comparisons.csv)")
-            shown = comparisons[(comparisons.correlation == "pearson") & comparisons.metric_a.isin(scoring.ALIGNMENT)
-                                & comparisons.metric_b.isin(scoring.ALIGNMENT)]
+            alignment = registry.of_kind("alignment")
+            shown = comparisons[(comparisons.correlation == "pearson") & comparisons.metric_a.isin(alignment)
+                                & comparisons.metric_b.isin(alignment)]
             print(shown.drop(columns=["model", "pooling", "correlation"]).to_string(index=False))
 
 
@@ -179,57 +185,49 @@ def run(cfg: DictConfig, folder: Path) -> None:
     tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", align)
 
 
-def prepare(cfg: DictConfig) -> tuple[ParallelCorpus, dict[str, list[str]] | None, pd.DataFrame | None]:
-    """Every check that can fail before a forward pass; the corpus, the stand-in's held-out texts (when it is the
-    benchmark) and any downstream results read from files."""
-    for metric in cfg.metric.names:
-        scoring.representations(metric)
-    scoring.check_layer_pool(cfg.score.layer_pool)
-    resampling(cfg)
+def prepare(cfg: DictConfig) -> Inputs:
+    """What the job reads before a forward pass, so that a mistake in it costs none."""
+    settings = resampling(cfg)
     corpus, rest = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
-    corpus.validate(None if every_pivot(cfg) else pivot_language(cfg, corpus))
-    target_languages(cfg, corpus)
-    if every_pivot(cfg):
-        pairwise.chosen_metrics(list(cfg.metric.names))
-        return corpus, None, None
+    pivot = pivot_language(cfg, corpus)
+    corpus.validate(pivot)
+    targets = target_languages(cfg, corpus)
     if cfg.benchmark.source == "standin":   # the stand-in itself runs after stage one
-        return corpus, standin_texts(cfg, corpus, rest), None
-    return corpus, None, load_benchmarks(cfg)
+        return Inputs(corpus, pivot, targets, settings, standin_texts(cfg, corpus, rest), None)
+    return Inputs(corpus, pivot, targets, settings, None, load_benchmarks(cfg))
 
 
-def correlated(cfg: DictConfig, summary: pd.DataFrame,
+def correlated(cfg: DictConfig, inputs: Inputs, summary: pd.DataFrame, *,
                results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Correlations with the downstream results, and the comparisons of every two metrics' correlations."""
-    pivot, settings = summary["pivot"].iloc[0], resampling(cfg)
     labels = {"model": model_name(cfg), "pooling": cfg.pooling.name}
-    correlations = correlate(summary, results, pivot, settings)
-    comparisons = compare(summary, results, pivot, settings)
+    correlations = correlate(summary, results, inputs.pivot, inputs.resampling)
+    comparisons = compare(summary, results, inputs.pivot, inputs.resampling)
     return in_front(correlations, labels), in_front(comparisons, labels)
 
 
 def align(cfg: DictConfig, folder: Path) -> Logged:
     """Corpus, stage one, stage two, correlations; tables and plots in ``folder``; returns what to log."""
-    corpus, standin, results = prepare(cfg)
-    store = stage_one(cfg, cfg.model, corpus)
-    if every_pivot(cfg):
-        return every_pair(cfg, corpus, store, folder)
-    scores, summary, differences = stage_two(cfg, corpus, store)
-    if standin is not None:
-        results = standin_results(cfg, standin)
-    correlations, comparisons = correlated(cfg, summary, results) if results is not None else (None, None)
-    print_results(summary, differences, correlations, comparisons, cfg.score.level)
+    inputs = prepare(cfg)
+    store = stage_one(cfg, cfg.model, inputs.corpus)
+    scores, summary, differences = stage_two(cfg, inputs, store)
+    results = standin_results(cfg, inputs.standin) if inputs.standin is not None else inputs.results
+    correlations, comparisons = (None, None) if results is None else correlated(cfg, inputs, summary, results=results)
+    print_scores(summary, differences, cfg.score.level)
+    print_correlations(correlations, comparisons)
     folder.mkdir(parents=True, exist_ok=True)
     tables = {"scores": scores, "summary": summary, "differences": differences, "correlations": correlations,
               "comparisons": comparisons, "benchmarks": results}
     files = [write_csv(frame, folder / f"{name}.csv") for name, frame in tables.items() if frame is not None]
     if cfg.score.plots:
-        files += make_plots(cfg, scores, store, folder / "plots")
+        files += make_plots(cfg, scores, store, folder=folder / "plots")
         files += interval_plots(summary, correlations, folder / "plots")
     print(f"\nrun folder: {folder}")
     values, series = tracking.score_metrics(summary, scores)
     if correlations is not None:
         values.update(tracking.correlation_metrics(correlations))
-    tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url()}
+    tags = {"dataset": inputs.corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name,
+            "cache": store.url()}
     step = models.training_step(spec_from_config(cfg.model))
     if step is not None:
         tags["step"] = str(step)   # a checkpoint of a training run (experiments/fig3.py plots against it)
@@ -238,7 +236,7 @@ def align(cfg: DictConfig, folder: Path) -> Logged:
 
 def interval_plots(summary: pd.DataFrame, correlations: pd.DataFrame | None, folder: Path) -> list[Path]:
     """The alignment scores with their intervals per language, and each correlation with its interval."""
-    shares = summary[summary.metric.isin(scoring.ALIGNMENT)]
+    shares = summary[summary.metric.isin(registry.of_kind("alignment"))]
     made = []
     if len(shares) and shares.ci_low.notna().any():
         made.append(plots.score_intervals(shares, folder / "alignment_intervals.png",
@@ -247,29 +245,3 @@ def interval_plots(summary: pd.DataFrame, correlations: pd.DataFrame | None, fol
         made.append(plots.correlation_intervals(correlations, folder / "correlation_intervals.png",
                                                 f"correlation with downstream results, {summary.model.iloc[0]}"))
     return made
-
-
-def every_pair(cfg: DictConfig, corpus: ParallelCorpus, store: StateStore, folder: Path) -> Logged:
-    """``score.pivot=all``: the layer-pooled alignment of every ordered language pair, with intervals, as
-    ``pairwise.csv`` and a clustered language × language heatmap per metric."""
-    languages = target_languages(cfg, corpus)
-    pairs = pairwise.pairwise(store, list(cfg.metric.names), cfg.pooling.name, languages, cfg.score.layer_pool,
-                              cfg.score.resamples, cfg.score.seed, cfg.score.level)
-    pairs = labelled(cfg, corpus, pairs)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [write_csv(pairs, folder / "pairwise.csv")]
-    with pd.option_context("display.width", 250, "display.max_columns", 60, "display.precision", 2):
-        for metric in pairs.metric.unique():
-            print(f"\n{metric}, every language as pivot (rows) against every target (columns), "
-                  f"{cfg.score.layer_pool} over layers, n = {int(pairs.n.iloc[0])} shared units:")
-            print(pairwise.matrix(pairs, metric).to_string(float_format="{:.2f}".format))
-            if cfg.score.plots:
-                files.append(plots.clustered_heatmap(pairwise.matrix(pairs, metric),
-                                                     folder / "plots" / f"{metric}_pairwise.png",
-                                                     f"{metric} · {model_name(cfg)} · {corpus.name}"))
-    print("\nscore.pivot=all: no correlations with downstream results (they need one pivot).")
-    print(f"\nrun folder: {folder}")
-    values = {f"{metric}.pairwise_mean": float(group.value.mean()) for metric, group in pairs.groupby("metric")}
-    tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url(),
-            "pivot": "all"}
-    return Logged(tags, values, [], files)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuronxa.data.corpus import ParallelCorpus, read_udhr, udhr_article
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models
-from neuronxa.stage_two import scoring
+from neuronxa.stage_two import registry, scoring
 from neuronxa.stage_two.uncertainty import pearson, spearman
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import Logged, model_name, tracked_run, write_csv
@@ -45,7 +45,7 @@ def check_task(cfg: DictConfig) -> None:
         raise NeuronXAError("task.trained needs at least one language, and no language may be both trained and "
                             f"untrained (both: {', '.join(sorted(overlap))})")
     for metric in task.metrics:
-        scoring.representations(metric)
+        registry.metric(metric)
     scoring.check_layer_pool(cfg.score.layer_pool)
 
 

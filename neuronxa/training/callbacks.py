@@ -1,6 +1,6 @@
 """Measuring the model while it trains: ``transformers`` callbacks that score the live model every N steps.
 
-``AlignmentCallback`` scores the model (``scoring.score_model``: the pipeline's probes and metrics, in memory)
+``AlignmentCallback`` scores the model (``live.score_model``: the pipeline's probes and metrics, in memory)
 at step 0, every ``every`` steps and at the last step; ``TranslationCallback`` measures greedy translations into
 English by chrF (and COMET with a local checkpoint) on the same schedule. Attached to a Trainer (``attach``),
 both log their values through the Trainer's own ``log`` (so MLflow and the other integrations record them with
@@ -15,7 +15,8 @@ import pandas as pd
 from transformers import Trainer, TrainerCallback
 
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.stage_two.scoring import check_layer_pool, check_texts, score_model, summarise
+from neuronxa.stage_two.live import check_texts, score_model
+from neuronxa.stage_two.scoring import check_layer_pool, summarise
 from neuronxa.training.translation import chrf, comet_score, translate
 
 
@@ -88,7 +89,7 @@ class AlignmentCallback(EveryNSteps):
         self.pooling, self.layer_pool, self.batch_size, self.max_length = pooling, layer_pool, batch_size, max_length
 
     def measure(self, model, step: int) -> tuple[pd.DataFrame, dict[str, float]]:
-        scores = score_model(model, self.tokenizer, self.texts, self.pivot, metrics=self.metrics,
+        scores = score_model(model, self.tokenizer, self.texts, pivot=self.pivot, metrics=self.metrics,
                              pooling=self.pooling, batch_size=self.batch_size, max_length=self.max_length)
         pooled = summarise(scores, self.layer_pool)
         return scores, {f"{row.metric}.{row.language}": row.score for row in pooled.itertuples()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_two.scoring import evaluating
+from neuronxa.stage_two.live import evaluating
 
 PROMPT = "Translate to English: {source}\nEnglish:"
 
