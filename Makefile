@@ -46,7 +46,7 @@ test: install ## All tests: unit tests on tiny random models, integration tests 
 test-quick: install ## Unit tests only (no embedded model, no command-line or child-process runs): about a minute
 	$(PY) -m pytest -m "not integration and not slow and not cli"
 
-neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
+neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 11 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
 
 align-demo: install ## Alignment over a LoRA fine-tune of Gemma 3 270M (UDHR pairs into English), then its neurons against the base model's (about 20 min)

@@ -138,6 +138,17 @@ def module_exists(module: str) -> bool:
         importlib.util.find_spec(module) is not None
 
 
+def makefile_commands() -> list[str]:
+    """The Makefile's recipe lines that run a module, with its make variables filled in (each reproducible
+    table or figure, in both profiles)."""
+    makefile = (ROOT / "Makefile").read_text().replace("$(ARGS)", "")
+    names = sorted(target.removeprefix("reproduce-") for target in make_targets() if target.startswith("reproduce-"))
+    lines = ["python" + line.strip().removeprefix("$(PY)") for line in makefile.splitlines() if line.startswith("\t$(PY) -m ")]
+    return [line.replace("$*$(EXPERIMENT_SUFFIX)", name + suffix).replace("$*", name)
+            for line in lines for name, suffix in ([(n, s) for n in names for s in ("", "_paper")] if "$*" in line
+                                                   else [("", "")])]
+
+
 @pytest.mark.parametrize("page", DOCS, ids=lambda page: page.name)
 def test_every_command_and_option_named_exists(page):
     assert problems_of(page.read_text()) == []
@@ -185,6 +196,13 @@ def test_every_name_a_python_example_imports_exists(page):
                 module = importlib.import_module(node.module)
                 missing += [f"{node.module}.{alias.name}" for alias in node.names if not hasattr(module, alias.name)]
     assert missing == []
+
+
+def test_the_makefile_runs_modules_and_options_that_exist():
+    commands = makefile_commands()
+    assert [c for c in commands if not module_exists(c.split()[2])] == []
+    runs = [c.removeprefix("python -m neuronxa.run") for c in commands if c.startswith("python -m neuronxa.run")]
+    assert [f"{run}: {command_problem(run)}" for run in set(runs) if command_problem(run)] == []
 
 
 def test_the_readme_stays_short():
