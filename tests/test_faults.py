@@ -11,8 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_storage_close
-from helpers import LANGUAGES, corpus_file
+from helpers import LANGUAGES, ROOT, assert_storage_close, corpus_file
 from neuronxa.data.corpus import read_tsv
 from neuronxa.stage_one.extract import extract_corpus
 from neuronxa.stage_one.models import ModelSpec

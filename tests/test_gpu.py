@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
-from helpers import SENTENCES
+from helpers import SENTENCES, tiny_model, tiny_tokenizer
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.stage_one.extract import activation_counts, pooled_states
 from neuronxa.stage_one.likelihood import perplexity

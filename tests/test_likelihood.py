@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 from neuronxa.stage_one.likelihood import log_likelihood, negative_bits_per_byte, perplexity, windows
 
 TEXTS = ["all human beings are born free", "tous les êtres humains naissent libres et égaux en dignité et droits"]

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
-from helpers import SENTENCES, composed, manual_token_states
+from helpers import SENTENCES, composed, manual_token_states, tiny_model, tiny_tokenizer
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import deactivation, interop, tables
 from neuronxa.neurons.identify import identify, probabilities

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
-from helpers import composed, tiny_overrides
+from helpers import ROOT, composed, tiny_overrides
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import interop
 from neuronxa.run import TASKS

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import LAYERS, UNITS
-from helpers import loop_cosine, loop_weak_alignment, retrieval_accuracy
+from helpers import LAYERS, UNITS, loop_cosine, loop_weak_alignment, retrieval_accuracy
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_two import metrics, registry, uncertainty
 from neuronxa.stage_two.pairwise import pairwise

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, ROOT, UDHR, assert_storage_close
+from helpers import FIXTURES, ROOT, UDHR, assert_storage_close
 from neuronxa.data.corpus import read_tsv, read_udhr
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import extract, models

@@ -12,8 +12,10 @@ import sacrebleu
 import torch
 from transformers import TrainerCallback
 
-from conftest import ROOT, tiny_model, tiny_tokenizer
-from helpers import LANGUAGES, composed, corpus_file, loop_weak_alignment, manual_token_states, tiny_overrides
+from helpers import (
+    LANGUAGES, ROOT, composed, corpus_file, loop_weak_alignment, manual_token_states, tiny_model, tiny_overrides,
+    tiny_tokenizer,
+)
 from neuronxa.data.corpus import read_tsv, udhr_article
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import models
