@@ -164,7 +164,7 @@ def test_the_check_rejects_a_made_up_option_or_choice(wrong):
 
 
 def test_the_check_accepts_real_options():
-    assert problems_of("`extract.batch_size=4` `task.lora.rank=4` `hydra/launcher=slurm` `model.revision=` "
+    assert problems_of("`extract.batch_size=4` `task.lora.r=4` `hydra/launcher=slurm` `model.revision=` "
                        "`hydra.launcher.partition=gpu` `benchmark.metric_key=acc`") == []
 
 
