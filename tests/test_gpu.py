@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from helpers import SENTENCES
 from neuronxa.neurons import identify as neurons
-from neuronxa.stage_one.extract import activation_counts, pooled_states
+from neuronxa.stage_one.forward import activation_counts, pooled_states
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -15,7 +15,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import identify as neurons
 from neuronxa.neurons import interop
 from neuronxa.neurons.identify import identify
-from neuronxa.stage_one.extract import activation_counts, tokenize
+from neuronxa.stage_one.forward import activation_counts, tokenize
 from neuronxa.stage_one.likelihood import perplexity
 
 K, LAYERS, WIDTH = 4, 2, 200

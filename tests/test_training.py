@@ -14,10 +14,12 @@ from transformers import TrainerCallback
 
 from conftest import ROOT, tiny_model, tiny_tokenizer
 from helpers import LANGUAGES, composed, corpus_file, loop_weak_alignment, manual_token_states, tiny_overrides
-from neuronxa.data.corpus import read_tsv, udhr_article
+from neuronxa.data.readers import read_tsv
+from neuronxa.data.udhr import udhr_article
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import models
-from neuronxa.stage_one.extract import extract_corpus
+from neuronxa.stage_one.cache import extract_corpus
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_two import metrics
 from neuronxa.stage_two.scoring import score, score_model
@@ -31,7 +33,8 @@ UDHR = ROOT / "data" / "udhr" / "package"
 
 def test_score_model_gives_the_cached_pipelines_numbers(tiny_folder, tmp_path):
     corpus = read_tsv(corpus_file(tmp_path))
-    store, _ = extract_corpus(corpus, ModelSpec("tiny", str(tiny_folder)), tmp_path / "cache", batch_size=2)
+    store, _ = extract_corpus(corpus, ModelSpec("tiny", str(tiny_folder)), tmp_path / "cache",
+                              options=StageOneOptions(batch_size=2))
     wanted = ["nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval"]
     cached, _ = score(store, wanted, "weighted", "eng_Latn", progress=False)
     model, tokenizer = models.load(str(tiny_folder), dtype="float32", device="cpu")

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.extract import PooledStates, pooled_states, split_states
+from neuronxa.stage_one.forward import PooledStates, pooled_states, split_states
 from neuronxa.stage_one.pooling import check_pooling
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_two import metrics, uncertainty
@@ -186,7 +186,8 @@ def score_model(model, tokenizer, texts: Mapping[str, Sequence[str]], pivot: str
     languages = list(texts)
     with evaluating(model):
         states = pooled_states(unwrapped(model), tokenizer, [text for lang in languages for text in texts[lang]],
-                               (pooling,), batch_size, max_length, kinds, skip_bos, layers=layers)
+                               poolings=(pooling,), batch_size=batch_size, max_length=max_length, kinds=kinds,
+                               skip_bos=skip_bos, layers=layers)
     parts = split_states(states, [len(texts[language]) for language in languages])
     scores, _ = score(StatesInMemory(dict(zip(languages, parts))), list(metrics), pooling, pivot, progress=False)
     return scores
