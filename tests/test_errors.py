@@ -13,7 +13,7 @@ import pytest
 
 from helpers import ROOT, composed, corpus_file, tiny_overrides
 from neuronxa.data.benchmarks import read_csv, read_lm_eval
-from neuronxa.data.corpus import read_flores, read_jsonl, read_tsv
+from neuronxa.data.readers import read_flores, read_jsonl, read_tsv
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import models
 from neuronxa.tasks import align as align_task
@@ -98,12 +98,12 @@ def test_the_mlflow_run_spans_the_job_and_records_how_it_ended(tiny_folder, tmp_
 
 INTERRUPTIBLE = textwrap.dedent("""
     import runpy, sys, time
-    from neuronxa.stage_one import extract
-    real = extract.pooled_states
+    from neuronxa.stage_one import forward
+    real = forward.pooled_states
     def paced(*args, **kwargs):
         time.sleep(1.5)
         return real(*args, **kwargs)
-    extract.pooled_states = paced
+    forward.pooled_states = paced
     sys.argv = ["neuronxa.run", *sys.argv[1:]]
     runpy.run_module("neuronxa.run", run_name="__main__")
 """)

@@ -14,7 +14,7 @@ from torch import nn
 
 from helpers import SENTENCES, manual_token_states
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.extract import length_batches, pooled_states, tokenize
+from neuronxa.stage_one.forward import length_batches, pooled_states, tokenize
 from neuronxa.stage_one.probes import PoolingProbe, decoder_layers
 
 

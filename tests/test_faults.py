@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from helpers import LANGUAGES, ROOT, assert_storage_close, corpus_file
-from neuronxa.data.corpus import read_tsv
-from neuronxa.stage_one.extract import extract_corpus
+from neuronxa.data.readers import read_tsv
+from neuronxa.stage_one.cache import extract_corpus
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_one.store import StateStore
 
@@ -21,17 +22,19 @@ pytestmark = pytest.mark.cli     # every test here runs stage one in child proce
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from neuronxa.stage_one import extract
-    from neuronxa.data.corpus import read_tsv
+    from neuronxa.stage_one import cache, forward
+    from neuronxa.data.readers import read_tsv
     from neuronxa.stage_one.models import ModelSpec
+    from neuronxa.stage_one.options import StageOneOptions
     slow = float(sys.argv[4])
-    real = extract.pooled_states
+    real = forward.pooled_states
     def paced(*args, **kwargs):
         time.sleep(slow)
         return real(*args, **kwargs)
-    extract.pooled_states = paced
-    store, report = extract.extract_corpus(read_tsv(sys.argv[1]), ModelSpec("tiny", sys.argv[2]), sys.argv[3],
-                                           group_units=int(sys.argv[5]), device="cpu", dtype="float32")
+    forward.pooled_states = paced
+    options = StageOneOptions(group_units=int(sys.argv[5]), device="cpu", dtype="float32")
+    store, report = cache.extract_corpus(read_tsv(sys.argv[1]), ModelSpec("tiny", sys.argv[2]), sys.argv[3],
+                                         options=options)
     print(" ".join(report.status), flush=True)
 """)
 
@@ -63,10 +66,10 @@ def test_sigkill_in_the_middle_of_stage_one_resumes_to_the_same_result(tiny_fold
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    store, report = extract_corpus(read_tsv(tsv), spec, cache, group_units=3)
+    store, report = extract_corpus(read_tsv(tsv), spec, cache, options=StageOneOptions(group_units=3))
     statuses = report.status.tolist()
     assert statuses[0] == "reused" and "written" in statuses and set(statuses) <= {"reused", "written"}
-    fresh, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "fresh", group_units=3)
+    fresh, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "fresh", options=StageOneOptions(group_units=3))
     assert_same_cache(store, fresh)
     default_plan, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "default")   # all languages in one group
     assert_same_cache(store, default_plan, same_plan=False)
@@ -83,7 +86,7 @@ def test_two_jobs_writing_one_cache_compute_each_language_once(tiny_folder, tmp_
     spec = ModelSpec("tiny", str(tiny_folder))
     shared, report = extract_corpus(read_tsv(tsv), spec, cache)
     assert set(report.status) == {"reused"}
-    fresh, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "fresh", group_units=3)
+    fresh, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "fresh", options=StageOneOptions(group_units=3))
     assert_same_cache(shared, fresh)
     default_plan, _ = extract_corpus(read_tsv(tsv), spec, tmp_path / "default")
     assert_same_cache(shared, default_plan, same_plan=False)

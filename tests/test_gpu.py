@@ -9,7 +9,7 @@ import torch
 
 from helpers import SENTENCES, tiny_model, tiny_tokenizer
 from neuronxa.neurons.deactivation import deactivated
-from neuronxa.stage_one.extract import activation_counts, pooled_states
+from neuronxa.stage_one.forward import activation_counts, pooled_states
 from neuronxa.stage_one.likelihood import perplexity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -13,7 +13,7 @@ from helpers import SENTENCES, composed, manual_token_states, tiny_model, tiny_t
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import deactivation, interop, tables
 from neuronxa.neurons.identify import identify, probabilities
-from neuronxa.stage_one.extract import activation_counts, tokenize
+from neuronxa.stage_one.forward import activation_counts, tokenize
 from neuronxa.stage_one.likelihood import perplexity
 from neuronxa.tasks import neurons as neurons_task
 

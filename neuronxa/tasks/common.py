@@ -10,10 +10,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa.data.corpus import ParallelCorpus, read_corpus
+from neuronxa.data.corpus import ParallelCorpus
+from neuronxa.data.readers import read_corpus
 from neuronxa.errors import NeuronXAError, check_whole
-from neuronxa.stage_one.extract import extract_corpus, extract_counts
+from neuronxa.stage_one.cache import extract_corpus, extract_counts
 from neuronxa.stage_one.models import spec_from_config
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.store import StateStore
 from neuronxa.tasks import tracking
 
@@ -24,7 +26,7 @@ def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[Para
     """The configured corpus with its languages, read once and split into the first ``max_units`` units per
     language (scored) and the units after them (held out)."""
     if max_units is not None:
-        check_whole(max_units, "dataset.max_units", 2, " (alignment compares units with each other; null: every unit)")
+        check_whole(max_units, "max_units", 2, " (alignment compares units with each other; None: every unit)")
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)
@@ -42,28 +44,29 @@ def pivot_language(cfg: DictConfig, corpus: ParallelCorpus) -> str:
         raise NeuronXAError(f"score.pivot: {error} Set score.pivot to one of the corpus languages.") from None
 
 
-def forward_options(cfg: DictConfig, model: DictConfig) -> dict:
-    """The options every stage-one product shares: units, length, batching, dtype, device placement, layers."""
-    return dict(max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
-                batch_size=cfg.extract.batch_size, dtype=model.dtype, device=model.device,
-                device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
-                layers=cfg.extract.get("layers"))
+def stage_one_options(cfg: DictConfig, model: DictConfig) -> StageOneOptions:
+    """Stage one's options from the config: units, length, pooling's BOS rule, layers, batching, dtype, device
+    placement."""
+    return StageOneOptions(max_units=cfg.dataset.get("max_units"), max_length=cfg.extract.max_length,
+                           dtype=model.dtype, skip_bos=cfg.pooling.skip_bos, layers=cfg.extract.get("layers"),
+                           batch_size=cfg.extract.batch_size, batch_tokens=cfg.extract.get("batch_tokens"),
+                           group_units=cfg.extract.group_units, device=model.device,
+                           device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"))
 
 
 def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> StateStore:
     """Stage one for ``model``: the pooled states the cache lacks are computed; prints what was written or
     reused."""
-    store, report = extract_corpus(corpus, spec_from_config(model), cfg.cache.dir, skip_bos=cfg.pooling.skip_bos,
-                                   group_units=cfg.extract.group_units, batch_tokens=cfg.extract.get("batch_tokens"),
-                                   **forward_options(cfg, model))
+    store, report = extract_corpus(corpus, spec_from_config(model), cfg.cache.dir,
+                                   options=stage_one_options(cfg, model), models_dir=cfg.paths.models)
     return reported(cfg, store, report)
 
 
-def stage_one_counts(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus, prompt: str = "") -> StateStore:
+def stage_one_counts(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus, *, prompt: str = "") -> StateStore:
     """Stage one for language neurons: the activation counts the cache lacks (each unit read after ``prompt``)
     are computed; prints what was written or reused."""
-    store, report = extract_counts(corpus, spec_from_config(model), cfg.cache.dir, prompt,
-                                   **forward_options(cfg, model))
+    store, report = extract_counts(corpus, spec_from_config(model), cfg.cache.dir,
+                                   options=stage_one_options(cfg, model), prompt=prompt, models_dir=cfg.paths.models)
     return reported(cfg, store, report)
 
 

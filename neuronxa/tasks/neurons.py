@@ -29,7 +29,7 @@ def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:
 
 def identified(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> tuple[pd.DataFrame, int]:
     """Stage one's activation counts for ``model`` (cached), then the identified neurons and the layer count."""
-    store = stage_one_counts(cfg, model, corpus, cfg.task.prompt or "")
+    store = stage_one_counts(cfg, model, corpus, prompt=cfg.task.prompt or "")
     active = [store.array(language, "active") for language in corpus.languages]
     prob = probabilities(active, [store.n_tokens_total(lang) for lang in corpus.languages])
     return identify_from(prob, cfg.task), prob.shape[0]
@@ -164,7 +164,7 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, *, 
     """Perplexity with each language's neurons switched off, beside same-size random sets: printed and written
     (file and metric names start with ``prefix``, e.g. for the compared model)."""
     spec = spec_from_config(model_conf)
-    model, tokenizer = models.load(spec, dtype=model_conf.dtype, device=model_conf.device)
+    model, tokenizer = models.load(spec, dtype=model_conf.dtype, device=model_conf.device, models_dir=cfg.paths.models)
     check_shape(found, n_layers, model)
     own, control, intact = deactivation_matrix(model, tokenizer, found, languages=languages, texts=texts,
                                                seed=cfg.task.seed, max_length=cfg.extract.max_length)

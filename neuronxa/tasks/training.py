@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa.data.corpus import ParallelCorpus, read_udhr, udhr_article
+from neuronxa.data.corpus import ParallelCorpus
+from neuronxa.data.udhr import read_udhr, udhr_article
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models
 from neuronxa.stage_two import registry, scoring
@@ -98,7 +99,8 @@ def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
           f"{cfg.task.train_articles[0]}-{cfg.task.train_articles[1]}); evaluation: {len(evaluation.ids(pivot))} "
           f"units of articles {cfg.task.eval_articles[0]}-{cfg.task.eval_articles[1]} in "
           f"{len(evaluation.languages) - 1} languages; {comet_note}")
-    model, tokenizer = models.load(models.spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device)
+    model, tokenizer = models.load(models.spec_from_config(cfg.model), dtype=cfg.model.dtype, device=cfg.model.device,
+                                   models_dir=cfg.paths.models)
     alignment, translation = callbacks(cfg, tokenizer, evaluation, comet=comet)
     trainer = fine_tune(
         lora_model(model, seed=cfg.task.seed, **OmegaConf.to_container(cfg.task.lora, resolve=True)), tokenizer,

@@ -1,0 +1,74 @@
+"""Loading a causal LM and its tokenizer (a config name, a hub id or a folder) on a device, in a dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one.models.identity import local_path
+from neuronxa.stage_one.models.spec import ModelSpec, model_spec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is bfloat16 on a GPU that supports it, float16 on other GPUs, float32 on the CPU."""
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise NeuronXAError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}") from None
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load(
+    name_or_path: str | ModelSpec,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    revision: str | None = None,
+    device_map: str | dict | None = None,
+    models_dir: str | Path | None = None,
+    offload_folder: str | None = None,
+):
+    """Load a causal LM and its tokenizer, in eval mode, from a config name, a hub id or a folder (an embedded
+    model from its conversion in ``models_dir``).
+
+    ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over the GPUs, the CPU and, with
+    ``offload_folder``, the disk (accelerate's big-model inference)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = model_spec(name_or_path, revision)
+    folder = local_path(spec, models_dir)
+    source = str(folder) if folder is not None else spec.name_or_path
+    device = resolve_device(device)
+    kwargs = {"dtype": resolve_dtype(dtype, device)}
+    if folder is None and spec.revision:
+        kwargs["revision"] = spec.revision
+    if device_map:
+        kwargs["device_map"] = device_map
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": spec.revision} if "revision" in kwargs else {}))
+    except OSError as error:
+        raise NeuronXAError(
+            f"cannot load model {source!r}: {str(error).splitlines()[0]} Without a network, download the model "
+            "elsewhere and pass its folder instead of the hub id"
+        ) from None
+    if not device_map:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
