@@ -3,12 +3,15 @@ the language-neurons task can import, what the every-pair task scores."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from omegaconf import DictConfig, OmegaConf
 
-from neuronxa.config.rules import ConfigError
+from neuronxa.config.rules import ConfigError, shown
 from neuronxa.config.schema import ALIGNMENT_METRICS
 
 UDHR_ARTICLES = 30   # the preamble is article 0
+TYPES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
 def check(cfg: DictConfig) -> None:
@@ -52,7 +55,7 @@ def articles(train: list[int], evaluation: list[int]) -> None:
             raise ConfigError(option, pair, "not a range; give [first,last]")
     (first, last), (eval_first, eval_last) = train, evaluation
     if not 0 <= first <= last < eval_first <= eval_last <= UDHR_ARTICLES:
-        raise ConfigError("task.train_articles", train, f"must come before task.eval_articles {list(evaluation)} "
+        raise ConfigError("task.train_articles", train, f"must come before task.eval_articles {shown(evaluation)} "
                           f"within articles 0-{UDHR_ARTICLES} (0: the preamble), without overlap; e.g. [0,20] and "
                           "[21,30]")
 
@@ -61,22 +64,31 @@ def lora_fields(lora: dict) -> None:
     """The adapter's options, as peft.LoraConfig takes them (peft is imported only for task=training)."""
     from peft import LoraConfig
 
+    library_fields("task.lora", lora, LoraConfig, "r, lora_alpha, lora_dropout, target_modules")
     try:
         LoraConfig(**lora)
     except (TypeError, ValueError) as error:
-        raise ConfigError("task.lora", lora, f"{error}; give peft.LoraConfig's fields (r, lora_alpha, "
-                          "lora_dropout, target_modules, ...)") from None
+        raise ConfigError("task.lora", lora, f"{error}; give values peft.LoraConfig takes") from None
 
 
 def trainer_fields(trainer: dict) -> None:
-    """The trainer's options must be transformers.TrainingArguments' fields (imported only for task=training)."""
-    from dataclasses import fields
-
+    """The trainer's options, as transformers.TrainingArguments takes them (imported only for task=training)."""
     from transformers import TrainingArguments
 
-    known = {field.name for field in fields(TrainingArguments)}
-    unknown = sorted(set(trainer) - known)
-    if unknown:
-        raise ConfigError(f"task.trainer.{unknown[0]}", trainer[unknown[0]], "not a field of transformers' "
-                          "TrainingArguments; use its own names (max_steps, per_device_train_batch_size, "
-                          "learning_rate, ...)")
+    library_fields("task.trainer", trainer, TrainingArguments, "max_steps, per_device_train_batch_size, "
+                   "learning_rate")
+
+
+def library_fields(option: str, given: dict, kind: type, examples: str) -> None:
+    """Each key of ``given`` is a field of the dataclass ``kind``, and each value has the type of the field's
+    default where that is a number, a flag or text."""
+    known = {field.name: field.default for field in fields(kind)}
+    for key, value in given.items():
+        if key not in known:
+            raise ConfigError(f"{option}.{key}", value, f"not a field of {kind.__module__.split('.')[0]}."
+                              f"{kind.__name__}; use its own names ({examples}, ...)")
+        expected = type(known[key])
+        accepted = (int, float) if expected is float else expected
+        if expected in TYPES and (not isinstance(value, accepted) or isinstance(value, bool) != (expected is bool)):
+            raise ConfigError(f"{option}.{key}", value, f"wrong type; give {TYPES[expected]} (as "
+                              f"{kind.__name__} takes it)")

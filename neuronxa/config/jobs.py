@@ -44,9 +44,12 @@ def check_command_line(argv: list[str]) -> None:
         else:   # one job: the config just composed, unless a sweep is given without -m (Hydra's error then)
             swept = any(override.is_sweep_override() for override in parsed(args.overrides))
             configs = [composition(lambda: load(name, args.overrides, RunMode.RUN)) if swept else master]
-        for cfg in configs:
-            if not any(getattr(args, flag, None) for flag in INSPECTION):
-                checked(cfg)
+        jobs = [without_hydra(cfg) for cfg in configs]
+    if not any(getattr(args, flag, None) for flag in INSPECTION):
+        for cfg in jobs:      # every job's options first: a mistake answers before the world is looked at
+            validate(cfg)
+        for cfg in jobs:
+            check_world(cfg)
 
 
 @contextmanager
@@ -78,12 +81,11 @@ def parsed(overrides: list[str]) -> list:
     return composition(lambda: OverridesParser.create().parse_overrides(overrides))
 
 
-def checked(cfg: DictConfig) -> None:
-    """One job's config, without Hydra's own node, validated and its world checked."""
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """A job's config as its task sees it: without Hydra's own node."""
     with open_dict(cfg):
         cfg.pop("hydra", None)
-    validate(cfg)
-    check_world(cfg)
+    return cfg
 
 
 def composition(step):

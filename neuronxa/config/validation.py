@@ -20,16 +20,17 @@ MISSING_HINTS = {"model.name_or_path": "give model.name_or_path=ORG/NAME (a hub 
 
 def check_resolvable(cfg: DictConfig) -> None:
     """No mandatory value (``???``) left unset, and every interpolation resolves."""
-    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra."))
-    if missing:
-        hint = MISSING_HINTS.get(missing[0], f"give {missing[0]}=... on the command line")
-        raise ConfigError(missing[0], "???", f"a value is required; {hint}")
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if not missing:
+            OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
         reason = str(error).splitlines()[0]
         raise ConfigError(error.full_key or "config", "...", f"cannot be resolved ({reason}); fix the "
                           "interpolation or give a plain value") from None
+    if missing:
+        hint = MISSING_HINTS.get(missing[0], f"give {missing[0]}=... on the command line")
+        raise ConfigError(missing[0], "???", f"a value is required; {hint}")
 
 
 _ABSENT = object()
