@@ -11,6 +11,7 @@ same way (``debug=true`` for the traceback).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from neuronxa.config.schema import TASKS, register
 from neuronxa.errors import Interrupted, NeuronXAError
 
 
-def task_function(name: str):
+def task_function(name: str) -> Callable[[DictConfig, Path], None]:
     """The task's ``run(cfg, folder)``, imported now that it is chosen."""
     module, _, function = TASKS[name].partition(":")
     return getattr(import_module(module), function)

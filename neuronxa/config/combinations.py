@@ -64,7 +64,7 @@ def lora_fields(lora: dict) -> None:
     """The adapter's options, as peft.LoraConfig takes them (peft is imported only for task=training)."""
     from peft import LoraConfig
 
-    library_fields("task.lora", lora, LoraConfig, "r, lora_alpha, lora_dropout, target_modules")
+    library_fields("task.lora", lora, LoraConfig, examples="r, lora_alpha, lora_dropout, target_modules")
     try:
         LoraConfig(**lora)
     except (TypeError, ValueError) as error:
@@ -75,11 +75,11 @@ def trainer_fields(trainer: dict) -> None:
     """The trainer's options, as transformers.TrainingArguments takes them (imported only for task=training)."""
     from transformers import TrainingArguments
 
-    library_fields("task.trainer", trainer, TrainingArguments, "max_steps, per_device_train_batch_size, "
-                   "learning_rate")
+    library_fields("task.trainer", trainer, TrainingArguments,
+                   examples="max_steps, per_device_train_batch_size, learning_rate")
 
 
-def library_fields(option: str, given: dict, kind: type, examples: str) -> None:
+def library_fields(option: str, given: dict, kind: type, *, examples: str) -> None:
     """Each key of ``given`` is a field of the dataclass ``kind``, and each value has the type of the field's
     default where that is a number, a flag or text."""
     known = {field.name: field.default for field in fields(kind)}

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from hydra import initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -23,6 +24,7 @@ from neuronxa.config.rules import ConfigError
 from neuronxa.config.validation import validate
 from neuronxa.config.world import check_world
 
+T = TypeVar("T")
 CONFIG_MODULE, CONFIG_NAME = "neuronxa.conf", "config"
 INSPECTION = ("cfg", "info")                       # flags that show the config: composed, not validated
 UNCHECKED = ("help", "hydra_help", "shell_completion", "config_path", "config_dir", "experimental_rerun")
@@ -53,7 +55,7 @@ def check_command_line(argv: list[str]) -> None:
 
 
 @contextmanager
-def loader() -> Iterator:
+def loader() -> Iterator[Callable[[str, list[str], RunMode], DictConfig]]:
     """Hydra's config loader over the package's configs (the one Hydra itself uses for the run)."""
     GlobalHydra.instance().clear()
     try:
@@ -88,7 +90,7 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def composition(step):
+def composition(step: Callable[[], T]) -> T:
     """``step()``, with Hydra's and OmegaConf's errors turned into one ``ConfigError``."""
     try:
         return step()
