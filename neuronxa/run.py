@@ -1,34 +1,40 @@
-"""Command line: ``python -m neuronxa.run [overrides]`` (Hydra; ``-m`` for sweeps).
+"""Command line: ``python -m neuronxa.run [overrides]`` or ``neuronxa [overrides]`` (Hydra; ``-m`` for sweeps).
 
-Composes the config and hands it to its task: ``task=align`` (the default: corpus → stage one → stage two →
-correlations, in ``align_task``), ``task=neurons`` (language neurons, in ``neurons_task``) or ``task=training``
-(alignment over a LoRA fine-tune, in ``training_task``). Bad input ends
-with a one-line error (``debug=true`` for the traceback).
+Every job of the run is composed and validated first (``neuronxa.config``): a mistake ends with one line
+``error: <option>=<value>: <what is wrong>; <what to do>`` and exit code 2, before any model loads. Then Hydra
+runs each job's task, looked up by ``task.name`` in ``neuronxa.config.schema.TASKS`` and imported only then:
+``align`` (corpus → stage one → stage two → correlations), ``pairwise`` (every ordered pair of languages),
+``neurons`` (language neurons) or ``training`` (alignment over a LoRA fine-tune). Errors a job raises end the
+same way (``debug=true`` for the traceback).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from neuronxa.config.jobs import check_command_line
+from neuronxa.config.schema import TASKS, register
 from neuronxa.errors import Interrupted, NeuronXAError
-from neuronxa.tasks import align as align_task
-from neuronxa.tasks import neurons as neurons_task
-from neuronxa.tasks import pairwise as pairwise_task
-from neuronxa.tasks import training as training_task
 
-TASKS = {"align": align_task.run, "neurons": neurons_task.run, "training": training_task.run,
-         "pairwise": pairwise_task.run}
+
+def task_function(name: str) -> Callable[[DictConfig, Path], None]:
+    """The task's ``run(cfg, folder)``, imported now that it is chosen."""
+    module, _, function = TASKS[name].partition(":")
+    return getattr(import_module(module), function)
 
 
 @hydra.main(config_path="pkg://neuronxa.conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run_job(cfg: DictConfig) -> None:
+    """One job of the run (Hydra calls it once per sweep point)."""
     try:
-        TASKS[cfg.task.name](cfg, Path(HydraConfig.get().runtime.output_dir))
+        task_function(cfg.task.name)(cfg, Path(HydraConfig.get().runtime.output_dir))
     except NeuronXAError as error:
         if cfg.debug:
             raise
@@ -39,6 +45,17 @@ def main(cfg: DictConfig) -> None:
             raise
         print(str(interrupt) if isinstance(interrupt, Interrupted) else "interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def main() -> None:
+    """Validate every job of the command line, then hand the run to Hydra."""
+    register()
+    try:
+        check_command_line(sys.argv[1:])
+    except NeuronXAError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    run_job()
 
 
 if __name__ == "__main__":

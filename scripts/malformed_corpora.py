@@ -1,5 +1,5 @@
-"""Feed malformed corpora and bad options through the command line; print each case's exit code and the
-first line of its error. `python scripts/malformed_corpora.py [folder]` (default: outputs/malformed)."""
+"""Feed malformed corpora and bad options through the command line; print each case's exit code and its one
+``error:`` line (a case is clean when it exits with code 2, says one such line and shows no traceback). `python scripts/malformed_corpora.py [folder]` (default: outputs/malformed)."""
 
 from __future__ import annotations
 
@@ -75,15 +75,37 @@ def build(folder: Path) -> dict[str, list[str]]:
         "neurons: top_rate above 1": ["dataset=tsv", good, "task=neurons", "task.languages=null", "task.top_rate=2"],
         "neurons: missing counts file": ["dataset=tsv", good, "task=neurons", f"task.counts=[{folder / 'no.pt'}]"],
         "neurons: unknown method": ["dataset=tsv", good, "task=neurons", "task.languages=null", "task.method=magic"],
+        "model=hf without a model": ["dataset=tsv", good, "model=hf"],
+        "model folder missing": ["dataset=tsv", good, "model=hf", f"model.name_or_path={folder / 'no-model'}"],
+        "model folder without a model": ["dataset=tsv", good, "model=hf", f"model.name_or_path={folder}"],
+        "revision on a packaged model": ["dataset=tsv", good, "model.revision="],
+        "device not there": ["dataset=tsv", good, "model.device=cuda:99"],
+        "unknown device": ["dataset=tsv", good, "model.device=gpu"],
+        "empty cache.dir": ["dataset=tsv", good, "cache.dir="],
+        "empty dataset.path": ["dataset=tsv", "dataset.path="],
+        "corpus path is a folder": ["dataset=tsv", f"dataset.path={folder}"],
+        "corpus folder is a file": ["dataset=flores", f"dataset.path={folder / 'a_file'}"],
+        "unknown key": ["dataset=tsv", good, "extract.batch=4"],
+        "added key": ["dataset=tsv", good, "+score.pivots=[eng_Latn]"],
+        "wrong type": ["dataset=tsv", good, "extract.batch_size=four"],
+        "null where a number is needed": ["dataset=tsv", good, "score.resamples=null"],
+        "languages not a list": ["dataset=tsv", good, "dataset.languages=eng_Latn"],
+        "level out of range": ["dataset=tsv", good, "score.level=95"],
+        "every pivot": ["dataset=tsv", good, "score.pivot=all"],
+        "unparsable override": ["dataset=tsv", good, "dataset.languages=[eng_Latn"],
+        "several values without -m": ["dataset=tsv", good, "pooling=mean,last"],
+        "sweep with one bad value": ["-m", "dataset=tsv", good, "extract.batch_size=8,-1"],
+        "sweep with one unknown option": ["-m", "dataset=tsv", good, "pooling=mean,median"],
+        "unresolvable interpolation": ["dataset=tsv", good, "cache.dir=${paths.nowhere}/cache"],
+        "benchmark file missing": ["dataset=tsv", good, "benchmark=csv", f"benchmark.path={folder / 'no.csv'}"],
+        "neurons: mask is a folder": ["dataset=tsv", good, "task=neurons", f"task.mask={folder}"],
     }
 
 
-def first_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("error:", "In 'config'", "Could not", "Error")):
-            return line
-    return lines[0] if lines else ""
+def clean_error(returncode: int, stderr: str) -> str | None:
+    """The one ``error:`` line of a clean refusal (exit code 2, no traceback), or None."""
+    said = [line for line in stderr.splitlines() if line.startswith("error:")]
+    return said[0] if returncode == 2 and len(said) == 1 and "Traceback" not in stderr else None
 
 
 def main() -> None:
@@ -97,9 +119,10 @@ def main() -> None:
         result = subprocess.run(
             [sys.executable, "-m", "neuronxa.run", *overrides, *defaults, f"hydra.run.dir={folder / 'runs'}"],
             capture_output=True, text=True, timeout=300)
-        line = first_error_line(result.stderr)
-        failures += result.returncode == 0 or "Traceback" in result.stderr
-        print(f"{name:<{width}}  exit {result.returncode}  {line}", flush=True)
+        line = clean_error(result.returncode, result.stderr)
+        failures += line is None
+        shown = line or "NOT CLEAN: " + " | ".join(result.stderr.strip().splitlines()[-3:])
+        print(f"{name:<{width}}  exit {result.returncode}  {shown}", flush=True)
     print(f"{len(cases)} cases, {failures} without a clean error")
     sys.exit(1 if failures else 0)
 
