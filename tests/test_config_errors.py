@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import FIXTURES, ROOT
+from helpers import FIXTURES, ROOT
 from neuronxa.config.jobs import check_command_line
 from neuronxa.config.rules import ConfigError
 

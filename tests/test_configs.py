@@ -73,10 +73,11 @@ def test_every_job_of_every_experiment_passes_the_rules(experiment, monkeypatch)
 def test_the_configs_names_are_the_librarys():
     from neuronxa.neurons.identify import METHODS
     from neuronxa.stage_one.pooling import POOLINGS
-    from neuronxa.stage_two.scoring import ALIGNMENT, METRICS
+    from neuronxa.stage_two.registry import METRICS
 
     assert (schema.POOLINGS, schema.METHODS) == (POOLINGS, METHODS)
-    assert set(schema.METRICS) == set(METRICS) and set(schema.ALIGNMENT_METRICS) == set(ALIGNMENT)
+    alignment = {name for name, metric in METRICS.items() if metric.kind == "alignment"}
+    assert set(schema.METRICS) == set(METRICS) and set(schema.ALIGNMENT_METRICS) == alignment
 
 
 def test_every_task_name_leads_to_a_run_function():
