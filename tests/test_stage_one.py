@@ -310,9 +310,12 @@ def test_stage_one_options_are_checked_in_their_own_names(tiny_folder):
             options.check(spec(tiny_folder))
 
 
-def test_an_embedded_model_needs_the_folder_it_is_converted_into():
-    with pytest.raises(NeuronXAError, match="'gemma3_270m' is embedded: pass models_dir"):
-        models.identity("gemma3_270m")
+def test_an_embedded_model_is_found_in_the_configured_models_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURONXA_OUTPUTS", str(tmp_path / "elsewhere"))
+    converted = tmp_path / "elsewhere" / "models" / "gemma3_270m"
+    converted.mkdir(parents=True)
+    (converted / "neuronxa_source.json").write_text("{}")
+    assert models.local_path(models.model_spec("gemma3_270m")) == converted
 
 
 def test_model_names_come_from_the_composed_model_group(tmp_path):

@@ -13,7 +13,7 @@ from filelock import FileLock
 
 from neuronxa import files
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.models.spec import ModelSpec
+from neuronxa.stage_one.models.spec import ModelSpec, composed
 
 SOURCE_FILE = "neuronxa_source.json"   # in a converted folder: the GGUF it came from and its SHA-256
 
@@ -38,11 +38,9 @@ def sha256(path: Path) -> str:
 
 
 def converted_folder(spec: ModelSpec, models_dir: str | Path | None) -> Path:
-    """The safetensors copy of an embedded GGUF model in ``models_dir``, made once (under a lock, written
-    atomically)."""
-    if models_dir is None:
-        raise NeuronXAError(f"model {spec.name!r} is embedded: pass models_dir, the folder it is converted into")
-    models_dir = Path(models_dir)
+    """The safetensors copy of an embedded GGUF model in ``models_dir`` (by default the configured
+    ``paths.models``), made once (under a lock, written atomically)."""
+    models_dir = Path(composed().paths.models if models_dir is None else models_dir)
     target = models_dir / spec.name
     if (target / SOURCE_FILE).is_file():
         return target
