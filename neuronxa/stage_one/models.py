@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuronxa import files
 from neuronxa.errors import NeuronXAError
 
+log = logging.getLogger(__name__)
 _SOURCE_FILE = "neuronxa_source.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -145,7 +147,7 @@ def converted_folder(spec: ModelSpec, models_dir: Path | None = None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = _gguf_path(spec, models_dir)
-        print(f"converting {gguf.name} to safetensors once (about a minute) -> {target}", flush=True)
+        log.info(f"converting {gguf.name} to safetensors once (about a minute) -> {target}")
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.hf_quantizer = None
@@ -328,5 +330,6 @@ def load(
 if __name__ == "__main__":  # `python -m neuronxa.stage_one.models NAME...`: convert embedded models ahead of time
     import sys
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for model_name in sys.argv[1:]:
         print(f"{model_name}: {converted_folder(model_spec(model_name))}")

@@ -3,6 +3,7 @@ anchors' files, identification, the spread over layers and the four stages, base
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.probes import act_modules, ffn_width
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import Logged, load_corpus, model_name, stage_one_counts, tracked_run, write_csv
+
+log = logging.getLogger(__name__)
 
 
 def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:
@@ -52,7 +55,7 @@ def imported(task: DictConfig) -> tuple[pd.DataFrame, int, list[str]] | None:
         counts = interop.read_counts(list(task.counts), list(task.prefix_counts) if task.get("prefix_counts") else None)
         prob = neurons.probabilities([counts.counts[..., k] for k in range(counts.counts.shape[-1])], counts.tokens)
         names = imported_languages(task, prob.shape[-1], "task.counts")
-        print(f"imported activation counts: {prob.shape[0]} layers × {prob.shape[1]} neurons × {len(names)} "
+        log.info(f"imported activation counts: {prob.shape[0]} layers × {prob.shape[1]} neurons × {len(names)} "
               f"languages ({', '.join(sorted(set(counts.formats)))})")
         return identify_from(prob, task), prob.shape[0], names
     return None
@@ -85,7 +88,7 @@ def describe(found: pd.DataFrame, task: DictConfig) -> str:
 
 def run(cfg: DictConfig, folder: Path) -> None:
     """The language-neurons job, in its MLflow run; tables, the mask and plots go to ``folder``."""
-    tracked_run(cfg, folder, f"{cfg.model.name}-neurons-{cfg.task.method}", language_neurons)
+    tracked_run(cfg, folder, f"{cfg.model.name}-neurons-{cfg.task.method}", job=language_neurons)
 
 
 def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
@@ -102,7 +105,7 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
     else:
         found, n_layers, languages = source
         languages = [corpus.resolve(code) for code in languages] if corpus is not None else languages
-    print("\n" + describe(found, cfg.task))
+    log.info("\n" + describe(found, cfg.task))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plots").mkdir(exist_ok=True)
     title = f"{model_name(cfg)} · {corpus.name if corpus else 'imported'} · {cfg.task.method}"
@@ -119,8 +122,9 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
                                                              folder, title, prefix)
         files += deactivation_files
         values.update(deactivation_values)
-    print(f"\nrun folder: {folder}")
-    return Logged({"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}, values, series, files)
+    log.info(f"\nrun folder: {folder}")
+    return Logged({"dataset": corpus.name if corpus else "imported", "method": cfg.task.method}, values, series,
+                  files=files, corpora={"evaluation": corpus} if corpus else {})
 
 
 def report(found: pd.DataFrame, languages: list[str], n_layers: int, folder: Path,
@@ -132,17 +136,17 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, folder: Pat
     layers = neurons.by_layer(found, n_layers)
     stages = neurons.stages(layers)
     shared = neurons.overlap(found, languages)
-    print(per_language.to_string(index=False))
-    print("\nby layer:\n" + layers.T.to_string())
-    print(f"\nstages ({neurons.STAGE_RULE}):\n" + stages.to_string(index=False))
+    log.info(per_language.to_string(index=False))
+    log.info("\nby layer:\n" + layers.T.to_string())
+    log.info(f"\nstages ({neurons.STAGE_RULE}):\n" + stages.to_string(index=False))
     mask = interop.write_mask(found, folder / "mask.pt", len(languages), n_layers)
-    print(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
+    log.info(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
     files = [write_csv(named, folder / "neurons.csv"), write_csv(per_language, folder / "counts_by_language.csv"),
              write_csv(layers, folder / "by_layer.csv", index=True), write_csv(stages, folder / "stages.csv"),
              write_csv(shared, folder / "overlap.csv", index=True), mask,
              plots.stacked_by_layer(layers, folder / "plots" / "neurons_by_layer.png", f"neuron types by layer · {title}"),
-             plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}", "language",
-                           vmin=0, vmax=None, cmap="viridis")]
+             plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}",
+                           xlabel="language", vmin=0, vmax=None, cmap="viridis")]
     values = {f"{kind}.{row.language}": getattr(row, kind) for row in per_language.itertuples() for kind in neurons.TYPES}
     series = [(f"{kind}.by_layer", layers.loc[layer, kind], layer) for layer in layers.index for kind in neurons.TYPES]
     return files, values, series
@@ -168,12 +172,12 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, lan
     own, control, intact = neurons.deactivation_matrix(model, tokenizer, found, languages, texts, cfg.task.seed,
                                                        cfg.extract.max_length)
     summary = deactivation_summary(own, control, intact)
-    print(f"\n{spec.name}: intact perplexity on held-out units:\n"
+    log.info(f"\n{spec.name}: intact perplexity on held-out units:\n"
           + intact.round(2).to_frame("perplexity").T.to_string())
-    print(f"\n{spec.name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
-    print(own.round(2).to_string())
-    print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
-    print("\n" + summary.round(3).to_string(index=False))
+    log.info(f"\n{spec.name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
+    log.info(own.round(2).to_string())
+    log.info("\nsame-size random neurons (control):\n" + control.round(2).to_string())
+    log.info("\n" + summary.round(3).to_string(index=False))
     values = {f"{prefix}deactivation.{row.set}.{row.cell}": row.mean_log_ratio for row in summary.itertuples()}
     limit = float(np.nanmax(np.abs(np.concatenate([own.values, control.values])))) or 1.0
     title = f"{spec.name} · {title.split(' · ', 1)[-1]}"
@@ -182,9 +186,10 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, lan
              write_csv(control, folder / f"{prefix}deactivation_random.csv", index=True),
              write_csv(summary, folder / f"{prefix}deactivation_summary.csv"),
              plots.heatmap(own, folder / "plots" / f"{prefix}deactivation.png", f"perplexity change · {title}",
-                           "evaluated language", -limit, limit, "RdBu_r"),
+                           xlabel="evaluated language", vmin=-limit, vmax=limit, cmap="RdBu_r"),
              plots.heatmap(control, folder / "plots" / f"{prefix}deactivation_random.png",
-                           f"random control · {title}", "evaluated language", -limit, limit, "RdBu_r")]
+                           f"random control · {title}", xlabel="evaluated language", vmin=-limit, vmax=limit,
+                           cmap="RdBu_r")]
     return files, values
 
 
@@ -215,11 +220,12 @@ def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, 
     aligned_languages = ([corpus.resolve(code) for code in cfg.task.aligned_languages]
                          if cfg.task.aligned_languages else None)
     layers, per_language = neurons.compare(base, aligned, corpus.languages, n_layers, aligned_languages)
-    print(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
+    log.info(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n"
+             + per_language.to_string(index=False))
     if aligned_languages is not None:
         by_set = per_language.groupby("in_aligned_set")[list(neurons.TYPES)].mean()
         by_set.index = by_set.index.map({True: "aligned languages", False: "other languages (spontaneous)"})
-        print("\nmean change per language:\n" + by_set.round(1).to_string())
-    print("\nper layer:\n" + layers.T.to_string())
+        log.info("\nmean change per language:\n" + by_set.round(1).to_string())
+    log.info("\nper layer:\n" + layers.T.to_string())
     return other, aligned, [write_csv(layers, folder / "compare_by_layer.csv", index=True),
                             write_csv(per_language, folder / "compare_by_language.csv")]
