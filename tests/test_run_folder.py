@@ -38,6 +38,7 @@ def test_the_console_shows_plain_lines_and_run_log_holds_them_with_the_corpus_as
     shown = result.stdout.splitlines()
     assert re.fullmatch(r"language\s+source\s+units\s+tokens\s+truncated\s+status\s+seconds", shown[0])
     assert any(line.startswith("stage one: 2 written; truncated units: 0") for line in shown)
+    assert f"run folder: {run}" in shown and shown[-1].startswith("MLflow run ")   # to the end of the run
     assert not any(TIMESTAMP.match(line) for line in shown)
     logged = (run / "run.log").read_text().splitlines()
     assert sum(bool(TIMESTAMP.match(line)) for line in logged) >= 3     # a time on each record's first line
