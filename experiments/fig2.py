@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from experiments.common import arguments, collect, print_table
@@ -16,11 +15,11 @@ def main() -> None:
     args = arguments(__doc__, "fig2")
     scores = collect(args.uri, args.experiment, ["model"], "scores.csv")
     nasca = scores[scores.metric == "nasca"]
-    folder = Path(os.environ.get("NEURONXA_OUTPUTS", "outputs")) / "figures"
+    folder = args.outputs / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     for model, rows in nasca.groupby("model"):
         path = plots.layer_curves(rows, "nasca", folder / f"{args.experiment}_{Path(model).name}.png",
-                                  f"NASCA by layer · {model} · {rows.dataset.iloc[0]}")
+                                  title=f"NASCA by layer · {model} · {rows.dataset.iloc[0]}")
         print(f"figure: {path}")
     profile = nasca.groupby(["model", "layer"])["value"].mean().unstack("layer")
     print_table("Mean NASCA over languages by layer (the paper: low at the bottom and top, highest in the middle)",

@@ -8,9 +8,6 @@ step) in the same experiment are plotted against step too.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
 
 from experiments.common import arguments, artifact, print_table
@@ -45,7 +42,7 @@ def checkpoint_runs(uri: str, experiment: str) -> pd.DataFrame | None:
 
 def main() -> None:
     args = arguments(__doc__, "fig3")
-    folder = Path(os.environ.get("NEURONXA_OUTPUTS", "outputs")) / "figures"
+    folder = args.outputs / "figures"
     trained = training_runs(args.uri, args.experiment)
     if trained is not None:
         pooled, quality, correlations = trained
@@ -67,7 +64,7 @@ def main() -> None:
                         rows.pivot_table(index="language", columns="step", values="score"), 3)
             role = {language: "scored" for language in rows.language}
             path = folder / f"{args.experiment}_{metric}_checkpoints.png"
-            print(f"figure: {plots.over_steps(rows, role, path, f'{metric} of checkpoints')}")
+            print(f"figure: {plots.over_steps(rows, role, path, title=f'{metric} of checkpoints')}")
     if trained is None and checkpoints is None:
         raise SystemExit(f"error: no training run and no checkpoint runs (tag step) in experiment {args.experiment!r}")
 

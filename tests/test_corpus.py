@@ -6,9 +6,9 @@ import pytest
 
 from helpers import FIXTURES, UDHR
 from neuronxa.data.corpus import ParallelCorpus, held_out_texts
+from neuronxa.data.languages import detect_script, flores_code
 from neuronxa.data.readers import read_corpus, read_flores, read_jsonl, read_tatoeba, read_tsv
 from neuronxa.data.udhr import read_udhr
-from neuronxa.data.languages import detect_script, flores_code
 from neuronxa.errors import NeuronXAError
 
 

@@ -14,8 +14,8 @@ import pytest
 from helpers import LANGUAGES, ROOT, assert_storage_close, corpus_file
 from neuronxa.data.readers import read_tsv
 from neuronxa.stage_one.cache import extract_corpus
-from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.store import StateStore
 
 pytestmark = pytest.mark.cli     # every test here runs stage one in child processes

@@ -1,6 +1,7 @@
 """The whole job through Hydra: composed configs, one-line errors, sweeps that never repeat a forward pass,
 and the MLflow experiment they fill."""
 
+import logging
 import random
 import subprocess
 import sys
@@ -161,11 +162,12 @@ def test_unreachable_tracking_server_fails_before_stage_one(tiny_folder, tmp_pat
         align_task.run(cfg, tmp_path / "run")
 
 
-def test_truncated_units_are_counted_in_the_output(tiny_folder, tmp_path, capsys):
+def test_truncated_units_are_counted_in_the_output(tiny_folder, tmp_path, caplog):
     cfg = composed(tiny_overrides(tiny_folder, tmp_path) + ["extract.max_length=3", "metric=nasca",
                                                             "tracking.enabled=false"])
+    caplog.set_level(logging.INFO, logger="neuronxa")
     align_task.run(cfg, tmp_path / "run")
-    assert "truncated units: 6 (max_length 3)" in capsys.readouterr().out
+    assert "truncated units: 6 (max_length 3)" in caplog.text
 
 
 def test_a_bad_benchmark_file_fails_before_stage_one(tiny_folder, tmp_path, monkeypatch):
@@ -215,12 +217,13 @@ def six_language_corpus(tmp_path):
     return corpus, results
 
 
-def test_intervals_differences_and_comparisons_in_a_run(tiny_folder, tmp_path, capsys):
+def test_intervals_differences_and_comparisons_in_a_run(tiny_folder, tmp_path, caplog):
     corpus, results = six_language_corpus(tmp_path)
     results.write_text(results.read_text().replace("MODEL", str(tiny_folder)))
     cfg = composed(tiny_overrides(tiny_folder, tmp_path)[:-1] + [
         f"dataset.path={corpus}", "benchmark=csv", f"benchmark.path={results}", "metric=alignment",
         "score.resamples=50", "score.bootstrap=200", "score.permutations=200"])
+    caplog.set_level(logging.INFO, logger="neuronxa")
     align_task.run(cfg, tmp_path / "run")
     summary = pd.read_csv(tmp_path / "run" / "summary.csv")
     assert (summary.ci_low <= summary.score + 1e-12).all() and (summary.score <= summary.ci_high + 1e-12).all()
@@ -234,7 +237,7 @@ def test_intervals_differences_and_comparisons_in_a_run(tiny_folder, tmp_path, c
                                              "difference", "ci_low", "ci_high", "p"]
     assert len(comparisons) == 3 * 2
     assert (tmp_path / "run" / "plots" / "alignment_intervals.png").stat().st_size > 1000
-    assert "Williams" in capsys.readouterr().out
+    assert "Williams" in caplog.text
     logged = runs(cfg.tracking.uri, "neuronxa")
     assert "metrics.nasca.fra_Latn.ci_low" in logged.columns and "metrics.pearson.nasca.xnli.ci_high" in logged.columns
 

@@ -13,7 +13,14 @@ import torch
 from transformers import TrainerCallback
 
 from helpers import (
-    LANGUAGES, ROOT, composed, corpus_file, loop_weak_alignment, manual_token_states, tiny_model, tiny_overrides,
+    LANGUAGES,
+    ROOT,
+    composed,
+    corpus_file,
+    loop_weak_alignment,
+    manual_token_states,
+    tiny_model,
+    tiny_overrides,
     tiny_tokenizer,
 )
 from neuronxa.data.readers import read_tsv
@@ -21,8 +28,8 @@ from neuronxa.data.udhr import udhr_article
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import models
 from neuronxa.stage_one.cache import extract_corpus
-from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_two import metrics
 from neuronxa.stage_two.live import score_model
 from neuronxa.stage_two.scoring import score

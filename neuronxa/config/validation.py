@@ -12,7 +12,6 @@ from neuronxa.config import combinations
 from neuronxa.config.rules import COMMON, PER_TASK, ConfigError, Rule, one_of
 from neuronxa.config.schema import TASKS
 
-
 MISSING_HINTS = {"model.name_or_path": "give model.name_or_path=ORG/NAME (a hub id) or a model folder",
                  "dataset.path": "give dataset.path=/path/to/corpus",
                  "benchmark.path": "give benchmark.path=/path/to/results"}

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuronxa.errors import NeuronXAError
 from neuronxa.data.languages import is_flores_code
+from neuronxa.errors import NeuronXAError
 
 COLUMNS = ["model", "benchmark", "language", "value"]
 

@@ -14,7 +14,6 @@ from neuronxa.data.languages import normalised_code
 from neuronxa.data.udhr import read_udhr
 from neuronxa.errors import NeuronXAError, check_whole
 
-
 # --- FLORES-200 / FLORES+ -----------------------------------------------------------------------------------
 
 

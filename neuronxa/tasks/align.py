@@ -3,6 +3,7 @@ correlations, tables, plots and the MLflow run."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from neuronxa.stage_two import registry, scoring
 from neuronxa.stage_two.correlation import Resampling, compare, correlate
 from neuronxa.tasks import plots, tracking
 from neuronxa.tasks.common import Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run, write_csv
+
+log = logging.getLogger(__name__)
 
 
 def target_languages(cfg: DictConfig, corpus: ParallelCorpus) -> list[str]:
@@ -121,7 +124,8 @@ def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, *, fold
     for metric in scores.metric.unique():
         if not registry.score(metric).headline:
             continue
-        made.append(plots.layer_curves(scores, metric, folder / f"{metric}_by_layer.png", f"{metric} · {title}"))
+        made.append(plots.layer_curves(scores, metric, folder / f"{metric}_by_layer.png",
+                                       title=f"{metric} · {title}"))
         made.append(plots.heatmap(plots.by_layer(scores, metric), folder / f"{metric}_heatmap.png", f"{metric} · {title}"))
     pivot = scores["pivot"].iloc[0]
     target = cfg.score.tsne_language or scores.language.iloc[0]
@@ -134,7 +138,7 @@ def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, *, fold
         Y = store.read(target, kind, cfg.pooling.name, layer)[[t for _, t in shared]]
         panels[label] = (X, Y)
     made.append(plots.tsne_pairs(panels, (pivot, target), folder / f"tsne_{target}_layer{layer}.png",
-                                 f"{pivot} vs {target}, layer {layer} · {title}"))
+                                 title=f"{pivot} vs {target}, layer {layer} · {title}"))
     return made
 
 
@@ -149,41 +153,41 @@ def print_scores(summary: pd.DataFrame, differences: pd.DataFrame, level: float)
         table = summary.pivot(index="language", columns="metric", values="score")
         table = table.rename(columns=lambda metric: registry.score(metric).label)
         pooled_by, pivot = summary.layer_pool.iloc[0], summary["pivot"].iloc[0]
-        print(f"\nlayer-pooled scores ({pooled_by} over layers; pivot {pivot}):")
-        print(table.sort_values(table.columns[0], ascending=False).to_string())
+        log.info(f"\nlayer-pooled scores ({pooled_by} over layers; pivot {pivot}):")
+        log.info(table.sort_values(table.columns[0], ascending=False).to_string())
         shares = summary[summary.metric.isin(registry.of_kind("alignment"))]
         if shares.ci_low.notna().any():
             cells = shares.assign(cell=_interval_cells(shares, "score"))
-            print(f"\n{level:.0%} intervals over the units (half-samples; n = {int(summary.n.max())}):")
-            print(cells.pivot(index="language", columns="metric", values="cell").to_string())
+            log.info(f"\n{level:.0%} intervals over the units (half-samples; n = {int(summary.n.max())}):")
+            log.info(cells.pivot(index="language", columns="metric", values="cell").to_string())
         if len(differences) and differences.ci_low.notna().any():
             cells = differences.assign(cell=_interval_cells(differences, "difference"),
                                        pair=differences.metric_a + " − " + differences.metric_b)
-            print(f"\npaired differences on the same units ({level:.0%} intervals):")
-            print(cells.pivot(index="language", columns="pair", values="cell").to_string())
+            log.info(f"\npaired differences on the same units ({level:.0%} intervals):")
+            log.info(cells.pivot(index="language", columns="pair", values="cell").to_string())
 
 
 def print_correlations(correlations: pd.DataFrame | None, comparisons: pd.DataFrame | None) -> None:
     """The correlations with downstream results, and the comparisons of the alignment scores' correlations."""
     with pd.option_context("display.width", 180, "display.max_columns", 30, "display.precision", 3):
         if correlations is not None:
-            print("\ncorrelation with downstream results across languages (interval: bootstrap over languages; "
+            log.info("\ncorrelation with downstream results across languages (interval: bootstrap over languages; "
                   "perm. p: permutation test):")
             shown = ["metric", "benchmark", "n", "pearson_r", "pearson_ci_low", "pearson_ci_high",
                      "pearson_permutation_p", "spearman_rho", "spearman_permutation_p", "note"]
-            print(correlations[shown].rename(columns=lambda c: c.replace("permutation_p", "perm_p")).to_string(index=False))
+            log.info(correlations[shown].rename(columns=lambda c: c.replace("permutation_p", "perm_p")).to_string(index=False))
         if comparisons is not None and len(comparisons):
-            print("\nare two alignment scores' correlations different? (Pearson; interval: paired bootstrap over "
+            log.info("\nare two alignment scores' correlations different? (Pearson; interval: paired bootstrap over "
                   "languages; p: Williams' t; every pair of metrics in comparisons.csv)")
             alignment = registry.of_kind("alignment")
             shown = comparisons[(comparisons.correlation == "pearson") & comparisons.metric_a.isin(alignment)
                                 & comparisons.metric_b.isin(alignment)]
-            print(shown.drop(columns=["model", "pooling", "correlation"]).to_string(index=False))
+            log.info(shown.drop(columns=["model", "pooling", "correlation"]).to_string(index=False))
 
 
 def run(cfg: DictConfig, folder: Path) -> None:
     """The alignment job for one config, in its MLflow run; tables and plots go to ``folder``."""
-    tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", align)
+    tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", job=align)
 
 
 def prepare(cfg: DictConfig) -> Inputs:
@@ -223,7 +227,7 @@ def align(cfg: DictConfig, folder: Path) -> Logged:
     if cfg.score.plots:
         files += make_plots(cfg, scores, store, folder=folder / "plots")
         files += interval_plots(summary, correlations, folder / "plots")
-    print(f"\nrun folder: {folder}")
+    log.info(f"\nrun folder: {folder}")
     values, series = tracking.score_metrics(summary, scores)
     if correlations is not None:
         values.update(tracking.correlation_metrics(correlations))
@@ -232,7 +236,7 @@ def align(cfg: DictConfig, folder: Path) -> Logged:
     step = models.training_step(spec_from_config(cfg.model))
     if step is not None:
         tags["step"] = str(step)   # a checkpoint of a training run (experiments/fig3.py plots against it)
-    return Logged(tags, values, series, files)
+    return Logged(tags, values, series, files=files, corpora={"evaluation": inputs.corpus})
 
 
 def interval_plots(summary: pd.DataFrame, correlations: pd.DataFrame | None, folder: Path) -> list[Path]:

@@ -3,8 +3,8 @@ write tables and log the MLflow run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +18,9 @@ from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.store import StateStore
 from neuronxa.tasks import tracking
+from neuronxa.tasks.tracking import Logged
 
+log = logging.getLogger(__name__)
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 
@@ -30,6 +32,15 @@ def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[Para
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)
+
+
+def composed(overrides: Sequence[str] = ()) -> DictConfig:
+    """The configuration as ``python -m neuronxa.run`` composes it from ``overrides``, without starting a run: for
+    scripts that read its paths or its tracking store."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("neuronxa.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def plain(value):
@@ -71,12 +82,12 @@ def stage_one_counts(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus,
 
 
 def reported(cfg: DictConfig, store: StateStore, report: pd.DataFrame) -> StateStore:
-    """Print stage one's report (a row per language) and its totals; returns the store."""
+    """Log stage one's report (a row per language) and its totals; returns the store."""
     with pd.option_context("display.width", 120, "display.max_rows", 500):
-        print(report.to_string(index=False))
+        log.info(report.to_string(index=False))
     counts = report.status.value_counts().to_dict()
-    print(f"stage one: {', '.join(f'{n} {s}' for s, n in counts.items())}; truncated units: "
-          f"{int(report.truncated.sum())} (max_length {cfg.extract.max_length}); cache: {store.url()}")
+    log.info(f"stage one: {', '.join(f'{n} {s}' for s, n in counts.items())}; truncated units: "
+             f"{int(report.truncated.sum())} (max_length {cfg.extract.max_length}); cache: {store.url()}")
     return store
 
 
@@ -85,31 +96,28 @@ def model_name(cfg: DictConfig) -> str:
     return spec_from_config(cfg.model).name
 
 
-
-@dataclass
-class Logged:
-    """What a job hands to its MLflow run: tags, single values, (name, value, step) series and files."""
-    tags: dict[str, str]
-    values: dict[str, float] = field(default_factory=dict)
-    series: list[tuple[str, float, int]] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-
-
-def tracked_run(cfg: DictConfig, folder: Path, run_name: str, job: Callable[[DictConfig, Path], Logged]) -> None:
+def tracked_run(cfg: DictConfig, folder: Path, run_name: str, *, job: Callable[[DictConfig, Path], Logged]) -> None:
     """``job(cfg, folder)`` inside an MLflow run (when ``tracking.enabled``) that is opened before the job starts,
-    with the flattened config as params, and closed with the job's status."""
+    with the flattened config as params, and closed with the job's status; the corpora the job read become the
+    run's datasets."""
     if not cfg.tracking.enabled:
         job(cfg, folder)
         return
     tracking.check_reachable(cfg.tracking.uri)
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
     tags = {"model": model_name(cfg), "experiment": cfg.tracking.experiment, "task": cfg.task.name}
-    with tracking.recorded(cfg.tracking.uri, cfg.tracking.experiment, run_name, params, tags,
-                           Path(cfg.tracking.artifacts)) as recorder:
+    with tracking.recorded(cfg.tracking.uri, cfg.tracking.experiment, run_name, params=params, tags=tags,
+                           artifact_root=Path(cfg.tracking.artifacts)) as recorder:
         logged = job(cfg, folder)
-        recorder.record(logged.tags, logged.values, logged.series, logged.files)
-    print(f"MLflow run {recorder.run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); "
-          "`make ui` to browse")
+        recorder.record(logged, source=corpus_source(cfg))
+    log.info(f"MLflow run {recorder.run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); "
+             "`make ui` to browse")
+
+
+def corpus_source(cfg: DictConfig) -> str:
+    """Where the configured corpus is read from (an absolute path; empty when the dataset names none)."""
+    path = cfg.dataset.get("path")
+    return str(Path(path).resolve()) if path else ""
 
 
 def write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:

@@ -3,6 +3,7 @@ anchors' files, identification, the spread over layers and the four stages, base
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.probes import act_modules, ffn_width
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import Logged, load_corpus, model_name, stage_one_counts, tracked_run, write_csv
+
+log = logging.getLogger(__name__)
 
 
 def identify_from(prob: np.ndarray, task: DictConfig) -> pd.DataFrame:
@@ -54,7 +57,7 @@ def imported(task: DictConfig) -> tuple[pd.DataFrame, int, list[str]] | None:
         counts = interop.read_counts(list(task.counts), list(task.prefix_counts) if task.get("prefix_counts") else None)
         prob = probabilities([counts.counts[..., k] for k in range(counts.counts.shape[-1])], counts.tokens)
         names = imported_languages(task, prob.shape[-1], "task.counts")
-        print(f"imported activation counts: {prob.shape[0]} layers × {prob.shape[1]} neurons × {len(names)} "
+        log.info(f"imported activation counts: {prob.shape[0]} layers × {prob.shape[1]} neurons × {len(names)} "
               f"languages ({', '.join(sorted(set(counts.formats)))})")
         return identify_from(prob, task), prob.shape[0], names
     return None
@@ -87,7 +90,7 @@ def describe(found: pd.DataFrame, task: DictConfig) -> str:
 
 def run(cfg: DictConfig, folder: Path) -> None:
     """The language-neurons job, in its MLflow run; tables, the mask and plots go to ``folder``."""
-    tracked_run(cfg, folder, f"{cfg.model.name}-neurons-{cfg.task.method}", language_neurons)
+    tracked_run(cfg, folder, f"{cfg.model.name}-neurons-{cfg.task.method}", job=language_neurons)
 
 
 def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
@@ -106,7 +109,7 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
     else:
         found, n_layers, languages = source
         languages = [corpus.resolve(code) for code in languages] if corpus is not None else languages
-    print("\n" + describe(found, task))
+    log.info("\n" + describe(found, task))
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     title = f"{model_name(cfg)} · {corpus.name if corpus else 'imported'} · {task.method}"
     files, values, series = report(found, languages, n_layers, folder=folder, title=title)
@@ -120,8 +123,9 @@ def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
                                              n_layers=n_layers, folder=folder, title=title, prefix=prefix)
         files += more_files
         values.update(more_values)
-    print(f"\nrun folder: {folder}")
-    return Logged({"dataset": corpus.name if corpus else "imported", "method": task.method}, values, series, files)
+    log.info(f"\nrun folder: {folder}")
+    return Logged({"dataset": corpus.name if corpus else "imported", "method": task.method}, values, series,
+                  files=files, corpora={"evaluation": corpus} if corpus else {})
 
 
 def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: Path,
@@ -133,11 +137,11 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: 
     layers = tables.by_layer(found, n_layers)
     stages = tables.stages(layers)
     shared = tables.overlap(found, languages)
-    print(per_language.to_string(index=False))
-    print("\nby layer:\n" + layers.T.to_string())
-    print(f"\nstages ({tables.STAGE_RULE}):\n" + stages.to_string(index=False))
+    log.info(per_language.to_string(index=False))
+    log.info("\nby layer:\n" + layers.T.to_string())
+    log.info(f"\nstages ({tables.STAGE_RULE}):\n" + stages.to_string(index=False))
     mask = interop.write_mask(found, folder / "mask.pt", n_languages=len(languages), n_layers=n_layers)
-    print(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
+    log.info(f"mask (the anchors' format, [language][layer], languages in this order: {' '.join(languages)}): {mask}")
     files = [write_csv(named, folder / "neurons.csv"), write_csv(per_language, folder / "counts_by_language.csv"),
              write_csv(layers, folder / "by_layer.csv", index=True), write_csv(stages, folder / "stages.csv"),
              write_csv(shared, folder / "overlap.csv", index=True), mask,
@@ -178,20 +182,21 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, *, 
              write_csv(control, folder / f"{prefix}deactivation_random.csv", index=True),
              write_csv(summary, folder / f"{prefix}deactivation_summary.csv"),
              plots.heatmap(own, folder / "plots" / f"{prefix}deactivation.png", f"perplexity change · {title}",
-                           "evaluated language", -limit, limit, "RdBu_r"),
+                           xlabel="evaluated language", vmin=-limit, vmax=limit, cmap="RdBu_r"),
              plots.heatmap(control, folder / "plots" / f"{prefix}deactivation_random.png",
-                           f"random control · {title}", "evaluated language", -limit, limit, "RdBu_r")]
+                           f"random control · {title}", xlabel="evaluated language", vmin=-limit, vmax=limit,
+                           cmap="RdBu_r")]
     return files, values
 
 
 def print_deactivation(name: str, own: pd.DataFrame, control: pd.DataFrame, *, intact: pd.Series,
                        summary: pd.DataFrame) -> None:
     """The intact perplexities, the two deactivation matrices and their summary, for the model ``name``."""
-    print(f"\n{name}: intact perplexity on held-out units:\n" + intact.round(2).to_frame("perplexity").T.to_string())
-    print(f"\n{name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
-    print(own.round(2).to_string())
-    print("\nsame-size random neurons (control):\n" + control.round(2).to_string())
-    print("\n" + summary.round(3).to_string(index=False))
+    log.info(f"\n{name}: intact perplexity on held-out units:\n" + intact.round(2).to_frame("perplexity").T.to_string())
+    log.info(f"\n{name}: perplexity change, deactivated language's neurons (rows) x evaluated language (columns):")
+    log.info(own.round(2).to_string())
+    log.info("\nsame-size random neurons (control):\n" + control.round(2).to_string())
+    log.info("\n" + summary.round(3).to_string(index=False))
 
 
 def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, *, n_layers: int,
@@ -207,11 +212,11 @@ def compare_models(cfg: DictConfig, corpus: ParallelCorpus, base: pd.DataFrame, 
                          if cfg.task.aligned_languages else None)
     layers, per_language = tables.compare(base, aligned, corpus.languages, n_layers=n_layers,
                                           aligned_languages=aligned_languages)
-    print(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
+    log.info(f"\n{cfg.task.compare_model} minus {model_name(cfg)}, per language:\n" + per_language.to_string(index=False))
     if aligned_languages is not None:
         by_set = per_language.groupby("in_aligned_set")[list(TYPES)].mean()
         by_set.index = by_set.index.map({True: "aligned languages", False: "other languages (spontaneous)"})
-        print("\nmean change per language:\n" + by_set.round(1).to_string())
-    print("\nper layer:\n" + layers.T.to_string())
+        log.info("\nmean change per language:\n" + by_set.round(1).to_string())
+    log.info("\nper layer:\n" + layers.T.to_string())
     return other, aligned, [write_csv(layers, folder / "compare_by_layer.csv", index=True),
                             write_csv(per_language, folder / "compare_by_language.csv")]

@@ -5,6 +5,7 @@ one pivot)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,8 @@ from neuronxa.stage_two import pairwise
 from neuronxa.tasks import plots
 from neuronxa.tasks.align import labelled, target_languages
 from neuronxa.tasks.common import Logged, load_corpus, model_name, stage_one, tracked_run, write_csv
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, folder: Path) -> None:
@@ -33,8 +36,8 @@ def every_pair(cfg: DictConfig, folder: Path) -> Logged:
     pairs = labelled(cfg, corpus, pairs)
     folder.mkdir(parents=True, exist_ok=True)
     files = [write_csv(pairs, folder / "pairwise.csv"), *shown(cfg, pairs, folder / "plots")]
-    print("\npairwise: no correlations with downstream results (they need one pivot).")
-    print(f"\nrun folder: {folder}")
+    log.info("\npairwise: no correlations with downstream results (they need one pivot).")
+    log.info(f"\nrun folder: {folder}")
     values = {f"{metric}.pairwise_mean": float(group.value.mean()) for metric, group in pairs.groupby("metric")}
     tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url(),
             "pivot": "all"}
@@ -46,9 +49,9 @@ def shown(cfg: DictConfig, pairs: pd.DataFrame, folder: Path) -> list[Path]:
     made = []
     with pd.option_context("display.width", 250, "display.max_columns", 60, "display.precision", 2):
         for metric in pairs.metric.unique():
-            print(f"\n{metric}, every language as pivot (rows) against every target (columns), "
+            log.info(f"\n{metric}, every language as pivot (rows) against every target (columns), "
                   f"{cfg.score.layer_pool} over layers, n = {int(pairs.n.iloc[0])} shared units:")
-            print(pairwise.matrix(pairs, metric).to_string(float_format="{:.2f}".format))
+            log.info(pairwise.matrix(pairs, metric).to_string(float_format="{:.2f}".format))
             if cfg.score.plots:
                 made.append(plots.clustered_heatmap(pairwise.matrix(pairs, metric), folder / f"{metric}_pairwise.png",
                                                     f"{metric} · {model_name(cfg)} · {pairs.dataset.iloc[0]}"))

@@ -1,23 +1,38 @@
-"""MLflow logging of a run: the flattened config as params, scores as metrics (per layer as steps), tables and
-plots as artifacts. The default store is a local SQLite file under ``outputs/``: nothing to start.
-``mlflow`` is imported only here and only when a run is logged (it takes seconds to import).
+"""MLflow logging of a run: the flattened config as params, the corpus as its dataset, scores as metrics (per layer
+as steps), tables and plots as artifacts. The default store is a local SQLite file under ``outputs/``: nothing to
+start. ``mlflow`` is imported only here and only when a run is logged (it takes seconds to import).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock
 
+from neuronxa.data.corpus import ParallelCorpus
 from neuronxa.errors import NeuronXAError, check_creatable
 
 EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
+@dataclass
+class Logged:
+    """What a job hands to its MLflow run: tags, single values, (name, value, step) series, files, and the corpora
+    it read by what it did with them (``evaluation``, ``training``)."""
+    tags: dict[str, str]
+    values: dict[str, float] = field(default_factory=dict)
+    series: list[tuple[str, float, int]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list, kw_only=True)
+    corpora: dict[str, ParallelCorpus] = field(default_factory=dict, kw_only=True)
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -102,29 +117,55 @@ def correlation_metrics(correlations: pd.DataFrame) -> dict[str, float]:
     return values
 
 
+def corpus_digest(corpus: ParallelCorpus) -> str:
+    """A short digest of the corpus's languages, unit ids and texts: the same texts give the same digest."""
+    digest = hashlib.sha256()
+    for language in corpus.languages:
+        digest.update(f"{language}\t{corpus.fingerprint(language)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def corpus_input(corpus: ParallelCorpus, context: str, source: str = ""):
+    """The corpus as an MLflow dataset input: its name, its languages (the schema: a text column per language),
+    its size (the profile) and its digest; ``context`` says what the run did with it, ``source`` where it was
+    read."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    schema = Schema([ColSpec("string", language) for language in corpus.languages])
+    profile = {"languages": len(corpus.languages), "units": sum(len(units) for units in corpus.units.values())}
+    dataset = Dataset(corpus.name, corpus_digest(corpus), "local", json.dumps({"uri": source}),
+                      json.dumps({"mlflow_colspec": schema.to_dict()}), json.dumps(profile))
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
 class Recorder:
-    """What a job logs into its open MLflow run: tags, single values, (name, value, step) series and files."""
+    """Logs what a job hands over (a ``Logged``) into its open MLflow run."""
 
     def __init__(self, client, run_id: str, lock) -> None:
         self.client, self.run_id, self.lock = client, run_id, lock
 
-    def record(self, tags: dict[str, str], values: dict[str, float], series: list[tuple[str, float, int]],
-               artifacts: list[Path]) -> None:
+    def record(self, logged: Logged, source: str = "") -> None:
+        """Tags, metrics, files, and each corpus as a dataset input read from ``source``."""
         from mlflow.entities import Metric, RunTag
 
-        metrics = [Metric(name, float(value), 0, int(step)) for name, value, step in series if pd.notna(value)]
-        metrics += [Metric(name, float(value), 0, 0) for name, value in values.items() if pd.notna(value)]
+        metrics = [Metric(name, float(value), 0, int(step)) for name, value, step in logged.series if pd.notna(value)]
+        metrics += [Metric(name, float(value), 0, 0) for name, value in logged.values.items() if pd.notna(value)]
+        inputs = [corpus_input(corpus, context, source) for context, corpus in logged.corpora.items()]
         with self.lock:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in logged.tags.items()])
+            if inputs:
+                self.client.log_inputs(self.run_id, datasets=inputs)
             for start in range(0, len(metrics), 1000):
                 self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
-            for path in artifacts:
+            for path in logged.files:
                 self.client.log_artifact(self.run_id, str(path))
 
 
 @contextmanager
-def recorded(uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str],
-             artifact_root: Path = Path("outputs/mlartifacts")) -> Iterator[Recorder]:
+def recorded(uri: str, experiment: str, run_name: str, *, params: dict[str, str], tags: dict[str, str],
+             artifact_root: Path) -> Iterator[Recorder]:
     """An MLflow run open for the whole job: created before any work (so its duration is the job's), ended
     FINISHED, or FAILED (KILLED on Ctrl-C) with the error's first line as the tag ``error``.
 

@@ -4,6 +4,8 @@ correlation across checkpoints, and the merged model saved for the base-vs-align
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +23,12 @@ from neuronxa.training.callbacks import AlignmentCallback, TranslationCallback
 from neuronxa.training.finetune import fine_tune, lora_model, translation_examples
 from neuronxa.training.translation import load_comet
 
+log = logging.getLogger(__name__)
+
 
 def run(cfg: DictConfig, folder: Path) -> None:
     """The training job, in its MLflow run; checkpoints, tables and plots go to ``folder``."""
-    tracked_run(cfg, folder, f"{cfg.model.name}-training", aligned_by_training)
+    tracked_run(cfg, folder, f"{cfg.model.name}-training", job=aligned_by_training)
 
 
 def check_task(cfg: DictConfig) -> None:
@@ -95,7 +99,7 @@ def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
     pivot = evaluation.resolve(cfg.score.pivot)
     trained = [train.resolve(code) for code in cfg.task.trained]
     pairs = translation_pairs(train, trained, pivot)
-    print(f"training pairs: {len(pairs)} ({', '.join(trained)} → {pivot}; articles "
+    log.info(f"training pairs: {len(pairs)} ({', '.join(trained)} → {pivot}; articles "
           f"{cfg.task.train_articles[0]}-{cfg.task.train_articles[1]}); evaluation: {len(evaluation.ids(pivot))} "
           f"units of articles {cfg.task.eval_articles[0]}-{cfg.task.eval_articles[1]} in "
           f"{len(evaluation.languages) - 1} languages; {comet_note}")
@@ -108,8 +112,9 @@ def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
         every=cfg.task.every, seed=cfg.task.seed, callbacks=[alignment, translation],
         **OmegaConf.to_container(cfg.task.trainer, resolve=True))
     merged = models.save_model(trainer.model.merge_and_unload(), tokenizer, Path(cfg.task.merged_dir))
-    return report(cfg, folder, trained, pooled=alignment.pooled(), translation=translation,
-                  loss=loss_by_step(trainer.state.log_history), merged=merged)
+    logged = report(cfg, folder, trained, pooled=alignment.pooled(), translation=translation,
+                    loss=loss_by_step(trainer.state.log_history), merged=merged)
+    return replace(logged, corpora={"training": train, "evaluation": evaluation})
 
 
 def loss_by_step(log_history: list[dict]) -> pd.DataFrame:
@@ -144,15 +149,15 @@ def report(cfg: DictConfig, folder: Path, trained: list[str], *, pooled: pd.Data
     files = [write_csv(pooled.assign(role=pooled.language.map(role)), folder / "alignment_by_step.csv"),
              write_csv(quality, folder / "translation_by_step.csv"), write_csv(loss, folder / "loss.csv"),
              write_csv(correlations, folder / "correlations.csv"), write_translations(translation, folder),
-             plots.over_steps(pooled, role, folder / "plots" / "alignment_by_step.png", title),
-             plots.against_quality(pooled, quality, folder / "plots" / "alignment_vs_chrf.png", title)]
-    print(f"\nmerged model: {merged} (compare its neurons: make align-demo, or python -m neuronxa.run "
+             plots.over_steps(pooled, role, folder / "plots" / "alignment_by_step.png", title=title),
+             plots.against_quality(pooled, quality, folder / "plots" / "alignment_vs_chrf.png", title=title)]
+    log.info(f"\nmerged model: {merged} (compare its neurons: make align-demo, or python -m neuronxa.run "
           f"task=neurons task.compare_model={merged})\nrun folder: {folder}")
     series = [("loss", row.loss, int(row.step)) for row in loss.itertuples()]
     series += [(f"{row.metric}.{row.language}", row.score, int(row.step)) for row in pooled.itertuples()]
     series += [(f"{row.metric}.{row.language}", row.value, int(row.step)) for row in quality.itertuples()]
     values = {f"pearson.{row.metric}.{row.quality}.{row.language}": row.pearson_r for row in correlations.itertuples()}
-    return Logged({"merged_model": str(merged), "trained": " ".join(trained)}, values, series, files)
+    return Logged({"merged_model": str(merged), "trained": " ".join(trained)}, values, series, files=files)
 
 
 def by_step(rows: pd.DataFrame, role: dict[str, str]) -> pd.DataFrame:
@@ -169,12 +174,12 @@ def print_tables(pooled: pd.DataFrame, quality: pd.DataFrame, correlations: pd.D
     """The alignment and translation scores by training step, and their correlations."""
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
         for metric, rows in pooled.groupby("metric", sort=False):
-            print(f"\n{metric} (layer-pooled) by training step:\n{by_step(rows, role).to_string()}")
+            log.info(f"\n{metric} (layer-pooled) by training step:\n{by_step(rows, role).to_string()}")
         for measure, rows in quality.groupby("metric", sort=False):
-            print(f"\n{measure} of greedy translations into English by training step:")
-            print(rows.pivot(index="language", columns="step", values="value").round(1).to_string())
-        print("\ncorrelation between alignment and translation quality across checkpoints:")
-        print(correlations.to_string(index=False))
+            log.info(f"\n{measure} of greedy translations into English by training step:")
+            log.info(rows.pivot(index="language", columns="step", values="value").round(1).to_string())
+        log.info("\ncorrelation between alignment and translation quality across checkpoints:")
+        log.info(correlations.to_string(index=False))
 
 
 def write_translations(translation: TranslationCallback, folder: Path) -> Path:

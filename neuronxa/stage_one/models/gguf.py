@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
@@ -14,6 +15,8 @@ from filelock import FileLock
 from neuronxa import files
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.models.spec import ModelSpec, composed
+
+log = logging.getLogger(__name__)
 
 SOURCE_FILE = "neuronxa_source.json"   # in a converted folder: the GGUF it came from and its SHA-256
 
@@ -51,7 +54,7 @@ def converted_folder(spec: ModelSpec, models_dir: str | Path | None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = gguf_path(spec, models_dir)
-        print(f"converting {gguf.name} to safetensors once (about a minute) -> {target}", flush=True)
+        log.info(f"converting {gguf.name} to safetensors once (about a minute) -> {target}")
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.hf_quantizer = None
