@@ -174,6 +174,8 @@ TRAINING_RULES = [
     ("task.trainer.max_steps=1.5", "task.trainer.max_steps=1.5: wrong type; give a whole number"),
     ("+task.trainer.bf16=yes", "task.trainer.bf16=yes: wrong type; give true or false"),
     ("task.trainer.max_steps=0", "task.trainer.max_steps=0: below 1"),
+    ("task.trainer.per_device_train_batch_size=0", "task.trainer.per_device_train_batch_size=0: below 1"),
+    ("task.metrics=[nascar]", "task.metrics=[nascar]: unknown: nascar; choose from nasca"),
     ("+task.trainer.steps=10", "task.trainer.steps=10: not a field of transformers.TrainingArguments"),
     ("dataset=tsv", "dataset=tsv: task=training trains on UDHR paragraphs; use dataset=udhr"),
 ]

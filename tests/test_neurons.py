@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import SENTENCES, composed, manual_token_states, tiny_model, tiny_tokenizer
+from helpers import SENTENCES, manual_token_states, tiny_model, tiny_tokenizer
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import deactivation, interop, tables
 from neuronxa.neurons.identify import identify, probabilities
 from neuronxa.stage_one.forward import activation_counts, tokenize
 from neuronxa.stage_one.likelihood import perplexity
-from neuronxa.tasks import neurons as neurons_task
 
 K, LAYERS, WIDTH = 4, 2, 200
 SPECIFIC = {(0, 5): 0, (0, 17): 1, (0, 40): 2, (0, 99): 3, (1, 3): 0, (1, 8): 1, (1, 60): 2, (1, 61): 3,
@@ -325,14 +324,3 @@ def test_control_sets_match_the_mask_per_layer_and_cover_every_neuron():
 def test_identification_options_are_refused_in_the_functions_own_terms(options, message):
     with pytest.raises(NeuronXAError, match=message):
         identify(planted(), **options)
-
-
-def test_an_imported_mask_with_a_compared_model_is_refused_before_any_corpus_or_model(tmp_path, monkeypatch):
-    found = identify(planted(), top_rate=0.05)
-    mask = interop.write_mask(found, tmp_path / "mask.pt", n_languages=K, n_layers=LAYERS)
-    cfg = composed([f"paths.outputs={tmp_path}", "task=neurons", f"task.mask={mask}", "task.compare_model=other",
-                    f"task.languages=[{','.join(['eng_Latn', 'fra_Latn', 'deu_Latn', 'spa_Latn'])}]"])
-    monkeypatch.setattr(neurons_task, "task_corpus", lambda *a, **k: pytest.fail("the corpus was read"))
-    with pytest.raises(NeuronXAError, match="task.compare_model needs the model's own counts"):
-        neurons_task.language_neurons(cfg, tmp_path / "run")
-    assert not (tmp_path / "run").exists()

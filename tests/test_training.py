@@ -243,22 +243,6 @@ def test_udhr_articles_of_unit_ids():
         udhr_article("s1")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("task.train_articles=[0,25]", "must come before task.eval_articles"),
-    ("task.untrained=[swh_Latn]", "both trained and untrained"),
-    ("task.trainer.max_steps=0", "task.trainer.max_steps must be a whole number"),
-    ("task.trainer.per_device_train_batch_size=0", "task.trainer.per_device_train_batch_size must be a whole number"),
-    ("task.lora.r=0", "task.lora.r must be a whole number"),
-    ("task.metrics=[nascar]", "unknown metric"),
-])
-def test_bad_training_options_fail_before_any_model_loads(override, message, tmp_path):
-    cfg = composed([f"paths.outputs={tmp_path}", "task=training", override])
-    with pytest.raises(NeuronXAError, match=message):
-        training_task.check_task(cfg)
-    with pytest.raises(NeuronXAError, match="dataset=udhr"):
-        training_task.check_task(composed([f"paths.outputs={tmp_path}", "task=training", "dataset=tsv"]))
-
-
 @pytest.mark.skipif(not (UDHR / "declaration" / "eng.html").is_file(), reason="the UDHR corpus is not installed")
 def test_a_tiny_training_task_end_to_end(tiny_folder, tmp_path):
     overrides = [o for o in tiny_overrides(tiny_folder, tmp_path) if not o.startswith("dataset")] + [

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuronxa.data.corpus import ParallelCorpus
 from neuronxa.data.readers import read_corpus
-from neuronxa.errors import NeuronXAError, check_whole
+from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.cache import extract_corpus, extract_counts
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.options import StageOneOptions
@@ -27,8 +27,6 @@ _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[ParallelCorpus, ParallelCorpus]:
     """The configured corpus with its languages, read once and split into the first ``max_units`` units per
     language (scored) and the units after them (held out)."""
-    if max_units is not None:
-        check_whole(max_units, "max_units", 2, " (alignment compares units with each other; None: every unit)")
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)

@@ -14,7 +14,7 @@ from neuronxa.data.corpus import ParallelCorpus, held_out_texts
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import interop, tables
 from neuronxa.neurons.deactivation import deactivation_matrix, deactivation_summary
-from neuronxa.neurons.identify import TYPES, check_options, identify, probabilities
+from neuronxa.neurons.identify import TYPES, identify, probabilities
 from neuronxa.stage_one import models
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.probes import act_modules, ffn_width
@@ -96,10 +96,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
 def language_neurons(cfg: DictConfig, folder: Path) -> Logged:
     """Identify (or import), locate over layers, compare with an aligned model, deactivate."""
     task = cfg.task
-    check_options(task.method, task.top_rate, task.bar_rate, filter_rate=task.filter_rate, lam=task.lam)
     source = imported(task)     # published files are read before any model loads
-    if source is not None and task.compare_model:
-        raise NeuronXAError("task.compare_model needs the model's own counts: drop task.counts / task.mask")
     needs_corpus = source is None or task.deactivate or task.compare_model
     corpus, rest = task_corpus(cfg) if needs_corpus else (None, None)
     texts = held_out_texts(corpus, rest, task.eval_units) if task.deactivate else None
@@ -146,8 +143,8 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: 
              write_csv(layers, folder / "by_layer.csv", index=True), write_csv(stages, folder / "stages.csv"),
              write_csv(shared, folder / "overlap.csv", index=True), mask,
              plots.stacked_by_layer(layers, folder / "plots" / "neurons_by_layer.png", f"neuron types by layer · {title}"),
-             plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}", "language",
-                           vmin=0, vmax=None, cmap="viridis")]
+             plots.heatmap(shared, folder / "plots" / "overlap.png", f"shared language neurons · {title}",
+                           xlabel="language", vmin=0, vmax=None, cmap="viridis")]
     values = {f"{kind}.{row.language}": getattr(row, kind) for row in per_language.itertuples() for kind in TYPES}
     series = [(f"{kind}.by_layer", layers.loc[layer, kind], layer) for layer in layers.index for kind in TYPES]
     return files, values, series

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig, folder: Path) -> None:
     """The pairwise job for one config, in its MLflow run; the table and plots go to ``folder``."""
-    tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", every_pair)
+    tracked_run(cfg, folder, f"{cfg.model.name}-{cfg.pooling.name}-{cfg.metric.name}", job=every_pair)
 
 
 def every_pair(cfg: DictConfig, folder: Path) -> Logged:
@@ -41,7 +41,7 @@ def every_pair(cfg: DictConfig, folder: Path) -> Logged:
     values = {f"{metric}.pairwise_mean": float(group.value.mean()) for metric, group in pairs.groupby("metric")}
     tags = {"dataset": corpus.name, "pooling": cfg.pooling.name, "metric": cfg.metric.name, "cache": store.url(),
             "pivot": "all"}
-    return Logged(tags, values, [], files)
+    return Logged(tags, values, [], files=files, corpora={"evaluation": corpus})
 
 
 def shown(cfg: DictConfig, pairs: pd.DataFrame, folder: Path) -> list[Path]:

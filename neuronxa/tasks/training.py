@@ -13,9 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuronxa.data.corpus import ParallelCorpus
 from neuronxa.data.udhr import read_udhr, udhr_article
-from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models
-from neuronxa.stage_two import registry, scoring
 from neuronxa.stage_two.uncertainty import pearson, spearman
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import Logged, model_name, tracked_run, write_csv
@@ -29,29 +27,6 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, folder: Path) -> None:
     """The training job, in its MLflow run; checkpoints, tables and plots go to ``folder``."""
     tracked_run(cfg, folder, f"{cfg.model.name}-training", job=aligned_by_training)
-
-
-def check_task(cfg: DictConfig) -> None:
-    """The task's options, before the corpus is read or a model loads."""
-    task = cfg.task
-    if cfg.dataset.name != "udhr":
-        raise NeuronXAError(f"task=training trains on UDHR paragraphs: use dataset=udhr, not {cfg.dataset.name}")
-    wholes = {f"task.{option}": task[option] for option in ("every", "translate_units", "max_new_tokens", "max_length")}
-    wholes |= {f"task.trainer.{option}": task.trainer.get(option)
-               for option in ("max_steps", "per_device_train_batch_size")}
-    for option, value in {**wholes, "task.lora.r": task.lora.get("r")}.items():
-        check_whole(value, option, 1)
-    (first, last), (eval_first, eval_last) = task.train_articles, task.eval_articles
-    if not (0 <= first <= last < eval_first <= eval_last <= 30):
-        raise NeuronXAError(f"task.train_articles {list(task.train_articles)} must come before task.eval_articles "
-                            f"{list(task.eval_articles)} within articles 0-30 (0: the preamble), without overlap")
-    overlap = set(task.trained) & set(task.untrained)
-    if not task.trained or overlap:
-        raise NeuronXAError("task.trained needs at least one language, and no language may be both trained and "
-                            f"untrained (both: {', '.join(sorted(overlap))})")
-    for metric in task.metrics:
-        registry.metric(metric)
-    scoring.check_layer_pool(cfg.score.layer_pool)
 
 
 def split_corpus(cfg: DictConfig) -> tuple[ParallelCorpus, ParallelCorpus]:
@@ -93,7 +68,6 @@ def callbacks(cfg: DictConfig, tokenizer, evaluation: ParallelCorpus, *,
 
 def aligned_by_training(cfg: DictConfig, folder: Path) -> Logged:
     """Fine-tune with LoRA, scoring alignment and translation at every checkpoint; save the merged model."""
-    check_task(cfg)
     comet, comet_note = load_comet(cfg.task.comet_checkpoint)
     train, evaluation = split_corpus(cfg)
     pivot = evaluation.resolve(cfg.score.pivot)
