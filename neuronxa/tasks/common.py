@@ -4,7 +4,7 @@ write tables and log the MLflow run."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -31,14 +31,6 @@ def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[Para
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)
 
-
-def composed(overrides: Sequence[str] = ()) -> DictConfig:
-    """The configuration as ``python -m neuronxa.run`` composes it from ``overrides``, without starting a run: for
-    scripts that read its paths or its tracking store."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("neuronxa.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def plain(value):
