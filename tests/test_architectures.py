@@ -11,6 +11,7 @@ padded batch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import subprocess
@@ -23,6 +24,7 @@ import torch
 from helpers import FIXTURES, ROOT, composed, tiny_overrides, tiny_tokenizer
 from neuronxa.data.readers import read_tsv
 from neuronxa.errors import NeuronXAError
+from neuronxa.neurons.deactivation import deactivated
 from neuronxa.stage_one import models
 from neuronxa.stage_one.cache import extract_corpus
 from neuronxa.stage_one.forward import pooled_states
@@ -256,6 +258,25 @@ def test_named_sites_serve_an_ffn_split_over_two_modules():
 def test_named_sites_are_checked_in_one_line(field, sites, said):
     with pytest.raises(NeuronXAError, match=f"^{re.escape(said)}"):
         name_sites(tiny("llama"), sites)
+
+
+@pytest.mark.parametrize("kind", ["llama", "lfm2", "opt", "rwkv", "gpt2"])
+def test_deactivating_neurons_equals_zeroing_their_down_projection_inputs(kind):
+    """Where a is an activation module's output (llama, opt, gpt2), a function's (lfm2) or the down projection's
+    input (rwkv): a_j = 0 removes neuron j's column of the down projection."""
+    model, chosen = tiny(kind), [1, 3]
+    ids = tiny_tokenizer()(SENTENCES[0], return_tensors="pt")["input_ids"]
+    edited = copy.deepcopy(model)
+    down = first(ffn_of(find_layers(edited)[1]), DOWN)
+    with torch.no_grad(), deactivated(model, {1: chosen}):
+        got = model(input_ids=ids).logits
+        if isinstance(down, torch.nn.Linear):
+            down.weight[:, chosen] = 0
+        else:                                   # GPT-2's Conv1D stores (in, out)
+            down.weight[chosen, :] = 0
+        expected = edited(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, model(input_ids=ids).logits.detach())
 
 
 LLAMA_SITES = "model.sites={layers: layers, ffn: mlp, act: act_fn, down: down_proj, gated: true}"
