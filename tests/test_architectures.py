@@ -209,6 +209,16 @@ def test_no_ffn_is_refused_in_one_line(kind):
         find_sites(tiny(kind))
 
 
+def test_ffns_of_different_widths_are_refused_in_one_line():
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    model, wider = copy.deepcopy(tiny("llama")), copy.deepcopy(tiny("llama").config)
+    wider.intermediate_size = 64
+    model.model.layers[1].mlp = LlamaMLP(wider)
+    with pytest.raises(NeuronXAError, match=r"^model type 'llama' has FFNs of different widths in different layers"):
+        find_sites(model)
+
+
 @pytest.mark.parametrize("kind", sorted(RECURRENT))
 def test_layers_that_run_twice_are_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=r"^decoder layer 0 ran twice in one forward pass"):

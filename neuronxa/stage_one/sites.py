@@ -178,6 +178,9 @@ def find_sites(model: nn.Module) -> Sites:
     ffn_path = _ffn_of_every_layer(model, layers, path, hidden)
     ffns = [submodule(layer, ffn_path) for layer in layers]
     down, inputs, width = _projections(ffns[0], hidden)
+    if len({widths(submodule(ffn, down))[0] for ffn in ffns}) > 1:
+        raise NeuronXAError(f"model type {model_type(model)!r} has FFNs of different widths in different layers: "
+                            "not supported")
     gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
     act = _act_module(ffns[0])
     if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
