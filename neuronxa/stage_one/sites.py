@@ -3,7 +3,8 @@
 Per decoder layer: the FFN, the module whose output is the activation ``a`` (``act_fn(gate x)`` when gated), and
 the down projection, whose input is ``z`` (``a * up x`` when gated, ``a`` otherwise) and whose input width is the
 neuron count. Found by structure:
-- the decoder layers: the longest ``nn.ModuleList`` under the base model;
+- the decoder layers: the longest ``nn.ModuleList`` under the base model (preferring one as long as the config's
+  number of layers, so that a vision tower's list is not taken);
 - the FFN: the first module of a layer called (or whose class is called) MLP / feed-forward / FFN that holds a
   down projection (a Linear or GPT-2 Conv1D from the FFN width to the hidden size) and an input projection (from
   the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM);
@@ -36,9 +37,9 @@ ACTIVATIONS = {"lfm2": "silu", "lfm3": "silu"}
 @dataclass(frozen=True)
 class Sites:
     """Module paths of the probe sites: ``layers`` under the base model; ``ffn`` within a layer (empty: the layer
-    itself); ``act`` (output a; None where a function computes it), ``down`` (input z) and ``gate`` within the FFN;
-    ``activation``: the function a is computed with where there is no ``act`` module and the FFN is gated (a =
-    activation(gate x), of the first ``width`` outputs when gate and up are fused)."""
+    itself); ``act`` (output a; None where a function computes it), ``down`` (input z), ``gate`` and ``up`` within
+    the FFN (the same path when fused); ``activation``: the function a is computed with where there is no ``act``
+    module and the FFN is gated (a = activation(gate x), of the first ``width`` outputs when fused)."""
 
     layers: str
     ffn: str
@@ -76,7 +77,9 @@ def submodule(module: nn.Module, path: str) -> nn.Module:
 
 
 def widths(module: nn.Module) -> tuple[int, int] | None:
-    """(input, output) width of a Linear or GPT-2 Conv1D (whose weight is stored transposed), else None."""
+    """(input, output) width of a Linear or GPT-2 Conv1D (whose weight is stored transposed), else None; a layer
+    that ``peft`` wraps (e.g. LoRA) has the widths of the layer it wraps."""
+    module = getattr(module, "base_layer", module)
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
