@@ -24,6 +24,10 @@ _EXPORTS = {
     "extract_counts": "neuronxa.stage_one.cache",
     "StateStore": "neuronxa.stage_one.store",
     "perplexity": "neuronxa.stage_one.likelihood",
+    "Sites": "neuronxa.stage_one.sites",
+    "find_sites": "neuronxa.stage_one.sites",
+    "name_sites": "neuronxa.stage_one.sites",
+    "on_a": "neuronxa.stage_one.probes",
     # stage two: scores, baselines, correlations
     "score_model": "neuronxa.stage_two.live",
     "score": "neuronxa.stage_two.scoring",

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from helpers import SENTENCES, manual_token_states
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.forward import length_batches, pooled_states, tokenize
-from neuronxa.stage_one.probes import PoolingProbe, decoder_layers
+from neuronxa.stage_one.probes import decoder_layers
 
 
 def manual_pool(tokens: np.ndarray, pooling: str, skip_first: bool = False) -> np.ndarray:
@@ -92,14 +91,6 @@ def test_max_length_below_two_is_refused(tiny):
 
 def test_length_batches_group_similar_lengths():
     assert length_batches([3, 10, 1, 7, 5], 2) == [[1, 3], [4, 0], [2]]
-
-
-def test_unsupported_architecture_is_named():
-    class Mamba(nn.Module):
-        config = type("Config", (), {"model_type": "mamba"})()
-
-    with pytest.raises(NeuronXAError, match="'mamba'"):
-        PoolingProbe(Mamba())
 
 
 def test_hooks_are_removed_after_use(tiny):

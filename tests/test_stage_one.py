@@ -177,13 +177,13 @@ def test_embedded_model_on_a_udhr_slice(tmp_path):
     np.testing.assert_allclose(nas, direct["nas"]["weighted"], atol=1e-3)
 
 
-def test_unsupported_architecture_fails_before_loading_weights(tmp_path, monkeypatch):
-    from transformers import BertConfig
+def test_architecture_without_ffn_fails_before_loading_weights(tmp_path, monkeypatch):
+    from transformers import MambaConfig
 
-    folder = tmp_path / "bert"
-    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(folder)
+    folder = tmp_path / "mamba"
+    MambaConfig(hidden_size=8, num_hidden_layers=1, vocab_size=100).save_pretrained(folder)
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("weights were loaded"))
-    with pytest.raises(NeuronXAError, match="model type 'bert' has no known FFN probe site"):
+    with pytest.raises(NeuronXAError, match="model type 'mamba' has no feed-forward layers"):
         extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec(folder), tmp_path / "cache")
 
 

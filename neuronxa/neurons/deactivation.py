@@ -13,7 +13,7 @@ import torch
 
 from neuronxa.neurons.identify import in_mask
 from neuronxa.stage_one.likelihood import perplexity
-from neuronxa.stage_one.probes import act_modules, ffn_width
+from neuronxa.stage_one.probes import architecture, decoder_layers, ffn_width, on_a
 
 
 def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
@@ -23,22 +23,23 @@ def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
 
 @contextmanager
 def deactivated(model: torch.nn.Module, chosen: Mapping[int, Sequence[int]]) -> Iterator[None]:
-    """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs: a forward hook
-    on each chosen layer's activation function replaces its output by a copy with those neurons set to 0."""
-    handles = []
+    """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs: a hook on each
+    chosen layer's a (its activation module's output where there is one, see ``on_a``) replaces it by a copy
+    with those neurons set to 0."""
+    handles, sites = [], architecture(model)
     try:
-        for layer_index, act in enumerate(act_modules(model)):
+        for layer_index, layer in enumerate(decoder_layers(model)):
             indices = chosen.get(layer_index)
             if not indices:
                 continue
             index = torch.tensor(indices)
 
-            def zero(module, inputs, output, *, index=index):
-                output = output.clone()
-                output[..., index.to(output.device)] = 0
-                return output
+            def zero(a, *, index=index):
+                a = a.clone()
+                a[..., index.to(a.device)] = 0
+                return a
 
-            handles.append(act.register_forward_hook(zero))
+            handles += on_a(layer, sites, zero)
         yield
     finally:
         for handle in handles:

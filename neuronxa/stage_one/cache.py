@@ -19,6 +19,7 @@ from neuronxa.stage_one import forward, models
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.probes import SITE_NAMES, module_paths
+from neuronxa.stage_one.sites import checked_sites, name_sites
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_one.writer import GroupWriter
 
@@ -50,9 +51,13 @@ class Loader:
     def __call__(self) -> tuple:
         if self.loaded is None:
             options = self.options
+            # the probe sites, found (or the named ones checked) on the model built without weights: fails fast
+            checked_sites(models.meta_model(self.spec, models_dir=self.models_dir), options.sites)
             self.loaded = models.load(self.spec, dtype=options.dtype, device=models.resolve_device(options.device),
                                       device_map=options.device_map, offload_folder=options.offload_folder,
                                       models_dir=self.models_dir)
+        if self.options.sites is not None:
+            name_sites(self.loaded[0], self.options.sites)
         return self.loaded
 
 

@@ -3,24 +3,26 @@ how the pass runs (batching, grouping, device placement), which never changes wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models
 from neuronxa.stage_one.forward import check_max_length
 from neuronxa.stage_one.models import ModelSpec
-from neuronxa.stage_one.probes import SITE_NAMES, architecture_of
+from neuronxa.stage_one.probes import SITE_NAMES
+from neuronxa.stage_one.sites import Sites
 
 
 @dataclass(frozen=True)
 class StageOneOptions:
-    """Stage one's options; ``cache_key`` holds the first five (with the model and corpus), never the rest."""
+    """Stage one's options; ``cache_key`` holds the first six (with the model and corpus), never the rest."""
 
     max_units: int | None = None       # units per language (None: every unit)
     max_length: int = 512              # tokens per unit; longer units are cut
     dtype: str = "auto"
     skip_bos: bool = False             # pool without the BOS token
     layers: int | None = None          # keep the first N decoder layers (None: all)
+    sites: Sites | None = None         # FFN probe sites named by hand (None: found from the model's structure)
     batch_size: int = 16               # sentences per batch
     batch_tokens: int | None = None    # padded tokens per batch besides batch_size (None: no budget)
     group_units: int = 256             # units of consecutive languages batched together
@@ -37,18 +39,20 @@ class StageOneOptions:
         """Everything that changes the forward pass's pooled states, and nothing else."""
         key = {**identity, "corpus": corpus_name, "max_units": self.max_units, "max_length": self.max_length,
                "dtype": self.torch_dtype(), "skip_bos": self.skip_bos, "sites": SITE_NAMES}
-        return key if self.layers is None else {**key, "layers": self.layers}
+        key = key if self.layers is None else {**key, "layers": self.layers}
+        return key if self.sites is None else {**key, "model_sites": asdict(self.sites)}
 
     def check(self, spec: ModelSpec, models_dir: str | None = None) -> None:
         """The options against each other and the model's config, before any cache look-up or weights load
-        (an unsupported architecture fails here too)."""
+        (an architecture without FFN probe sites fails when the model is needed, before its weights load)."""
         check_max_length(self.max_length)
         check_whole(self.batch_size, "batch_size", 1)
         check_whole(self.group_units, "group_units", 1)
         if self.batch_tokens is not None:
             check_whole(self.batch_tokens, "batch_tokens", 1, " (None: batches of batch_size sentences)")
+        if self.sites is not None:
+            self.sites.check()
         config = models.model_config(spec, models_dir=models_dir)   # read once: a hub model's is a round trip
-        architecture_of(config["model_type"])
         if self.layers is not None:
             available = models.n_layers(config)
             if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 1 or \

@@ -6,19 +6,34 @@ Sites, named as TransformerLens names them (``blocks.{layer}...``):
 - ``mlp.hook_post``: the intermediate ``z`` (input of the down projection; ``a * up_proj x`` when gated, ``a``
   otherwise). NAV per token is ``|z|``.
 - ``hook_resid_post``: the decoder layer's output (the residual stream), for the embedding baselines.
-Per-token states never leave the device: each hook contracts them at once with the pooling weights.
+Per-token states never leave the device: each hook contracts them at once with the pooling weights. Where the
+model computes them under another leading shape (OPT flattens batch and tokens), they are reshaped to
+(batch, tokens, width) first. ``on_a`` is the one hook point of a per layer, for probes and interventions alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.pooling import pool
+from neuronxa.stage_one.sites import (
+    Sites,
+    act_modules,
+    architecture,
+    decoder_layers,
+    ffn_width,
+    module_paths,
+    submodule,
+    widths,
+)
+
+__all__ = ["KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "act_modules", "architecture", "decoder_layers",
+           "ffn_width", "module_paths", "on_a", "submodule"]
 
 KINDS = ("nas", "nav", "hidden")
 SITE_NAMES = {
@@ -28,78 +43,38 @@ SITE_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """Where the FFN modules sit: layers under the base model, then (within a layer) FFN, act, down."""
+def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Tensor | None]) -> list:
+    """Hooks that hand each forward pass's a of ``layer``'s FFN to ``edit``; where ``edit`` returns a tensor, it
+    replaces a downstream (the FFN then computes z from it). Returns the hook handles.
 
-    layers: str
-    ffn: str
-    act: str
-    down: str
-    gated: bool
+    a is the output of the act module where there is one; else the down projection's input when not gated; else
+    (gated, a computed by a function) the activation of the gate projection's output, and an edited a gives
+    z = a' * up x at the down projection's input."""
+    ffn = submodule(layer, found.ffn)
+    down = submodule(ffn, found.down)
+    if found.act is not None:
+        return [submodule(ffn, found.act).register_forward_hook(lambda module, inputs, output: edit(output))]
+    if not found.gated:
+        def edit_z(module, inputs):
+            edited = edit(inputs[0])
+            return None if edited is None else (edited, *inputs[1:])
+        return [down.register_forward_pre_hook(edit_z)]
+    from transformers.activations import ACT2FN
 
+    width, activation, held = widths(down)[0], ACT2FN[found.activation], {}
 
-_GATED = Architecture("layers", "mlp", "act_fn", "down_proj", True)
-_GATED_FUSED = Architecture("layers", "mlp", "activation_fn", "down_proj", True)
-ARCHITECTURES = {
-    **{name: _GATED for name in (
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "olmo3",
-        "granite", "cohere", "stablelm", "smollm3",
-    )},
-    "gemma3": Architecture("language_model.layers", "mlp", "act_fn", "down_proj", True),
-    **{name: _GATED_FUSED for name in ("glm", "glm4", "phi3")},
-    "gpt2": Architecture("h", "mlp", "act", "c_proj", False),
-    "bloom": Architecture("h", "mlp", "gelu_impl", "dense_4h_to_h", False),
-    "xglm": Architecture("layers", "", "activation_fn", "fc2", False),
-    "opt": Architecture("decoder.layers", "", "activation_fn", "fc2", False),
-}
+    def on_gate(module, inputs, output):
+        held["a"] = edit(activation(output[..., :width]))   # fused gate_up: the gate's half comes first
 
+    def on_up(module, inputs, output):
+        held["up"] = output[..., -width:]
 
-def submodule(module: nn.Module, path: str) -> nn.Module:
-    """``module.a.b`` for ``path='a.b'`` (the empty path is the module itself)."""
-    for name in filter(None, path.split(".")):
-        module = getattr(module, name)
-    return module
+    def z_from_edited(module, inputs):
+        edited, up = held.pop("a", None), held.pop("up", None)
+        return None if edited is None else (edited * up, *inputs[1:])
 
-
-def architecture(model: nn.Module) -> Architecture:
-    """The FFN layout of a model, or a clear error naming its unsupported model type."""
-    return architecture_of(getattr(model.config, "model_type", type(model).__name__))
-
-
-def architecture_of(model_type: str) -> Architecture:
-    """The FFN layout of a model type (as ``config.json`` names it), checked before any weights load."""
-    if model_type not in ARCHITECTURES:
-        raise NeuronXAError(
-            f"model type {model_type!r} has no known FFN probe site; supported: {', '.join(sorted(ARCHITECTURES))}"
-        )
-    return ARCHITECTURES[model_type]
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (under its base model, which has no LM head)."""
-    return submodule(model.base_model, architecture(model).layers)
-
-
-def act_modules(model: nn.Module) -> list[nn.Module]:
-    """Each decoder layer's activation module (its output is a)."""
-    arch = architecture(model)
-    return [submodule(submodule(layer, arch.ffn), arch.act) for layer in decoder_layers(model)]
-
-
-def ffn_width(model: nn.Module) -> int:
-    """Neurons per FFN layer: the input width of the down projection."""
-    arch = architecture(model)
-    down = submodule(submodule(decoder_layers(model)[0], arch.ffn), arch.down)
-    return down.in_features if hasattr(down, "in_features") else down.weight.shape[0]  # GPT-2's Conv1D
-
-
-def module_paths(model: nn.Module) -> dict[str, str]:
-    """Module paths of the three sites, for the cache metadata."""
-    arch = architecture(model)
-    ffn = f"{arch.layers}.{{layer}}" + (f".{arch.ffn}" if arch.ffn else "")
-    down = f"{ffn}.{arch.down} (input)" if arch.gated else f"{ffn}.{arch.act} (output)"
-    return {"nas": f"{ffn}.{arch.act} (output)", "nav": down, "hidden": f"{arch.layers}.{{layer}} (output)"}
+    return [submodule(ffn, found.gate).register_forward_hook(on_gate),
+            submodule(ffn, found.up).register_forward_hook(on_up), down.register_forward_pre_hook(z_from_edited)]
 
 
 class StopForward(Exception):
@@ -125,29 +100,34 @@ class PoolingProbe:
 
     def _store(self, kind: str, layer: int, states: torch.Tensor) -> None:
         if kind in self.kinds:
+            if self._pooled[kind][layer] is not None:
+                raise NeuronXAError(f"decoder layer {layer} ran twice in one forward pass (a recurrent model?): "
+                                    "its FFN states per token are not defined")
             # with device_map, layers may sit on several devices: pool where the states are, gather on the first
             if states.device not in self._weights_by_device:
                 self._weights_by_device[states.device] = self.weights.to(states.device)
+            states = states.reshape(*self.weights.shape[1:], states.shape[-1])   # e.g. OPT's (batch·tokens, width)
             self._pooled[kind][layer] = pool(self._weights_by_device[states.device], states).to(self.weights.device)
 
-    def _hooks(self, index: int, layer: nn.Module):
+    def _hooks(self, index: int, layer: nn.Module) -> list:
         ffn = submodule(layer, self.arch.ffn)
+        a_is_z = not self.arch.gated
 
-        def on_act(module, inputs, output):
-            self._store("nas", index, output > 0)
-            if not self.arch.gated:
-                self._store("nav", index, output.abs())
+        def on_act(a: torch.Tensor) -> None:
+            self._store("nas", index, a > 0)
+            if a_is_z:
+                self._store("nav", index, a.abs())
 
         def on_down(module, inputs):
             self._store("nav", index, inputs[0].abs())
 
         def on_layer(module, inputs, output):
-            self._store("hidden", index, output[0] if isinstance(output, tuple) else output)
+            self._store("hidden", index, output[0] if isinstance(output, (tuple, list)) else output)
             if self.stops_early and index == len(self.layers) - 1:
                 raise StopForward
 
-        handles = [submodule(ffn, self.arch.act).register_forward_hook(on_act)]
-        if self.arch.gated:
+        handles = on_a(layer, self.arch, on_act)
+        if not a_is_z:
             handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
         handles.append(layer.register_forward_hook(on_layer))
         return handles

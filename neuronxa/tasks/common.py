@@ -16,6 +16,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.cache import extract_corpus, extract_counts
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.options import StageOneOptions
+from neuronxa.stage_one.sites import Sites
 from neuronxa.stage_one.store import StateStore
 from neuronxa.tasks import tracking
 from neuronxa.tasks.tracking import Logged
@@ -52,7 +53,20 @@ def stage_one_options(cfg: DictConfig, model: DictConfig) -> StageOneOptions:
                            dtype=model.dtype, skip_bos=cfg.pooling.skip_bos, layers=cfg.extract.get("layers"),
                            batch_size=cfg.extract.batch_size, batch_tokens=cfg.extract.get("batch_tokens"),
                            group_units=cfg.extract.group_units, device=model.device,
-                           device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"))
+                           device_map=plain(model.get("device_map")), offload_folder=model.get("offload_folder"),
+                           sites=named_sites(model))
+
+
+def named_sites(model: DictConfig) -> Sites | None:
+    """The FFN probe sites the ``model`` config names (``model.sites``), if any."""
+    given = plain(model.get("sites"))
+    if not given:
+        return None
+    try:
+        return Sites(**given)
+    except TypeError:
+        raise NeuronXAError(f"model.sites: expected a mapping with layers, ffn, act, down, gated (and gate, up, "
+                            f"activation for a gated FFN without an act module), not {given!r}") from None
 
 
 def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> StateStore:

@@ -17,9 +17,18 @@ from neuronxa.neurons.deactivation import deactivation_matrix, deactivation_summ
 from neuronxa.neurons.identify import TYPES, identify, probabilities
 from neuronxa.stage_one import models
 from neuronxa.stage_one.models import spec_from_config
-from neuronxa.stage_one.probes import act_modules, ffn_width
+from neuronxa.stage_one.probes import decoder_layers, ffn_width
+from neuronxa.stage_one.sites import name_sites
 from neuronxa.tasks import plots
-from neuronxa.tasks.common import Logged, load_corpus, model_name, stage_one_counts, tracked_run, write_csv
+from neuronxa.tasks.common import (
+    Logged,
+    load_corpus,
+    model_name,
+    named_sites,
+    stage_one_counts,
+    tracked_run,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +161,7 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: 
 
 def check_shape(found: pd.DataFrame, n_layers: int, model) -> None:
     """A mask or counts from another model cannot switch off this model's neurons."""
-    model_layers, width = len(act_modules(model)), ffn_width(model)
+    model_layers, width = len(decoder_layers(model)), ffn_width(model)
     if n_layers != model_layers or (len(found) and int(found.neuron.max()) >= width):
         raise NeuronXAError(f"the neurons have {n_layers} layers (largest index {int(found.neuron.max())}) but the "
                             f"model has {model_layers} layers × {width} neurons: deactivate on the model they came "
@@ -166,6 +175,7 @@ def deactivate(cfg: DictConfig, model_conf: DictConfig, found: pd.DataFrame, *, 
     (file and metric names start with ``prefix``, e.g. for the compared model)."""
     spec = spec_from_config(model_conf)
     model, tokenizer = models.load(spec, dtype=model_conf.dtype, device=model_conf.device, models_dir=cfg.paths.models)
+    name_sites(model, named_sites(model_conf))
     check_shape(found, n_layers, model)
     own, control, intact = deactivation_matrix(model, tokenizer, found, languages=languages, texts=texts,
                                                seed=cfg.task.seed, max_length=cfg.extract.max_length)

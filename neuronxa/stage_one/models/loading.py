@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.models.identity import local_path
+from neuronxa.stage_one.models.identity import local_path, model_config
 from neuronxa.stage_one.models.spec import ModelSpec, model_spec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,6 +30,20 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
+    """The causal LM built from its config on the meta device: its module tree without reading any weight."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(model_config(spec, models_dir=models_dir))
+    kind = config.pop("model_type")
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **config))
+    except (KeyError, ValueError) as error:
+        raise NeuronXAError(f"model type {kind!r} is no causal LM that transformers can build: "
+                            f"{str(error).splitlines()[0]}") from None
 
 
 def load(

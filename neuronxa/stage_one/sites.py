@@ -1,0 +1,266 @@
+"""Where a model's FFN probes attach, found from its module tree (or named by the user for an exotic model).
+
+Per decoder layer: the FFN, the module whose output is the activation ``a`` (``act_fn(gate x)`` when gated), and
+the down projection, whose input is ``z`` (``a * up x`` when gated, ``a`` otherwise) and whose input width is the
+neuron count. Found by structure:
+- the decoder layers: the longest ``nn.ModuleList`` under the base model (preferring one as long as the config's
+  number of layers, so that a vision tower's list is not taken);
+- the FFN: the first module of a layer called (or whose class is called) MLP / feed-forward / FFN that holds a
+  down projection (a Linear or GPT-2 Conv1D from the FFN width to the hidden size) and an input projection (from
+  the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM);
+- gated: two input projections (gate and up, the gate named ``gate*`` or ``w1``) or a fused one;
+- the activation: an activation module of the FFN (parameter-free or not, e.g. xIELU); where ``a`` is computed by a
+  plain function, it is the gate projection's output through the config's activation (``hidden_act``), or, when
+  not gated, the down projection's input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from weakref import WeakKeyDictionary
+
+from torch import nn
+
+from neuronxa.errors import NeuronXAError
+
+_FFN_NAME = re.compile(r"mlp|feed_?forward|ffn", re.IGNORECASE)
+_ACT_CLASS = re.compile(r"act|gelu|relu|silu|swish|sigmoid|tanh|glu|xielu", re.IGNORECASE)
+_MOE_CLASS = re.compile(r"experts|sparsemoe|moe(block|layer)?$", re.IGNORECASE)
+_NOT_ACT = (nn.Linear, nn.Dropout, nn.LayerNorm, nn.Embedding, nn.Identity)
+_ACT_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation", "afn")
+# what structure cannot tell: the activation function of gated FFNs that apply it as a plain function, where the
+# config names none
+ACTIVATIONS = {"lfm2": "silu", "lfm3": "silu"}
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Module paths of the probe sites: ``layers`` under the base model; ``ffn`` within a layer (empty: the layer
+    itself); ``act`` (output a; None where a function computes it), ``down`` (input z), ``gate`` and ``up`` within
+    the FFN (the same path when fused); ``activation``: the function a is computed with where there is no ``act``
+    module and the FFN is gated (a = activation(gate x), of the first ``width`` outputs when fused)."""
+
+    layers: str
+    ffn: str
+    act: str | None
+    down: str
+    gated: bool
+    gate: str | None = None
+    up: str | None = None
+    activation: str | None = None
+
+    def check(self) -> None:
+        """One line naming what is missing when a gated FFN has no activation module."""
+        if self.gated and self.act is None and (self.gate is None or self.up is None or self.activation is None):
+            raise NeuronXAError("sites: a gated FFN without an act module needs gate and up (the projections' "
+                                "paths within the FFN; the same path when fused) and activation (e.g. silu)")
+
+
+_NAMED: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def name_sites(model: nn.Module, sites: Sites | None) -> None:
+    """Use ``sites`` (checked against the model) for ``model`` instead of those found by structure (None: found
+    again)."""
+    if sites is None:
+        _NAMED.pop(model, None)
+    else:
+        _NAMED[model] = checked_sites(model, sites)
+
+
+def submodule(module: nn.Module, path: str) -> nn.Module:
+    """``module.a.b`` for ``path='a.b'`` (the empty path is the module itself)."""
+    for name in filter(None, path.split(".")):
+        module = getattr(module, name)
+    return module
+
+
+def widths(module: nn.Module) -> tuple[int, int] | None:
+    """(input, output) width of a Linear or GPT-2 Conv1D (whose weight is stored transposed), else None; a layer
+    that ``peft`` wraps (e.g. LoRA) has the widths of the layer it wraps."""
+    module = getattr(module, "base_layer", module)
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        return tuple(module.weight.shape)
+    return None
+
+
+def model_type(model: nn.Module) -> str:
+    return getattr(model.config, "model_type", type(model).__name__)
+
+
+def layer_list(model: nn.Module) -> str:
+    """Path (under the base model) of the decoder layers: the longest ModuleList as long as the config's number of
+    layers (a vision tower's list is another length), else the longest."""
+    lists = [(name, len(m)) for name, m in model.base_model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise NeuronXAError(f"model type {model_type(model)!r} has no list of decoder layers: name its sites "
+                            "with model.sites")
+    count = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    return max(lists, key=lambda item: (item[1] == count, item[1]))[0]
+
+
+def _projections(ffn: nn.Module, hidden: int) -> tuple[str, list[str], int] | None:
+    """The FFN's down projection, its input projections and its width, from the FFN's own Linear children."""
+    linear = {name: widths(child) for name, child in ffn.named_children() if widths(child)}
+    downs = [name for name, (i, o) in linear.items() if o == hidden and i != hidden]
+    for down in downs:
+        width = linear[down][0]
+        inputs = [name for name, (i, o) in linear.items() if i == hidden and o in (width, 2 * width)]
+        if inputs:
+            return down, inputs, width
+    return None
+
+
+def _act_module(ffn: nn.Module) -> str | None:
+    """The FFN's activation module, if it has one."""
+    for name, child in ffn.named_children():
+        if not isinstance(child, _NOT_ACT) and not widths(child) and not list(child.children()) \
+                and _ACT_CLASS.search(type(child).__name__):
+            return name
+    return None
+
+
+def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
+    """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
+    for name, module in layer.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
+                and _projections(module, hidden):
+            return name
+    return "" if _projections(layer, hidden) else None
+
+
+def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
+    for index, layer in enumerate(layers):
+        for name, module in layer.named_modules():
+            if _MOE_CLASS.search(type(module).__name__):
+                raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
+                                    f"({type(module).__name__} at {path}.{index}.{name}): expert neurons are not "
+                                    "supported yet")
+
+
+def _activation(model: nn.Module) -> str:
+    """The activation function a gated FFN applies as a plain function: the config's, else the table's."""
+    config = model.config.get_text_config()
+    named = next((getattr(config, key) for key in _ACT_CONFIG_KEYS if isinstance(getattr(config, key, None), str)),
+                 None)
+    if named is None and model_type(model) not in ACTIVATIONS:
+        raise NeuronXAError(f"model type {model_type(model)!r} applies its FFN activation as a function and its "
+                            "config names none: name it with model.sites.activation")
+    return named or ACTIVATIONS[model_type(model)]
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = model.config.get_text_config()
+    return getattr(config, "hidden_size", None) or model.get_input_embeddings().weight.shape[1]
+
+
+def _ffn_of_every_layer(model: nn.Module, layers: nn.ModuleList, path: str, hidden: int) -> str:
+    """The FFN's path within each layer, the same in all, or one line naming why there is none."""
+    paths = [_ffn_path(layer, hidden) for layer in layers]
+    missing = [str(index) for index, found in enumerate(paths) if found is None]
+    if len(missing) == len(paths):
+        raise NeuronXAError(f"model type {model_type(model)!r} has no feed-forward layers: no MLP with a down "
+                            f"projection (width -> {hidden}) in {path}.0; if it has one, name its sites with "
+                            "model.sites")
+    if missing or len(set(paths)) > 1:
+        raise NeuronXAError(f"model type {model_type(model)!r} has no FFN at one path in every decoder layer "
+                            f"(none in layers {', '.join(missing) or '-'}): not supported")
+    return paths[0]
+
+
+def find_sites(model: nn.Module) -> Sites:
+    """The probe sites of a causal LM, found from its module tree (see the module's docstring)."""
+    path = layer_list(model)
+    layers = submodule(model.base_model, path)
+    _refuse_moe(model, layers, path)
+    hidden = _hidden_size(model)
+    ffn_path = _ffn_of_every_layer(model, layers, path, hidden)
+    ffns = [submodule(layer, ffn_path) for layer in layers]
+    down, inputs, width = _projections(ffns[0], hidden)
+    if len({widths(submodule(ffn, down))[0] for ffn in ffns}) > 1:
+        raise NeuronXAError(f"model type {model_type(model)!r} has FFNs of different widths in different layers: "
+                            "not supported")
+    gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
+    act = _act_module(ffns[0])
+    if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
+        act = None   # one module shared by all layers: its hooks could not tell the layers apart
+    if not gated:
+        return Sites(path, ffn_path, act, down, False)
+    gate = next((name for name in inputs if "gate" in name or name == "w1"), inputs[0])
+    up = next((name for name in inputs if name != gate), gate)
+    return Sites(path, ffn_path, act, down, True, gate, up, None if act else _activation(model))
+
+
+def architecture(model: nn.Module) -> Sites:
+    """The probe sites of a model: those named for it (``name_sites``), else those found by structure."""
+    return _NAMED.get(model) or find_sites(model)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM."""
+    return submodule(model.base_model, architecture(model).layers)
+
+
+def ffns(model: nn.Module) -> list[nn.Module]:
+    """Each decoder layer's FFN module."""
+    found = architecture(model)
+    return [submodule(layer, found.ffn) for layer in decoder_layers(model)]
+
+
+def act_modules(model: nn.Module) -> list[nn.Module]:
+    """Each decoder layer's activation module (its forward output is a); empty where a function computes a (see
+    ``on_a`` for a hook point that every architecture has)."""
+    act = architecture(model).act
+    return [] if act is None else [submodule(ffn, act) for ffn in ffns(model)]
+
+
+def ffn_width(model: nn.Module) -> int:
+    """Neurons per FFN layer: the input width of the down projection."""
+    return widths(submodule(ffns(model)[0], architecture(model).down))[0]
+
+
+def module_paths(model: nn.Module) -> dict[str, str]:
+    """Module paths of the three sites, for the cache metadata."""
+    found = architecture(model)
+    ffn = f"{found.layers}.{{layer}}" + (f".{found.ffn}" if found.ffn else "")
+    down = f"{ffn}.{found.down} (input)"
+    if found.act is not None:
+        nas = f"{ffn}.{found.act} (output)"
+    elif found.gated:
+        nas = f"{found.activation}({ffn}.{found.gate} (output))"
+    else:
+        nas = down
+    return {"nas": nas, "nav": down if found.gated or found.act is None else nas,
+            "hidden": f"{found.layers}.{{layer}} (output)"}
+
+
+def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
+    """The sites of ``model``: ``named`` after checking each path in every layer (one line naming the first
+    missing one), else those found by structure."""
+    if named is None:
+        return find_sites(model)
+    named.check()
+    layers = _named_module(model.base_model, named.layers, "layers")
+    if not isinstance(layers, nn.ModuleList):
+        raise NeuronXAError(f"model.sites.layers: {named.layers} is a {type(layers).__name__}, not a list of layers")
+    for index, layer in enumerate(layers):
+        ffn = _named_module(layer, named.ffn, "ffn", f"{named.layers}.{index}.")
+        for field in ("act", "down", "gate", "up"):
+            if getattr(named, field) is not None:
+                _named_module(ffn, getattr(named, field), field, f"{named.layers}.{index}.{named.ffn}.")
+        if widths(submodule(ffn, named.down)) is None:
+            raise NeuronXAError(f"model.sites.down: {named.down} is a {type(submodule(ffn, named.down)).__name__}, "
+                                "not a Linear or Conv1D projection")
+    return named
+
+
+def _named_module(module: nn.Module, path: str, field: str, within: str = "") -> nn.Module:
+    try:
+        return submodule(module, path)
+    except AttributeError:
+        raise NeuronXAError(f"model.sites.{field}: the model has no module {within}{path} (see the module paths "
+                            "that print(model) shows)") from None

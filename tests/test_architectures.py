@@ -1,0 +1,336 @@
+"""Every causal-LM architecture of the installed transformers, as a tiny random model (2 layers, hidden 32, vocab
+100, seeded, float32, CPU): its pooled states against a recomputation of a and z from each layer's FFN input and
+weights, written here; mixture-of-experts models and models without an FFN refused with one line; the rest skipped
+with the reason. The list of supported architectures in docs/architectures.md is checked against those that pass.
+
+The recomputation runs each sentence alone (no padding), captures the FFN's input x with a hook, computes
+a = act(gate x) and z = a * up x (a = z = act(up x) when not gated) from the weights, checks that z is what the
+down projection really receives, and pools with explicit weights; ``pooled_states`` runs the sentences in one
+padded batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import FIXTURES, ROOT, composed, tiny_overrides, tiny_tokenizer
+from neuronxa.data.readers import read_tsv
+from neuronxa.errors import NeuronXAError
+from neuronxa.neurons.deactivation import deactivated
+from neuronxa.stage_one import models
+from neuronxa.stage_one.cache import extract_corpus
+from neuronxa.stage_one.forward import pooled_states
+from neuronxa.stage_one.models import spec_from_config
+from neuronxa.stage_one.options import StageOneOptions
+from neuronxa.stage_one.sites import Sites, find_sites, name_sites
+from neuronxa.tasks.common import stage_one_options
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+            vocab_size=100, head_dim=8, n_embd=32, n_layer=2, n_head=4, n_inner=48, d_model=32, ffn_dim=48,
+            max_position_embeddings=128, n_positions=128, num_layers=2, num_heads=4, rotary_dim=8,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, num_experts=4, num_local_experts=4, n_routed_experts=4,
+            num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24)
+MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
+
+SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
+             "alle menschen sind frei und gleich an würde und rechten geboren jeder hat das recht auf leben"]
+
+# refused for now with one line naming the experts module; expert neurons will replace this list
+MOE = {"afmoe", "aria_text", "axk2", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exaone_moe", "flex_olmo",
+       "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
+       "inkling2_text", "inkling_text", "jamba", "jetmoe", "kolibri1", "laguna", "llama4_text", "mellum",
+       "mimo_v2_flash", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe",
+       "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open"}
+# refused: no feed-forward network (state-space and recurrent layers only)
+NO_FFN = {"mamba", "falcon_mamba", "xlm"}
+# refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
+# serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
+# refused when run: layers that run several times per forward pass (hierarchical recurrence)
+RECURRENT = {"hrm_text"}
+SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data2vec-text", "electra", "ernie",
+             "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
+             "xlm-roberta-xl", "xmod"}
+_CONFIG = "its config rejects a generic tiny config"
+_TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
+SKIPPED = {
+    **dict.fromkeys(["bamba", "dbrx", "dots1", "dots3_note", "dots3_note_text", "falcon", "gemma3n",
+                     "gemma3n_text", "gemma4_assistant", "gemma4_unified_assistant", "gpt_neo", "granitemoehybrid",
+                     "lfm2_moe", "mamba2", "minicpm3", "musicgen", "musicgen_melody", "plbart", "qwen4_exp",
+                     "reformer", "whisper", "xlnet", "zamba", "zamba2", "zaya", "cohere_compass_text"], _CONFIG),
+    **dict.fromkeys(["blt", "emu3", "gemma3", "gemma4", "gemma4_unified", "git", "got_ocr2", "llama4",
+                     "moss_transcribe_diarize", "phi4_multimodal", "qwen3_5", "qwen3_5_moe", "roc_bert",
+                     "gemma4_text", "hy_v4", "mllama"], _TOWER),
+    **dict.fromkeys(["bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "mvp",
+                     "pegasus", "prophetnet", "trocr"], "the decoder of an encoder-decoder model"),
+    **dict.fromkeys(["deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite", "glm_moe_dsa", "kimi_linear",
+                     "longcat_flash", "youtu"], "a mixture-of-experts model whose tiny config stays large"),
+    "axk1": "its attention's fixed sizes keep the tiny model above the size limit",
+}
+
+
+def causal_lm_types() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def supported() -> list[str]:
+    return [kind for kind in causal_lm_types() if kind not in {*MOE, *NO_FFN, *SPLIT_FFN, *RECURRENT, *SKIPPED}]
+
+
+@functools.cache
+def tiny(kind: str, **extra):
+    """A tiny random model of ``kind`` in eval mode, built once per test session."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(kind, **TINY, **extra)
+    with torch.device("meta"):
+        assert sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()) < MAX_PARAMETERS
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block")
+GATED = (("gate_proj", "up_proj"), ("w1", "w3"), ("proj_up_gate", "proj_up"))   # (gate, up) pairs
+FUSED = ("gate_up_proj", "Wi", "fc1")                                          # gate then up, in one projection
+UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0")
+DOWN = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "proj_down", "Wo", "value", "2")
+ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1")
+
+
+def ffn_of(layer):
+    """The layer's FFN module (the layer itself when its FFN projections sit on it, as OPT's do)."""
+    return next((getattr(layer, name) for name in FFN_NAMES if hasattr(layer, name)), layer)
+
+
+def first(module, names):
+    return next(getattr(module, name) for name in names if hasattr(module, name))
+
+
+def recompute(kind: str, ffn, x: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """a and z of one FFN from its input x and its weights."""
+    from transformers.activations import ACT2FN
+
+    act = next((getattr(ffn, name) for name in ACTS if hasattr(ffn, name)), None)
+    act = act or ACT2FN[getattr(config, "hidden_act", "silu")]
+    if kind == "rwkv":       # a = relu(key x)², no activation module
+        a = torch.relu(ffn.key(x)) ** 2
+        return a, a
+    pair = next(((g, u) for g, u in GATED if hasattr(ffn, g) and hasattr(ffn, u)), None)
+    down_width = first(ffn, DOWN).weight.shape[1 if isinstance(first(ffn, DOWN), torch.nn.Linear) else 0]
+    if pair:
+        gate = getattr(ffn, pair[0])(x) * getattr(ffn, "gate_multiplier", 1.0)   # falcon_h1 scales the gate
+        a = act(gate)
+        z = a * getattr(ffn, pair[1])(x)
+        return a, ffn.ffn_sub_norm(z) if hasattr(ffn, "ffn_sub_norm") else z   # bitnet normalises z
+    fused = next((getattr(ffn, name) for name in FUSED if hasattr(ffn, name)), None)
+    if fused is not None and fused(x).shape[-1] == 2 * down_width:
+        gate, up = fused(x).chunk(2, dim=-1)
+        a = act(gate)
+        return a, a * up
+    a = act(first(ffn, UP)(x))
+    return a, a
+
+
+def pooled_by_hand(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """weighted (t / Σk), mean and last of (tokens, width)."""
+    n = len(tokens)
+    weighted = np.arange(1, n + 1) / (n * (n + 1) / 2)
+    return {"weighted": weighted @ tokens, "mean": tokens.mean(axis=0), "last": tokens[-1]}
+
+
+def recomputed_states(kind: str, model, tokenizer) -> dict[str, dict[str, np.ndarray]]:
+    """(layers, sentences, width) per kind and pooling, from sentences run one at a time."""
+    layers = find_layers(model)
+    ffns = [ffn_of(layer) for layer in layers]
+    states = {kind_: {p: [] for p in ("weighted", "mean", "last")} for kind_ in ("nas", "nav", "hidden")}
+    for sentence in SENTENCES:
+        ids = tokenizer(sentence, return_tensors="pt")["input_ids"]
+        seen = {}
+        hooks = [first(ffn, (*(g for g, _ in GATED), *FUSED, *UP)).register_forward_pre_hook(
+                     lambda m, i, index=index: seen.setdefault(("x", index), i[0])) for index, ffn in enumerate(ffns)]
+        hooks += [first(ffn, DOWN).register_forward_pre_hook(
+                      lambda m, i, index=index: seen.__setitem__(("z", index), i[0])) for index, ffn in enumerate(ffns)]
+        hooks += [layer.register_forward_hook(lambda m, i, o, index=index: seen.__setitem__(
+                      ("hidden", index), o[0] if isinstance(o, (tuple, list)) else o)) for index, layer in enumerate(layers)]
+        with torch.no_grad():
+            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            for hook in hooks:
+                hook.remove()
+            per_layer = []
+            for index, ffn in enumerate(ffns):
+                a, z = recompute(kind, ffn, seen["x", index], model.config)
+                torch.testing.assert_close(z, seen["z", index], atol=1e-5, rtol=1e-4)   # z is what down receives
+                width = z.shape[-1]
+                per_layer.append({"nas": (a > 0).float().reshape(-1, width), "nav": z.abs().reshape(-1, width),
+                                  "hidden": seen["hidden", index].reshape(ids.shape[1], -1)})
+        for index, found in enumerate(per_layer):
+            for kind_, tokens in found.items():
+                for pooling, value in pooled_by_hand(tokens.numpy().astype(np.float64)).items():
+                    states[kind_][pooling].append((index, value))
+    return {k: {p: np.stack([np.stack([v for i, v in rows if i == layer]) for layer in range(len(layers))])
+                for p, rows in by.items()} for k, by in states.items()}
+
+
+def find_layers(model):
+    """The decoder layers: the longest ModuleList of the model."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return max(lists, key=len)
+
+
+@pytest.mark.parametrize("kind", supported())
+def test_states_match_a_recomputation_from_the_layers_weights(kind):
+    model, tokenizer = tiny(kind), tiny_tokenizer()
+    states = pooled_states(model, tokenizer, SENTENCES, batch_size=3)    # padded batches
+    expected = recomputed_states(kind, model, tokenizer)
+    for kind_, by in expected.items():
+        for pooling, value in by.items():
+            np.testing.assert_allclose(states[kind_][pooling], value, atol=1e-4, rtol=1e-4,
+                                       err_msg=f"{kind} {kind_} {pooling}")
+
+
+@pytest.mark.parametrize("kind", sorted(MOE))
+def test_mixture_of_experts_is_refused_in_one_line(kind):
+    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' is a mixture-of-experts model \(\w+ at [\w.]+\)"):
+        find_sites(tiny(kind))
+
+
+@pytest.mark.parametrize("kind", sorted(NO_FFN | SPLIT_FFN))
+def test_no_ffn_is_refused_in_one_line(kind):
+    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' has no feed-forward layers: .*model.sites$"):
+        find_sites(tiny(kind))
+
+
+def test_ffns_of_different_widths_are_refused_in_one_line():
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    model, wider = copy.deepcopy(tiny("llama")), copy.deepcopy(tiny("llama").config)
+    wider.intermediate_size = 64
+    model.model.layers[1].mlp = LlamaMLP(wider)
+    with pytest.raises(NeuronXAError, match=r"^model type 'llama' has FFNs of different widths in different layers"):
+        find_sites(model)
+
+
+@pytest.mark.parametrize("kind", sorted(RECURRENT))
+def test_layers_that_run_twice_are_refused_in_one_line(kind):
+    with pytest.raises(NeuronXAError, match=r"^decoder layer 0 ran twice in one forward pass"):
+        pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES[:1])
+
+
+def test_every_architecture_is_tested_or_skipped_with_a_reason():
+    listed = [*MOE, *NO_FFN, *SPLIT_FFN, *RECURRENT, *SKIPPED]
+    assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
+
+
+def test_the_docs_list_exactly_the_architectures_that_pass():
+    readme = (ROOT / "docs" / "architectures.md").read_text()
+    listed = re.search(r"<!-- architectures -->\n(.*?)\n<!-- /architectures -->", readme, re.S).group(1)
+    assert " ".join(listed.split()).split(", ") == supported()
+
+
+def test_named_sites_serve_an_ffn_split_over_two_modules():
+    model, tokenizer = tiny("bert", is_decoder=True), tiny_tokenizer()
+    layers = model.base_model.encoder.layer
+    name_sites(model, Sites(layers="encoder.layer", ffn="", act="intermediate.intermediate_act_fn",
+                            down="output.dense", gated=False))
+    try:
+        states = pooled_states(model, tokenizer, SENTENCES[:2], batch_size=2)
+    finally:
+        name_sites(model, None)
+    for index, sentence in enumerate(SENTENCES[:2]):
+        ids = tokenizer(sentence, return_tensors="pt")["input_ids"]
+        seen = []
+        hooks = [layer.intermediate.dense.register_forward_pre_hook(lambda m, i: seen.append(i[0][0]))
+                 for layer in layers]
+        with torch.no_grad():
+            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            for hook in hooks:
+                hook.remove()
+            for layer, x in enumerate(seen):
+                a = layers[layer].intermediate.intermediate_act_fn(layers[layer].intermediate.dense(x))
+                expected = pooled_by_hand(a.abs().numpy().astype(np.float64))["weighted"]
+                np.testing.assert_allclose(states["nav"]["weighted"][layer, index], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("field, sites, said", [
+    ("down", Sites("layers", "mlp", "act_fn", "nope", True), "model.sites.down: the model has no module layers.0.mlp.nope"),
+    ("layers", Sites("norm", "mlp", "act_fn", "down_proj", True), "model.sites.layers: norm is a"),
+    ("gate", Sites("layers", "mlp", None, "down_proj", True), "sites: a gated FFN without an act module needs gate"),
+])
+def test_named_sites_are_checked_in_one_line(field, sites, said):
+    with pytest.raises(NeuronXAError, match=f"^{re.escape(said)}"):
+        name_sites(tiny("llama"), sites)
+
+
+@pytest.mark.parametrize("kind", ["llama", "lfm2", "opt", "rwkv", "gpt2"])
+def test_deactivating_neurons_equals_zeroing_their_down_projection_inputs(kind):
+    """Where a is an activation module's output (llama, opt, gpt2), a function's (lfm2) or the down projection's
+    input (rwkv): a_j = 0 removes neuron j's column of the down projection."""
+    model, chosen = tiny(kind), [1, 3]
+    ids = tiny_tokenizer()(SENTENCES[0], return_tensors="pt")["input_ids"]
+    edited = copy.deepcopy(model)
+    down = first(ffn_of(find_layers(edited)[1]), DOWN)
+    with torch.no_grad(), deactivated(model, {1: chosen}):
+        got = model(input_ids=ids).logits
+        if isinstance(down, torch.nn.Linear):
+            down.weight[:, chosen] = 0
+        else:                                   # GPT-2's Conv1D stores (in, out)
+            down.weight[chosen, :] = 0
+        expected = edited(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, model(input_ids=ids).logits.detach())
+
+
+LLAMA_SITES = "model.sites={layers: layers, ffn: mlp, act: act_fn, down: down_proj, gated: true}"
+
+
+def test_sites_named_in_the_config_key_the_cache_and_give_the_found_states(tiny_folder, tmp_path):
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [LLAMA_SITES])
+    options = stage_one_options(cfg, cfg.model)
+    assert options.sites == Sites("layers", "mlp", "act_fn", "down_proj", True)
+    assert options.cache_key({"model": "m"}, "toy")["model_sites"]["down"] == "down_proj"
+    assert "model_sites" not in StageOneOptions().cache_key({"model": "m"}, "toy")
+    corpus, spec = read_tsv(FIXTURES / "toy.tsv"), spec_from_config(cfg.model)
+    named, _ = extract_corpus(corpus, spec, tmp_path / "cache", options=options)
+    found, _ = extract_corpus(corpus, spec, tmp_path / "cache", options=StageOneOptions(dtype="float32"))
+    assert named.path != found.path
+    np.testing.assert_allclose(named.read("fra_Latn", "nav", "mean"), found.read("fra_Latn", "nav", "mean"))
+
+
+@pytest.mark.parametrize("sites, said", [
+    ("model.sites={layers: layers, ffn: mlp, act: act_fn, down: w2, gated: true}", "model.sites.down: the model has"),
+    ("model.sites={layers: layers, down: down_proj}", "model.sites: expected a mapping with layers"),
+])
+def test_bad_named_sites_fail_in_one_line_before_weights_load(tiny_folder, tmp_path, monkeypatch, sites, said):
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("weights were loaded"))
+    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [sites])
+    with pytest.raises(NeuronXAError, match=f"^{re.escape(said)}"):
+        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec_from_config(cfg.model), tmp_path / "cache",
+                       options=stage_one_options(cfg, cfg.model))
+
+
+def save_tiny(kind: str, folder):
+    tiny(kind).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.cli
+def test_the_command_line_runs_architectures_found_by_structure(tmp_path):
+    """OPT (flattened tokens), GPT-NeoX (refused by the old table) and LFM2 (a computed by a function)."""
+    folders = [save_tiny(kind, tmp_path / kind) for kind in ("opt", "gpt_neox", "lfm2")]
+    overrides = tiny_overrides(folders[0], tmp_path)
+    overrides[1] = f"model.name_or_path={','.join(map(str, folders))}"
+    result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides, "metric=nasca",
+                             "score.plots=false", "tracking.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("stage one: 2 written") == 3
