@@ -134,6 +134,7 @@ class PoolingProbe:
         ffn = submodule(layer, self.arch.ffn)
 
         def on_act(module, inputs, output):
+            self._store("act", index, output)   # a itself: not cached, for mean activations
             self._store("nas", index, output > 0)
             if not self.arch.gated:
                 self._store("nav", index, output.abs())
