@@ -156,6 +156,7 @@ STEER_RULES = [
     ("task.mean_units=0", "task.mean_units=0: below 1"),
     ("task.source_modes=[mute]", "task.source_modes=[mute]: unknown: mute; choose from zero, patch"),
     ("task.target_modes=[]", "task.target_modes=[]: empty; choose from set, scale"),
+    ("task.combine=[set]", "task.combine=[set]: unknown: set; choose from zero, patch"),
     ("task.strengths=[1,0]", "task.strengths=[1.0,0.0]: give a non-empty list of numbers above 0"),
     ("task.strengths=[]", "task.strengths=[]: give a non-empty list of numbers above 0"),
     ("task.source=", "task.source=: empty; give the prompts' language"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import composed, corpus_file, tiny_model, tiny_overrides, tiny_tokenizer
+from test_run import multirun
 from neuronxa import intervene, mean_activations
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons import steering
@@ -184,7 +185,7 @@ def test_repeated_ngrams_by_hand():
 
 
 def test_the_design_holds_every_combination():
-    cells = steering.design(["zero", "patch"], ["set"], [1, 2], combine=True)
+    cells = steering.design(["zero", "patch"], ["set"], [1, 2], combine=["zero", "patch"])
     assert cells[0].mode == "none"
     modes = {(c.neurons, c.mode, c.strength) for c in cells[1:] if c.neurons == "random"}
     assert {m for _, m, _ in modes} == {"source_zero", "source_patch", "target_set", "source_zero+target_set",
@@ -207,7 +208,7 @@ def test_the_steering_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     steer_task.run(composed(overrides), tmp_path / "run")
     folder = tmp_path / "run"
     table = pd.read_csv(folder / "steering.csv")
-    cells = steering.design(["zero", "patch"], ["set", "scale"], [1, 3], combine=True)
+    cells = steering.design(["zero", "patch"], ["set", "scale"], [1, 3], combine=["zero"])
     assert len(table) == 2 * len(cells) and set(table.target) == {"fra_Latn", "deu_Latn"}
     assert ((table.low <= table.share) & (table.share <= table.high)).all() and (table.n == 1).all()
     assert table.perplexity.gt(0).all()
@@ -217,3 +218,14 @@ def test_the_steering_task_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     np.testing.assert_allclose(np.sort(shares.to_numpy()), np.sort(table.share.to_numpy()))
     assert (folder / "plots" / "steering.png").is_file()
     assert runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "steer")["tags.task"].tolist() == ["steer"]
+
+
+@pytest.mark.integration
+def test_a_sweep_over_targets_and_strengths_logs_one_run_each(tiny_folder, tmp_path):
+    overrides = tiny_overrides(tiny_folder, tmp_path) + [
+        f"dataset.path={corpus_file(tmp_path)}", "task=steer", "task.languages=null", "dataset.max_units=2",
+        "task.prompt_words=2", "task.new_tokens=2", "task.source_modes=[zero]", "task.combine=[]",
+        "task.targets=[fra_Latn],[deu_Latn]", "task.strengths=[1],[2,4]"]
+    stdout, logged = multirun(overrides, tmp_path, "steer_sweep")
+    assert len(logged) == 4 and stdout.count("stage one: 4 reused") == 3
+    assert set(logged["params.task.targets"]) == {"['fra_Latn']", "['deu_Latn']"}

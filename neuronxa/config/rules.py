@@ -182,6 +182,7 @@ STEER: dict[str, Rule] = {
     "task.new_tokens": at_least(1),
     "task.source_modes": each_of("zero", "patch"),
     "task.target_modes": each_of("set", "scale"),
+    "task.combine": lambda value: each_of("zero", "patch")(value) if value else None,
     "task.strengths": positive_numbers,
     "task.mean_units": at_least(1),
 }

@@ -127,8 +127,8 @@ class SteerTaskConfig(TaskConfig):
     new_tokens: int = 16
     source_modes: List[str] = field(default_factory=lambda: ["zero", "patch"])
     target_modes: List[str] = field(default_factory=lambda: ["set"])
-    strengths: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
-    combine: bool = True
+    strengths: List[float] = field(default_factory=lambda: [1.0, 4.0])
+    combine: List[str] = field(default_factory=lambda: ["zero"])
     mean_units: int = 4
     eval_units: int = 1
     seed: int = 0

@@ -78,13 +78,13 @@ class Intervention:
 
 
 def design(source_modes: list[str], target_modes: list[str], strengths: list[float], *,
-           combine: bool) -> list[Intervention]:
+           combine: list[str]) -> list[Intervention]:
     """No intervention, then for each neuron set (language, random): each source mode alone, each target mode at
-    each strength alone, and (``combine``) each source mode with each target mode at each strength."""
+    each strength alone, and each source mode of ``combine`` with each target mode at each strength."""
     cells = [Intervention()]
     for neurons in ("language", "random"):
         cells += [Intervention(neurons, source=mode) for mode in source_modes]
-        pairs = [("none", t) for t in target_modes] + [(s, t) for s in source_modes for t in target_modes] * combine
+        pairs = [("none", t) for t in target_modes] + [(s, t) for s in combine for t in target_modes]
         cells += [Intervention(neurons, s, t, float(k)) for s, t in pairs for k in strengths]
     return cells
 

@@ -85,7 +85,8 @@ def steer(cfg: DictConfig, folder: Path) -> Logged:
     rng, width = np.random.default_rng(task.seed), ffn_width(model)
     own_source = by_layer_indices(in_mask(found, corpus.languages.index(source)))
     random_source = as_frame(random_like(own_source, width, rng))
-    cells = design(list(task.source_modes), list(task.target_modes), list(task.strengths), combine=task.combine)
+    cells = design(list(task.source_modes), list(task.target_modes), list(task.strengths),
+                   combine=list(task.combine))
     generated, rows, made = {}, [], []
     for target in targets:
         sets = neuron_sets(found, corpus.languages, source=source, target=target, means=means,
@@ -101,6 +102,7 @@ def steer(cfg: DictConfig, folder: Path) -> Logged:
             made.append(frame.assign(target=target, neurons=cell.neurons, mode=cell.mode, strength=cell.strength))
             rows.append({"target": target, "neurons": cell.neurons, "mode": cell.mode, "strength": cell.strength,
                          "perplexity": ppl})
+        log.info(f"{target}: {len(cells)} interventions done ({time.monotonic() - started:.0f} s)")
     return report(cfg, folder, pd.concat(made, ignore_index=True), pd.DataFrame(rows),
                   source=source, corpus=corpus, seconds=time.monotonic() - started)
 
