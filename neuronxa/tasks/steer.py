@@ -19,7 +19,7 @@ from neuronxa.neurons import steering
 from neuronxa.neurons.deactivation import by_layer_indices, random_like
 from neuronxa.neurons.identify import in_mask
 from neuronxa.neurons.intervention import mean_activations
-from neuronxa.neurons.steering import NeuronSet, applied, continuations, design, measured
+from neuronxa.neurons.steering import Intervention, NeuronSet, applied, continuations, design, measured
 from neuronxa.stage_one import models
 from neuronxa.stage_one.likelihood import perplexity
 from neuronxa.stage_one.models import spec_from_config
@@ -91,20 +91,36 @@ def steer(cfg: DictConfig, folder: Path) -> Logged:
     for target in targets:
         sets = neuron_sets(found, corpus.languages, source=source, target=target, means=means,
                            random_source=random_source, width=width, rng=rng)
-        for cell in cells:
-            key = (cell.neurons, cell.mode, cell.strength if cell.target != "none" else 0.0,
-                   target if cell.target != "none" else "")
-            with applied(model, cell, sets):
-                if key not in generated:
-                    generated[key] = continuations(model, tokenizer, prompts, task.new_tokens)
-                ppl = perplexity(model, tokenizer, texts[target], cfg.extract.max_length)
-            frame = measured(generated[key], tokenizer, target).assign(prompt=prompts)
-            made.append(frame.assign(target=target, neurons=cell.neurons, mode=cell.mode, strength=cell.strength))
-            rows.append({"target": target, "neurons": cell.neurons, "mode": cell.mode, "strength": cell.strength,
-                         "perplexity": ppl})
+        log.info(f"{source}: {len(sets['language'].source)} neurons, {target}: {len(sets['language'].target)} "
+                 "(each with a random set of the same size per layer)")
+        target_made, target_rows = under_each(model, tokenizer, cells, sets, target=target, prompts=prompts,
+                                              texts=texts[target], new_tokens=task.new_tokens,
+                                              max_length=cfg.extract.max_length, generated=generated)
+        made += target_made
+        rows += target_rows
         log.info(f"{target}: {len(cells)} interventions done ({time.monotonic() - started:.0f} s)")
     return report(cfg, folder, pd.concat(made, ignore_index=True), pd.DataFrame(rows),
                   source=source, corpus=corpus, seconds=time.monotonic() - started)
+
+
+def under_each(model, tokenizer, cells: list[Intervention], sets: dict[str, NeuronSet], *, target: str,
+               prompts: list[str], texts: list[str], new_tokens: int, max_length: int,
+               generated: dict) -> tuple[list[pd.DataFrame], list[dict]]:
+    """Continuations (measured) and the target text's perplexity under each cell; continuations that do not
+    depend on the target (no target mode) are generated once and kept in ``generated`` for the next target."""
+    made, rows = [], []
+    for cell in cells:
+        key = (cell.neurons, cell.mode, cell.strength if cell.target != "none" else 0.0,
+               target if cell.target != "none" else "")
+        with applied(model, cell, sets):
+            if key not in generated:
+                generated[key] = continuations(model, tokenizer, prompts, new_tokens)
+            ppl = perplexity(model, tokenizer, texts, max_length)
+        frame = measured(generated[key], tokenizer, target).assign(prompt=prompts)
+        made.append(frame.assign(target=target, neurons=cell.neurons, mode=cell.mode, strength=cell.strength))
+        rows.append({"target": target, "neurons": cell.neurons, "mode": cell.mode, "strength": cell.strength,
+                     "perplexity": ppl})
+    return made, rows
 
 
 def summary(made: pd.DataFrame, perplexities: pd.DataFrame, level: float) -> pd.DataFrame:
