@@ -14,7 +14,7 @@ OUTPUTS ?= outputs
 
 REPRODUCIBLE := $(addprefix reproduce-,table1 table2 table3 table4 fig2 fig3)
 
-.PHONY: help install run test test-quick neurons align-demo bench bench-quick ui $(REPRODUCIBLE)
+.PHONY: help install run test test-quick neurons steer align-demo bench bench-quick ui $(REPRODUCIBLE)
 
 help: ## Show the targets
 	@grep -hE '^[^ :]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(REPRODUCIBLE): reproduce-%/reproduce-TABLE/' | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test-quick: install ## Unit tests only (no embedded model, no command-line or ch
 
 neurons: install ## Language neurons on the embedded defaults: types, layers, four stages, deactivation (about 11 min)
 	$(PY) -m neuronxa.run task=neurons tracking.experiment=neurons $(ARGS)
+
+steer: install ## Steering with language neurons: English prompts towards French, Russian and Chinese, beside random neurons (docs/steering.md)
+	$(PY) -m neuronxa.run task=steer tracking.experiment=steer $(ARGS)
 
 align-demo: install ## Alignment over a LoRA fine-tune of Gemma 3 270M (UDHR pairs into English), then its neurons against the base model's (about 20 min)
 	$(PY) -m neuronxa.run task=training tracking.experiment=align-demo $(ARGS)

@@ -43,6 +43,8 @@ _EXPORTS = {
     "probabilities": "neuronxa.neurons.identify",
     "identify": "neuronxa.neurons.identify",
     "deactivated": "neuronxa.neurons.deactivation",
+    "intervene": "neuronxa.neurons.intervention",
+    "mean_activations": "neuronxa.neurons.intervention",
     "deactivation_matrix": "neuronxa.neurons.deactivation",
     "read_counts": "neuronxa.neurons.interop",
     "read_mask": "neuronxa.neurons.interop",

@@ -149,6 +149,32 @@ def test_each_language_neurons_rule_refuses_its_bad_value(base, override, line):
     assert refused([*base, "task=neurons", override]).startswith(line)
 
 
+STEER_RULES = [
+    ("task.prompts=0", "task.prompts=0: below 1"),
+    ("task.prompt_words=0", "task.prompt_words=0: below 1"),
+    ("task.new_tokens=0", "task.new_tokens=0: below 1"),
+    ("task.mean_units=0", "task.mean_units=0: below 1"),
+    ("task.source_modes=[mute]", "task.source_modes=[mute]: unknown: mute; choose from zero, patch"),
+    ("task.target_modes=[]", "task.target_modes=[]: empty; choose from set, scale"),
+    ("task.combine=[set]", "task.combine=[set]: unknown: set; choose from zero, patch"),
+    ("task.strengths=[1,0]", "task.strengths=[1.0,0.0]: give a non-empty list of numbers above 0"),
+    ("task.strengths=[]", "task.strengths=[]: give a non-empty list of numbers above 0"),
+    ("task.source=", "task.source=: empty; give the prompts' language"),
+    ("task.targets=[]", "task.targets=[]: empty; give target languages"),
+    ("task.targets=[xxx_Latn]", "task.targets=[xxx_Latn]: xxx_Latn not among the languages the neurons are"),
+    ("task.source=xxx_Latn", "task.source=xxx_Latn: xxx_Latn not among the languages the neurons are identified"),
+    ("task.targets=[eng_Latn]", "task.targets=[eng_Latn]: holds the source eng_Latn; steer to other languages"),
+    ("task.top_rate=0", "task.top_rate=0.0: out of range"),
+    ("task.method=magic", "task.method=magic: not a known value; choose finegrained or lape"),
+]
+
+
+@pytest.mark.parametrize("override, line", STEER_RULES, ids=[override for override, _ in STEER_RULES])
+def test_each_steering_rule_refuses_its_bad_value(base, override, line):
+    assert refused([*base, "task=steer", "task.languages=[eng_Latn,fra_Latn]", "task.targets=[fra_Latn]",
+                    override]).startswith(line)
+
+
 def test_compare_model_needs_the_models_own_counts(base, tmp_path):
     (tmp_path / "c.pt").write_bytes(b"")
     assert refused([*base, "task=neurons", f"task.counts=[{tmp_path / 'c.pt'}]", "task.compare_model=org/other"]) \

@@ -1,5 +1,5 @@
 """The rules between options, per task: what the training task needs of its data and its library objects, what
-the language-neurons task can import, what the every-pair task scores."""
+the language-neurons task can import, what the every-pair task scores, which languages steering uses."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ TYPES = {int: "a whole number", float: "a number", bool: "true or false", str: "
 
 def check(cfg: DictConfig) -> None:
     """The cross-option rules of the chosen task."""
-    {"training": training, "neurons": neurons, "pairwise": pairwise}.get(cfg.task.name, lambda _: None)(cfg)
+    checks = {"training": training, "neurons": neurons, "pairwise": pairwise, "steer": steer}
+    checks.get(cfg.task.name, lambda _: None)(cfg)
 
 
 def pairwise(cfg: DictConfig) -> None:
@@ -33,6 +34,21 @@ def neurons(cfg: DictConfig) -> None:
     if task.compare_model and (task.counts or task.mask):
         raise ConfigError("task.compare_model", task.compare_model, "needs the model's own counts; drop "
                           "task.counts and task.mask, or task.compare_model")
+
+
+def steer(cfg: DictConfig) -> None:
+    """The source and every target are among the languages the neurons are identified in, and differ."""
+    task = cfg.task
+    languages = task.languages if task.languages is not None else cfg.dataset.get("languages")
+    if not task.targets:
+        raise ConfigError("task.targets", task.targets, "empty; give target languages such as [fra_Latn,zho_Hans]")
+    for option, codes in (("task.source", [task.source]), ("task.targets", task.targets)):
+        missing = [code for code in codes if languages is not None and code not in languages]
+        if missing:
+            raise ConfigError(option, codes[0] if option == "task.source" else codes, f"{', '.join(missing)} not "
+                              f"among the languages the neurons are identified in; add it to task.languages")
+    if task.source in task.targets:
+        raise ConfigError("task.targets", task.targets, f"holds the source {task.source}; steer to other languages")
 
 
 def training(cfg: DictConfig) -> None:

@@ -80,6 +80,13 @@ def each_of(*allowed: str) -> Rule:
     return rule
 
 
+def positive_numbers(value: Any) -> str | None:
+    """A non-empty list of numbers above 0."""
+    if not value or any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in value):
+        return "give a non-empty list of numbers above 0, e.g. [1,2,4]"
+    return None
+
+
 def text(what: str) -> Rule:
     """Non-empty text (an empty ``option=`` is a mistake, not a default)."""
     def rule(value: Any) -> str | None:
@@ -166,5 +173,19 @@ TRAINING: dict[str, Rule] = {
     "task.trainer.per_device_train_batch_size": at_least(1),
 }
 
-PER_TASK = {"neurons": NEURONS, "training": TRAINING}
+STEER: dict[str, Rule] = {
+    **{option: NEURONS[option] for option in ("task.languages", "task.method", "task.top_rate", "task.bar_rate",
+                                              "task.filter_rate", "task.lam", "task.eval_units", "task.seed")},
+    "task.source": text("the prompts' language, e.g. eng_Latn"),
+    "task.prompts": at_least(1),
+    "task.prompt_words": at_least(1),
+    "task.new_tokens": at_least(1),
+    "task.source_modes": each_of("zero", "patch"),
+    "task.target_modes": each_of("set", "scale"),
+    "task.combine": lambda value: each_of("zero", "patch")(value) if value else None,
+    "task.strengths": positive_numbers,
+    "task.mean_units": at_least(1),
+}
+
+PER_TASK = {"neurons": NEURONS, "training": TRAINING, "steer": STEER}
 

@@ -115,6 +115,29 @@ class NeuronsTaskConfig(TaskConfig):
 
 
 @dataclass
+class SteerTaskConfig(TaskConfig):
+    source: str = "eng_Latn"
+    targets: List[str] = field(default_factory=lambda: ["fra_Latn", "rus_Cyrl", "zho_Hans"])
+    languages: Optional[List[str]] = None
+    prompt: Optional[str] = None
+    method: str = "finegrained"
+    top_rate: float = 0.01
+    filter_rate: Optional[float] = None
+    bar_rate: float = 0.95
+    lam: Optional[float] = None
+    prompts: int = 8
+    prompt_words: int = 8
+    new_tokens: int = 16
+    source_modes: List[str] = field(default_factory=lambda: ["zero", "patch"])
+    target_modes: List[str] = field(default_factory=lambda: ["set"])
+    strengths: List[float] = field(default_factory=lambda: [1.0, 4.0])
+    combine: List[str] = field(default_factory=lambda: ["zero"])
+    mean_units: int = 4
+    eval_units: int = 1
+    seed: int = 0
+
+
+@dataclass
 class TrainingTaskConfig(TaskConfig):
     trained: List[str] = MISSING
     untrained: List[str] = field(default_factory=list)
@@ -194,7 +217,7 @@ SCHEMAS = {
     "metric/schema": MetricConfig, "benchmark/schema": BenchmarkConfig, "benchmark/standin_schema": StandinConfig,
     "benchmark/results_schema": ResultsConfig, "benchmark/lm_eval_schema": LmEvalConfig,
     "task/schema": TaskConfig, "task/neurons_schema": NeuronsTaskConfig,
-    "task/training_schema": TrainingTaskConfig,
+    "task/training_schema": TrainingTaskConfig, "task/steer_schema": SteerTaskConfig,
 }
 
 
@@ -209,7 +232,8 @@ def register() -> None:
 
 # What the command line runs for each task.name: "module:function", imported only when chosen.
 TASKS = {"align": "neuronxa.tasks.align:run", "neurons": "neuronxa.tasks.neurons:run",
-         "training": "neuronxa.tasks.training:run", "pairwise": "neuronxa.tasks.pairwise:run"}
+         "training": "neuronxa.tasks.training:run", "pairwise": "neuronxa.tasks.pairwise:run",
+         "steer": "neuronxa.tasks.steer:run"}
 # The names the library accepts (neuronxa.stage_one.pooling, neuronxa.stage_two.scoring, neuronxa.neurons.identify),
 # restated here so that the options are checked without importing torch; a test keeps them equal.
 POOLINGS = ("weighted", "mean", "last")

@@ -1,4 +1,4 @@
-"""Switching language neurons off: a forward hook that zeroes chosen neurons' activations, random control sets
+"""Switching language neurons off: chosen neurons' activations zeroed (``intervene``'s ``zero``), random control sets
 of the same size per layer, and the perplexity matrix (deactivated language × evaluated language) with its
 summary."""
 
@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 
 from neuronxa.neurons.identify import in_mask
+from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one.likelihood import perplexity
-from neuronxa.stage_one.probes import architecture, decoder_layers, ffn_width, on_a
+from neuronxa.stage_one.probes import ffn_width
 
 
 def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
@@ -23,27 +24,10 @@ def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
 
 @contextmanager
 def deactivated(model: torch.nn.Module, chosen: Mapping[int, Sequence[int]]) -> Iterator[None]:
-    """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs: a hook on each
-    chosen layer's a (its activation module's output where there is one, see ``on_a``) replaces it by a copy
-    with those neurons set to 0."""
-    handles, sites = [], architecture(model)
-    try:
-        for layer_index, layer in enumerate(decoder_layers(model)):
-            indices = chosen.get(layer_index)
-            if not indices:
-                continue
-            index = torch.tensor(indices)
-
-            def zero(a, *, index=index):
-                a = a.clone()
-                a[..., index.to(a.device)] = 0
-                return a
-
-            handles += on_a(layer, sites, zero)
+    """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs:
+    ``intervene(model, neurons, "zero")``."""
+    with intervene(model, [(layer, neuron) for layer, indices in chosen.items() for neuron in indices], "zero"):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def random_like(chosen: dict[int, list[int]], n_neurons: int, rng: np.random.Generator) -> dict[int, list[int]]:

@@ -114,6 +114,7 @@ class PoolingProbe:
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:
+            self._store("act", index, a)   # a itself: not cached, for mean activations
             self._store("nas", index, a > 0)
             if a_is_z:
                 self._store("nav", index, a.abs())

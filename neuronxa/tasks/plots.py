@@ -231,3 +231,30 @@ def against_quality(pooled: pd.DataFrame, quality: pd.DataFrame, path: Path, *, 
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _saved(fig, path)
+
+
+def steering(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Share of continuations in the target language against strength, per mode with its interval: a row per
+    target, language neurons on the left and the random control beside them; no intervention and the
+    source-only modes as horizontal lines."""
+    targets = list(dict.fromkeys(table.target))
+    fig = _figure(10, 3 * len(targets) + 0.6)
+    axes = np.atleast_2d(fig.subplots(len(targets), 2, sharey=True, squeeze=False))
+    for ax_row, target in zip(axes, targets):
+        rows = table[table.target == target]
+        for ax, neurons in zip(ax_row, ("language", "random")):
+            modes = rows[rows.neurons == neurons].groupby("mode")
+            for colour, (mode, group) in zip(_colours("tab10", range(10)), modes):
+                if group.strength.notna().any():
+                    errors = [(group.share - group.low).clip(lower=0), (group.high - group.share).clip(lower=0)]
+                    ax.errorbar(group.strength, group.share, yerr=errors, fmt="o-", capsize=2, color=colour,
+                                label=mode)
+                else:
+                    ax.axhline(group.share.iloc[0], color=colour, linestyle="--", linewidth=1, label=mode)
+            ax.axhline(rows[rows.neurons == "none"].share.iloc[0], color="grey", linestyle=":", label="none")
+            ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="strength", ylabel=f"share in {target}",
+                   title=f"{neurons} neurons → {target}")
+            ax.grid(alpha=0.3)
+        ax_row[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _saved(fig, path)
