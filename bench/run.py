@@ -12,8 +12,11 @@ Prints a table and writes outputs/bench/latest.json:
   per-token activations copied to the host and pooled there in float32) ÷ stage one, on the same sentences
 - rerun_over_first: a sweep over pooling × metric on a warm cache ÷ the same sweep on a cold one
 - rss_many_over_few: peak memory of stage one on many languages ÷ on few (separate processes)
-- bytes_per_value: cache bytes on disk per stored value (float16 + blosc-zstd + crc32c)
+- bytes_per_value: cache bytes on disk per stored value (float16 + blosc-lz4 + crc32c)
 - stage two for all metrics, split into reading and computing
+- warm_job_seconds: one job (all metrics, intervals, plots) whose states are all cached; cli_error_seconds: a bad
+  option until its one-line error; pairwise_200_seconds: every ordered pair of 200 languages (``bench.pairwise``)
+Each figure with a target is printed with it (``TARGETS``).
 """
 
 from __future__ import annotations
@@ -139,6 +142,38 @@ def sweep_seconds(spec_cfg: list[str], cache: Path) -> float:
     return time.perf_counter() - start
 
 
+def cli_error_seconds(rounds: int = 3) -> float:
+    """Seconds of ``python -m neuronxa.run pooling=median`` until its one-line error (the best of ``rounds``)."""
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "neuronxa.run", "pooling=median"], capture_output=True, text=True)
+        seconds.append(time.perf_counter() - start)
+        assert result.returncode == 2 and result.stderr.startswith("error:"), result.stderr[-500:]
+    return min(seconds)
+
+
+def warm_job_seconds(spec_cfg: list[str], cache: Path) -> float:
+    """Seconds of one default job (all metrics, intervals, plots) whose states are all in ``cache`` already."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "neuronxa.run", *spec_cfg, "benchmark=none", "tracking.enabled=false",
+                    f"cache.dir={cache}", f"hydra.run.dir={cache.parent / 'warm-job'}"], capture_output=True,
+                   text=True, check=True)
+    return time.perf_counter() - start
+
+
+def pairwise_seconds(languages: int) -> float:
+    """Seconds of every ordered pair of ``languages`` languages of the embedded model's shape (``bench.pairwise``)."""
+    from bench.pairwise import measured
+
+    return measured(languages)
+
+
+TARGETS = {"extract_over_bare": ("<=", 1.10), "naive_over_extract": (">=", 4), "rerun_over_first": ("<=", 0.10),
+           "rss_many_over_few": ("<=", 1.2), "stage_two_seconds": ("<=", 2), "cli_error_seconds": ("<=", 2),
+           "warm_job_seconds": ("<=", 5), "pairwise_200_seconds": ("<=", 180)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny random Llama instead of Gemma 3 270M")
@@ -147,6 +182,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bare vs ours (best of each)")
     parser.add_argument("--outputs", type=Path, help="outputs folder (default: the configuration's paths.outputs)")
+    parser.add_argument("--pairwise-languages", type=int, default=200, help="languages of the every-pivot timing "
+                        "(0: skip it; it takes minutes)")
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="neuronxa-bench-"))
@@ -198,7 +235,7 @@ def main() -> None:
     values = sum(np.prod(store.shape(lang, k, p)) for lang in corpus.languages
                  for k in ("nas", "nav", "hidden") for p in POOLINGS)
     size = store.fs.du(store.path)
-    figures.update(bytes_per_value=size / values, compressor="float16 + blosc zstd-3 bitshuffle + crc32c")
+    figures.update(bytes_per_value=size / values, compressor="float16 + blosc lz4-5 bitshuffle + crc32c")
 
     read, _ = timed(lambda: [store.read(lang, k, "weighted") for lang in corpus.languages
                              for k in ("nas", "nav", "hidden")])
@@ -211,17 +248,20 @@ def main() -> None:
                                       f"dataset.max_units={args.units}"], cache)
     second = sweep_seconds(spec_cfg + [f"dataset.languages=[{','.join(corpus.languages)}]",
                                        f"dataset.max_units={args.units}"], cache)
-    figures.update(sweep_first_seconds=first, sweep_rerun_seconds=second, rerun_over_first=second / first)
+    figures.update(sweep_first_seconds=first, sweep_rerun_seconds=second, rerun_over_first=second / first,
+                   warm_job_seconds=warm_job_seconds(spec_cfg + [f"dataset.languages=[{','.join(corpus.languages)}]",
+                                                                 f"dataset.max_units={args.units}"], cache),
+                   cli_error_seconds=cli_error_seconds())
 
     few = peak_rss_of_stage_one(spec, MANY[:4], 8, cache=work / "rss-few", models_dir=models_dir)
     many = peak_rss_of_stage_one(spec, MANY[:40], 8, cache=work / "rss-many", models_dir=models_dir)
     figures.update(rss_few_mib=few, rss_many_mib=many, rss_many_over_few=many / few)
 
-    targets = {"extract_over_bare": ("<=", 1.10), "naive_over_extract": (">=", 4), "rerun_over_first": ("<=", 0.05),
-               "rss_many_over_few": ("<=", 1.2)}
+    if args.pairwise_languages:
+        figures[f"pairwise_{args.pairwise_languages}_seconds"] = pairwise_seconds(args.pairwise_languages)
     print(f"\n{spec.name}: {len(texts)} units, {tokens} tokens, {torch.get_num_threads()} threads")
     for name, value in figures.items():
-        target = targets.get(name)
+        target = TARGETS.get(name)
         verdict = ""
         if target:
             met = value <= target[1] if target[0] == "<=" else value >= target[1]

@@ -16,10 +16,12 @@ from importlib import import_module
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from neuronxa.config.jobs import check_command_line
+from neuronxa.config.help import app_help
+from neuronxa.config.jobs import CONFIG_MODULE, CONFIG_NAME, check_command_line
 from neuronxa.config.schema import TASKS, register
 from neuronxa.errors import Interrupted, NeuronXAError
 
@@ -50,7 +52,11 @@ def run_job(cfg: DictConfig) -> None:
 def main() -> None:
     """Validate every job of the command line, then hand the run to Hydra."""
     register()
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
     try:
+        if args.help:   # Hydra's help, composed once (Hydra's own takes seconds listing the groups)
+            print(app_help(args, CONFIG_MODULE, args.config_name or CONFIG_NAME, job=Path(__file__).stem))
+            return
         check_command_line(sys.argv[1:])
     except NeuronXAError as error:
         print(f"error: {error}", file=sys.stderr)

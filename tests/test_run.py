@@ -263,3 +263,24 @@ def test_every_language_as_pivot(tiny_folder, tmp_path, monkeypatch):
     summary = pd.read_csv(tmp_path / "one" / "summary.csv").set_index("language")
     mine = pairs[(pairs["pivot"] == "deu_Latn") & (pairs.metric == "nasca")].set_index("target")
     assert np.allclose(mine.value[summary.index], summary.score)
+
+
+WATCHED_JOB = """
+import atexit, runpy, sys
+atexit.register(lambda: print("imported:", *[m for m in ("torch", "transformers", "peft", "mlflow") if m in sys.modules],
+                              file=sys.stderr))
+sys.argv = ["neuronxa.run", *sys.argv[1:]]
+runpy.run_module("neuronxa.run", run_name="__main__")
+"""
+
+
+@pytest.mark.cli
+def test_a_job_whose_states_are_all_cached_never_imports_transformers(tiny_folder, tmp_path):
+    overrides = tiny_overrides(tiny_folder, tmp_path) + ["tracking.enabled=false", "score.plots=false"]
+    said = []
+    for attempt in ("cold", "warm"):
+        result = subprocess.run([sys.executable, "-c", WATCHED_JOB, *overrides, f"hydra.run.dir={tmp_path / attempt}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        said.append(result.stderr.split("imported:")[1].split())
+    assert "transformers" in said[0] and "transformers" not in said[1] and "peft" not in said[1]

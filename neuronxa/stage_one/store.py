@@ -40,8 +40,10 @@ from neuronxa.errors import NeuronXAError
 
 FORMAT_VERSION = 2  # 2: chunk files c.{layer}.0.0 beside each array's zarr.json (one listing per array)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-# zstd with bit shuffling, then a CRC32C checksum per chunk: a truncated or altered chunk fails on read.
-CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
+# LZ4 with bit shuffling, then a CRC32C checksum per chunk: a truncated or altered chunk fails on read. On the
+# embedded model's float16 states LZ4-5 encodes about 4.5 times as fast as zstd-3 for 1.8% more bytes (1.48 a
+# value instead of 1.46), so the writes take less from the forward pass they run beside.
+CODECS = (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
 
 
 def library_versions() -> dict[str, str]:

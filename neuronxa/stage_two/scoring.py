@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError
@@ -69,10 +70,13 @@ def check_cached(store: States, languages: list[str]) -> None:
         raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")   # small matrices: threads would mostly wait on each other
 def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languages: list[str] | None = None,
           progress: bool = True, resamples: int = 0, seed: int = 0) -> tuple[pd.DataFrame, Resampled]:
     """Long table (metric, pivot, language, layer, value, n) for every target language and layer, and per
-    (metric, language) the values on ``resamples`` half-samples of the units as a (layers, resamples) array."""
+    (metric, language) the values on ``resamples`` half-samples of the units as a (layers, resamples) array.
+    BLAS runs on one thread here (only here): the matrices are units × units, and on shared cores BLAS threads
+    cost more in waiting than they save."""
     targets = check_targets(store, pivot, languages)
     kinds = registry.representations(wanted)
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}

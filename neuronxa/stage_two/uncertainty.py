@@ -22,6 +22,8 @@ correlations with the same benchmark (dependent and overlapping; Steiger 1980 re
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from scipy.stats import norm, permutation_test, rankdata
 from scipy.stats import t as student_t
@@ -48,6 +50,7 @@ def subset_shares(beaten: np.ndarray, subsets: np.ndarray) -> np.ndarray:
     return np.sum((beaters == 0) & (members > 0), axis=-1) / max(subsets.shape[1], 1)
 
 
+@cache
 def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2))
 
