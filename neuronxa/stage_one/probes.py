@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import experts   # which uses this module's layout helpers, at call time
 from neuronxa.stage_one.pooling import pool
 
 KINDS = ("nas", "nav", "hidden")
+MOE_KINDS = (*KINDS, "routing")   # mixture-of-experts models add their layers' pooled routing weights
 SITE_NAMES = {
     "nas": "blocks.{layer}.mlp.hook_act > 0",
     "nav": "|blocks.{layer}.mlp.hook_post|",
@@ -52,6 +54,10 @@ ARCHITECTURES = {
     "bloom": Architecture("h", "mlp", "gelu_impl", "dense_4h_to_h", False),
     "xglm": Architecture("layers", "", "activation_fn", "fc2", False),
     "opt": Architecture("decoder.layers", "", "activation_fn", "fc2", False),
+    # mixture-of-experts: the layout of their dense FFN layers; MoE layers are found by structure (experts.py)
+    **{name: _GATED for name in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss")},
+    "granitemoe": Architecture("layers", "block_sparse_moe", "act_fn", "down_proj", True),
+    "jamba": Architecture("layers", "feed_forward", "act_fn", "down_proj", True),
 }
 
 
@@ -76,6 +82,13 @@ def architecture_of(model_type: str) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
+def kinds_of(model: nn.Module) -> tuple[str, ...]:
+    """The state kinds a model gives: ``routing`` too when some layer is a mixture of experts."""
+    arch = architecture(model)
+    moe = any(experts.experts_module(submodule(layer, arch.ffn)) is not None for layer in decoder_layers(model))
+    return MOE_KINDS if moe else KINDS
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a causal LM (under its base model, which has no LM head)."""
     return submodule(model.base_model, architecture(model).layers)
@@ -90,7 +103,19 @@ def act_modules(model: nn.Module) -> list[nn.Module]:
 def ffn_width(model: nn.Module) -> int:
     """Neurons per FFN layer: the input width of the down projection."""
     arch = architecture(model)
-    down = submodule(submodule(decoder_layers(model)[0], arch.ffn), arch.down)
+    return _dense_width(submodule(decoder_layers(model)[0], arch.ffn), arch)
+
+
+def layer_widths(model: nn.Module) -> list[int]:
+    """Neurons per layer: the FFN width of a dense layer, E·I (+ shared units) of a mixture-of-experts one."""
+    arch = architecture(model)
+    ffns = [submodule(layer, arch.ffn) for layer in decoder_layers(model)]
+    return [experts.moe_width(ffn) if experts.experts_module(ffn) is not None else _dense_width(ffn, arch)
+            for ffn in ffns]
+
+
+def _dense_width(ffn: nn.Module, arch: Architecture) -> int:
+    down = submodule(ffn, arch.down)
     return down.in_features if hasattr(down, "in_features") else down.weight.shape[0]  # GPT-2's Conv1D
 
 
@@ -126,12 +151,23 @@ class PoolingProbe:
     def _store(self, kind: str, layer: int, states: torch.Tensor) -> None:
         if kind in self.kinds:
             # with device_map, layers may sit on several devices: pool where the states are, gather on the first
-            if states.device not in self._weights_by_device:
-                self._weights_by_device[states.device] = self.weights.to(states.device)
-            self._pooled[kind][layer] = pool(self._weights_by_device[states.device], states).to(self.weights.device)
+            self._pooled[kind][layer] = pool(self._weights_on(states.device), states).to(self.weights.device)
+
+    def _store_pooled(self, kind: str, layer: int, pooled: torch.Tensor) -> None:
+        """Keep states pooled elsewhere (poolings, batch, width), gathered on the first device."""
+        if kind in self.kinds:
+            self._pooled[kind][layer] = pooled.to(self.weights.device)
+
+    def _weights_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._weights_by_device:
+            self._weights_by_device[device] = self.weights.to(device)
+        return self._weights_by_device[device]
 
     def _hooks(self, index: int, layer: nn.Module):
         ffn = submodule(layer, self.arch.ffn)
+        if experts.experts_module(ffn) is not None:
+            store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
+            return experts.moe_hooks(ffn, self._weights_on, store, self.kinds) + self._layer_hooks(index, layer)
 
         def on_act(module, inputs, output):
             self._store("nas", index, output > 0)
@@ -141,16 +177,18 @@ class PoolingProbe:
         def on_down(module, inputs):
             self._store("nav", index, inputs[0].abs())
 
+        handles = [submodule(ffn, self.arch.act).register_forward_hook(on_act)]
+        if self.arch.gated:
+            handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
+        return handles + self._layer_hooks(index, layer)
+
+    def _layer_hooks(self, index: int, layer: nn.Module) -> list:
         def on_layer(module, inputs, output):
             self._store("hidden", index, output[0] if isinstance(output, tuple) else output)
             if self.stops_early and index == len(self.layers) - 1:
                 raise StopForward
 
-        handles = [submodule(ffn, self.arch.act).register_forward_hook(on_act)]
-        if self.arch.gated:
-            handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
-        handles.append(layer.register_forward_hook(on_layer))
-        return handles
+        return [layer.register_forward_hook(on_layer)]
 
     @contextmanager
     def attached(self):
@@ -175,9 +213,15 @@ class PoolingProbe:
         except StopForward:
             pass
 
-    def collect(self) -> dict[str, torch.Tensor]:
-        """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device."""
+    def collect(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device; a list
+        of (poolings, batch, width of the layer) where widths differ (mixture-of-experts models; ``routing`` is
+        empty on dense layers)."""
+        if "routing" in self._pooled:   # a dense layer of a mixture-of-experts model routes nothing
+            empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
+            self._pooled["routing"] = [empty if s is None else s for s in self._pooled["routing"]]
         missing = [kind for kind, states in self._pooled.items() if any(s is None for s in states)]
         if missing:
             raise NeuronXAError(f"probe sites of {', '.join(missing)} did not fire: is the FFN layout unusual?")
-        return {kind: torch.stack(states) for kind, states in self._pooled.items()}
+        return {kind: torch.stack(states) if len({s.shape for s in states}) == 1 else states
+                for kind, states in self._pooled.items()}
