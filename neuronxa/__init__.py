@@ -24,6 +24,8 @@ _EXPORTS = {
     "extract_counts": "neuronxa.stage_one.cache",
     "StateStore": "neuronxa.stage_one.store",
     "perplexity": "neuronxa.stage_one.likelihood",
+    "layer_widths": "neuronxa.stage_one.probes",
+    "expert_edit_hooks": "neuronxa.stage_one.experts",
     # stage two: scores, baselines, correlations
     "score_model": "neuronxa.stage_two.live",
     "score": "neuronxa.stage_two.scoring",
