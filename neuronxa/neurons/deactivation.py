@@ -13,7 +13,7 @@ import torch
 
 from neuronxa.neurons.identify import in_mask
 from neuronxa.stage_one.likelihood import perplexity
-from neuronxa.stage_one.probes import architecture, decoder_layers, ffn_width, on_a
+from neuronxa.stage_one.probes import expert_edit_hooks, layer_widths
 
 
 def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
@@ -21,34 +21,33 @@ def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
     return {int(layer): sorted(group.neuron.astype(int)) for layer, group in neurons.groupby("layer")}
 
 
+def zeroed(a: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+    """A copy of the activations a with the given neurons (last axis) set to 0."""
+    a = a.clone()
+    a[..., neurons] = 0
+    return a
+
+
 @contextmanager
 def deactivated(model: torch.nn.Module, chosen: Mapping[int, Sequence[int]]) -> Iterator[None]:
-    """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs: a hook on each
-    chosen layer's a (its activation module's output where there is one, see ``on_a``) replaces it by a copy
-    with those neurons set to 0."""
-    handles, sites = [], architecture(model)
+    """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs: dense FFN
+    neurons through a hook on the layer's a (see ``on_a``); expert neurons ``e·I + j`` of a mixture-of-experts
+    layer on the tokens routed to expert e (the same as zeroing ``down_proj[e, :, j]``)."""
+    handles = []
     try:
-        for layer_index, layer in enumerate(decoder_layers(model)):
-            indices = chosen.get(layer_index)
-            if not indices:
-                continue
-            index = torch.tensor(indices)
-
-            def zero(a, *, index=index):
-                a = a.clone()
-                a[..., index.to(a.device)] = 0
-                return a
-
-            handles += on_a(layer, sites, zero)
+        handles = expert_edit_hooks(model, dict(chosen), zeroed)
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def random_like(chosen: dict[int, list[int]], n_neurons: int, rng: np.random.Generator) -> dict[int, list[int]]:
-    """Random neurons with as many per layer as ``chosen`` has: the control set."""
-    return {layer: sorted(rng.choice(n_neurons, size=len(indices), replace=False).tolist())
+def random_like(chosen: dict[int, list[int]], n_neurons: int | Sequence[int],
+                rng: np.random.Generator) -> dict[int, list[int]]:
+    """Random neurons with as many per layer as ``chosen`` has (``n_neurons``: per layer where widths differ):
+    the control set."""
+    width = lambda layer: n_neurons if isinstance(n_neurons, int) else n_neurons[layer]
+    return {layer: sorted(rng.choice(width(layer), size=len(indices), replace=False).tolist())
             for layer, indices in chosen.items()}
 
 
@@ -58,7 +57,7 @@ def deactivation_matrix(model, tokenizer, neurons: pd.DataFrame, *, languages: l
     """Perplexity change (deactivated − intact) per deactivated language (rows) × evaluated language (columns),
     for each language's own neurons (its mask: kept neurons above the bar in it) and for random sets of the same
     size per layer; and the intact perplexity per language."""
-    width = ffn_width(model)
+    width = layer_widths(model)
     intact = pd.Series({language: perplexity(model, tokenizer, texts[language], max_length) for language in languages})
     rng = np.random.default_rng(seed)
     own, control = [], []
