@@ -28,6 +28,8 @@ _EXPORTS = {
     "find_sites": "neuronxa.stage_one.sites",
     "name_sites": "neuronxa.stage_one.sites",
     "on_a": "neuronxa.stage_one.probes",
+    "layer_widths": "neuronxa.stage_one.probes",
+    "edit_hooks": "neuronxa.stage_one.probes",
     # stage two: scores, baselines, correlations
     "score_model": "neuronxa.stage_two.live",
     "score": "neuronxa.stage_two.scoring",

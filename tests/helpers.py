@@ -1,6 +1,7 @@
 """Helpers shared by several test modules: paths, tiny random-weight models with a word-level tokenizer, a
 synthetic cache's states, slow loop restatements of the metrics, μ and retrieval of one matrix, a hand-computed
-forward pass, small corpora and composed configs. (Fixtures live in conftest.py, which builds them from these.)"""
+forward pass, small corpora, composed configs, and mixture-of-experts layers' states recomputed from their
+experts' inputs and weights. (Fixtures live in conftest.py, which builds them from these.)"""
 
 import math
 from pathlib import Path
@@ -186,3 +187,92 @@ def composed(overrides: list[str], hydra: bool = False):
     """The config as ``python -m neuronxa.run`` composes it, found as the installed package's configs."""
     with initialize_config_module("neuronxa.conf", version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+POOLS = ("weighted", "mean", "last")
+
+
+def expert_states(experts, x, index, weights):
+    """Per token: a and z of every expert unit (0 where not routed), routing weights over E, and the module's
+    output recomputed as the sum over routed experts of weight · down(z) — written from the weights here."""
+    n_experts = experts.down_proj.shape[0]
+    transposed = experts.gate_up_proj.shape[1] == x.shape[1] and experts.gate_up_proj.shape[2] != x.shape[1]
+    units = experts.down_proj.shape[1] if transposed else experts.down_proj.shape[2]
+    a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
+    routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
+    for n in range(len(x)):
+        for slot in range(index.shape[1]):
+            e = int(index[n, slot])
+            h = x[n] @ experts.gate_up_proj[e] if transposed else experts.gate_up_proj[e] @ x[n]
+            if hasattr(experts, "gate_up_proj_bias"):
+                h = h + experts.gate_up_proj_bias[e]
+            if hasattr(experts, "act_fn"):   # [gate; up], an activation module
+                gate, up = h[:units], h[units:]
+                a = experts.act_fn(gate)
+                z = a * up
+            else:                            # gpt_oss: gate and up interleaved, clamped SwiGLU
+                gate, up = h[0::2].clamp(max=experts.limit), h[1::2].clamp(-experts.limit, experts.limit)
+                a = gate * torch.sigmoid(experts.alpha * gate)
+                z = (up + 1) * a
+            down = z @ experts.down_proj[e] if transposed else experts.down_proj[e] @ z
+            if hasattr(experts, "down_proj_bias"):
+                down = down + experts.down_proj_bias[e]
+            out[n] += weights[n, slot] * down
+            a_all[n, e], z_all[n, e], routing[n, e] = a, z, weights[n, slot]
+    return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out
+
+
+def shared_states(mlp, x):
+    a = mlp.act_fn(mlp.gate_proj(x)) if hasattr(mlp, "act_fn") else mlp.activation_fn(mlp.gate_proj(x))
+    return a, a * mlp.up_proj(x)
+
+
+def pool_by_hand(states, mask):
+    """(batch, tokens, width) per-token states pooled over the real tokens, one sentence at a time."""
+    out = {pooling: np.zeros((states.shape[0], states.shape[2])) for pooling in POOLS}
+    for b in range(states.shape[0]):
+        real = states[b, : int(mask[b].sum())].double().numpy()
+        t = np.arange(1, len(real) + 1)
+        out["weighted"][b] = (t[:, None] * real).sum(0) / t.sum()
+        out["mean"][b] = real.mean(0)
+        out["last"][b] = real[-1]
+    return out
+
+
+def moe_blocks(model) -> dict:
+    """Decoder layer -> its block of routed experts (the module whose ``experts`` hold 3-D weights)."""
+    blocks = {}
+    for index, layer in enumerate(model.base_model.layers):
+        found = [m for m in layer.modules() if getattr(getattr(m, "experts", None), "gate_up_proj", None) is not None]
+        if found:
+            blocks[index] = found[0]
+    return blocks
+
+
+def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
+    """Pooled NAS, NAV and routing of every MoE layer (layer -> kind -> pooling -> (sentences, width)), from the
+    inputs each experts module received (in one padded batch) and its weights."""
+    ids = tokenizer(sentences, padding=True, return_tensors="pt")
+    seen, blocks = {}, moe_blocks(model)
+    handles = [block.experts.register_forward_hook(
+        lambda m, args, kwargs, out, layer=layer: seen.__setitem__(
+            layer, (*(list(args) + list(kwargs.values()))[:3], out)), with_kwargs=True)
+        for layer, block in blocks.items()]
+    with torch.no_grad():
+        model.base_model(**ids, use_cache=False)
+        for handle in handles:
+            handle.remove()
+        expected = {}
+        for layer, (x, index, weights, output) in seen.items():
+            ffn = blocks[layer]
+            a, z, routing, out = expert_states(ffn.experts, x, index, weights)
+            torch.testing.assert_close(out, output, atol=1e-4, rtol=1e-4)   # the recomputation is the module's
+            shared = getattr(ffn, "shared_expert", None) or getattr(ffn, "shared_experts", None)
+            if shared is not None:
+                a_shared, z_shared = shared_states(shared, x)
+                a, z = torch.cat([a, a_shared], 1), torch.cat([z, z_shared], 1)
+            per_token = {"nas": (a > 0).float(), "nav": z.abs(), "routing": routing}
+            shape = (*ids["input_ids"].shape, -1)
+            expected[layer] = {kind: pool_by_hand(v.reshape(shape), ids["attention_mask"])
+                               for kind, v in per_token.items()}
+    return expected

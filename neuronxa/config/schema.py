@@ -237,6 +237,6 @@ TASKS = {"align": "neuronxa.tasks.align:run", "neurons": "neuronxa.tasks.neurons
 # The names the library accepts (neuronxa.stage_one.pooling, neuronxa.stage_two.scoring, neuronxa.neurons.identify),
 # restated here so that the options are checked without importing torch; a test keeps them equal.
 POOLINGS = ("weighted", "mean", "last")
-METRICS = ("nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval")
+METRICS = ("nasca", "navca", "mexa", "cka", "svcca", "anc", "retrieval", "routing")
 ALIGNMENT_METRICS = ("nasca", "navca", "mexa")
 METHODS = ("finegrained", "lape")

@@ -14,7 +14,7 @@ import torch
 from neuronxa.neurons.identify import in_mask
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one.likelihood import perplexity
-from neuronxa.stage_one.probes import ffn_width
+from neuronxa.stage_one.probes import layer_widths
 
 
 def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
@@ -25,14 +25,18 @@ def by_layer_indices(neurons: pd.DataFrame) -> dict[int, list[int]]:
 @contextmanager
 def deactivated(model: torch.nn.Module, chosen: Mapping[int, Sequence[int]]) -> Iterator[None]:
     """Zero the activation a of the chosen neurons (layer -> neuron indices) while the block runs:
-    ``intervene(model, neurons, "zero")``."""
+    ``intervene(model, neurons, "zero")`` (expert neurons e·I + j only on the tokens routed to expert e, the same
+    as zeroing ``down_proj[e, :, j]``)."""
     with intervene(model, [(layer, neuron) for layer, indices in chosen.items() for neuron in indices], "zero"):
         yield
 
 
-def random_like(chosen: dict[int, list[int]], n_neurons: int, rng: np.random.Generator) -> dict[int, list[int]]:
-    """Random neurons with as many per layer as ``chosen`` has: the control set."""
-    return {layer: sorted(rng.choice(n_neurons, size=len(indices), replace=False).tolist())
+def random_like(chosen: dict[int, list[int]], n_neurons: int | Sequence[int],
+                rng: np.random.Generator) -> dict[int, list[int]]:
+    """Random neurons with as many per layer as ``chosen`` has (``n_neurons``: per layer where widths differ):
+    the control set."""
+    width = lambda layer: n_neurons if isinstance(n_neurons, int) else n_neurons[layer]
+    return {layer: sorted(rng.choice(width(layer), size=len(indices), replace=False).tolist())
             for layer, indices in chosen.items()}
 
 
@@ -42,7 +46,7 @@ def deactivation_matrix(model, tokenizer, neurons: pd.DataFrame, *, languages: l
     """Perplexity change (deactivated − intact) per deactivated language (rows) × evaluated language (columns),
     for each language's own neurons (its mask: kept neurons above the bar in it) and for random sets of the same
     size per layer; and the intact perplexity per language."""
-    width = ffn_width(model)
+    width = layer_widths(model)
     intact = pd.Series({language: perplexity(model, tokenizer, texts[language], max_length) for language in languages})
     rng = np.random.default_rng(seed)
     own, control = [], []

@@ -185,4 +185,4 @@ def in_mask(neurons: pd.DataFrame, language: int | None = None) -> pd.DataFrame:
     """The rows an anchors' mask holds (the kept neurons; without a ``kept`` column, the non-agnostic ones),
     only those of ``language`` when given."""
     rows = neurons[neurons["kept"]] if "kept" in neurons else neurons[neurons.type != "agnostic"]
-    return rows if language is None else rows[[language in langs for langs in rows.languages]]
+    return rows if language is None else rows[np.array([language in langs for langs in rows.languages], dtype=bool)]

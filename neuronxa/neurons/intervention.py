@@ -1,9 +1,10 @@
 """Interventions on neurons' activations a while a model runs: zero, scale, set or add, around any forward pass
 or ``generate`` call (the KV-cached steps included), and the mean a of every neuron over a set of texts.
 
-Each site kind is one small hook that changes a where the model computes it; for dense FFN layers that is the
-hook point of a in each decoder layer (``stage_one.probes.on_a``: the activation module's output where there is
-one), replaced by an edited copy. The edit itself, ``edit(a, indices, values) -> a``, is the same for every site kind.
+Each site kind is one small hook that changes a where the model computes it (``stage_one.probes.edit_hooks``):
+in dense FFN layers the hook point of a (``on_a``: the activation module's output where there is one), replaced by
+an edited copy; in mixture-of-experts layers an expert neuron e·I + j only on the tokens routed to expert e. The
+edit itself, ``EDITS[mode](a, units, values) -> a``, is the same for every site kind.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.forward import probed_batches, tokenize
+from neuronxa.stage_one.experts import Edit
 from neuronxa.stage_one.pooling import pooling_weights, real_token_mask
-from neuronxa.stage_one.probes import architecture, decoder_layers, on_a
+from neuronxa.stage_one.probes import decoder_layers, edit_hooks, has_experts
 
-Edit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Mode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _zero(a: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -41,12 +43,7 @@ def _add(a: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.
 
 
 # mode -> edit(a, indices, values): a new tensor, a's neurons ``indices`` (last axis) changed by ``values``
-EDITS: dict[str, Edit] = {"zero": _zero, "scale": _scale, "set": _set, "add": _add}
-
-
-def dense_site(model: nn.Module, layer: int, edit: Callable[[torch.Tensor], torch.Tensor]) -> list:
-    """Apply ``edit`` to a of a dense FFN layer where the model computes it (``probes.on_a``); returns the hooks."""
-    return on_a(decoder_layers(model)[layer], architecture(model), edit)
+EDITS: dict[str, Mode] = {"zero": _zero, "scale": _scale, "set": _set, "add": _add}
 
 
 def neuron_frame(neurons: pd.DataFrame | Iterable[tuple[int, int]], value: float | Sequence[float] | None,
@@ -56,8 +53,6 @@ def neuron_frame(neurons: pd.DataFrame | Iterable[tuple[int, int]], value: float
         raise NeuronXAError(f"intervention mode {mode!r} is unknown: use one of {', '.join(EDITS)}")
     frame = (neurons[["layer", "neuron"]].copy() if isinstance(neurons, pd.DataFrame)
              else pd.DataFrame(list(neurons), columns=["layer", "neuron"]))
-    if isinstance(neurons, pd.DataFrame) and "expert" in neurons and neurons["expert"].notna().any():
-        raise NeuronXAError("expert neurons cannot be intervened on yet: only dense FFN neurons are supported")
     if value is None and mode != "zero":
         raise NeuronXAError(f"intervention mode {mode!r} needs a value: a number or one per neuron")
     values = np.broadcast_to(np.asarray(0.0 if value is None else value, dtype=np.float32), (len(frame),)) \
@@ -67,18 +62,21 @@ def neuron_frame(neurons: pd.DataFrame | Iterable[tuple[int, int]], value: float
     return frame.astype({"layer": int, "neuron": int}).assign(value=values)
 
 
-def layer_edits(frame: pd.DataFrame, mode: str, n_layers: int) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
-    """Per layer, the function that edits that layer's a (indices and values moved to a's device and dtype)."""
+def layer_edits(frame: pd.DataFrame, mode: str, n_layers: int) -> dict[int, tuple[torch.Tensor, Edit]]:
+    """Per layer, its chosen neurons (sorted) and the edit of a that gives each its value (moved to a's device and
+    dtype; an edit may receive a subset of the neurons, e.g. one expert's)."""
     if len(frame) and (frame.layer.min() < 0 or frame.layer.max() >= n_layers):
         raise NeuronXAError(f"neurons in layer {int(frame.layer.max())}, but the model has {n_layers} layers")
     edits = {}
-    for layer, group in frame.groupby("layer"):
-        index, values = torch.tensor(group.neuron.to_numpy()), torch.tensor(group.value.to_numpy())
+    for layer, group in frame.sort_values(["layer", "neuron"]).groupby("layer"):
+        neurons, values = torch.tensor(group.neuron.to_numpy()), torch.tensor(group.value.to_numpy())
 
-        def edit(a: torch.Tensor, *, index=index, values=values) -> torch.Tensor:
-            return EDITS[mode](a, index.to(a.device), values.to(a.device, a.dtype))
+        def edit(a: torch.Tensor, units: torch.Tensor, chosen: torch.Tensor, *, neurons=neurons,
+                 values=values) -> torch.Tensor:
+            value = values[torch.searchsorted(neurons, chosen.cpu())]
+            return EDITS[mode](a, units, value.to(a.device, a.dtype))
 
-        edits[int(layer)] = edit
+        edits[int(layer)] = (neurons, edit)
     return edits
 
 
@@ -90,11 +88,9 @@ def intervene(model: nn.Module, neurons: pd.DataFrame | Iterable[tuple[int, int]
     or one per neuron; ``neurons`` are (layer, neuron) pairs or a frame with columns layer, neuron (as
     ``identify`` returns). The hooks are removed when the block ends, also on error."""
     frame = neuron_frame(neurons, value, mode)
-    edits = layer_edits(frame, mode, len(decoder_layers(model)))
     handles = []
     try:
-        for layer, edit in edits.items():
-            handles += dense_site(model, layer, edit)
+        handles = edit_hooks(model, layer_edits(frame, mode, len(decoder_layers(model))))
         yield
     finally:
         for handle in handles:
@@ -104,6 +100,9 @@ def intervene(model: nn.Module, neurons: pd.DataFrame | Iterable[tuple[int, int]
 def mean_activations(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 16,
                      max_length: int = 512) -> np.ndarray:
     """The mean a of every neuron over the texts' tokens (a leading BOS left out): float32 (layers, neurons)."""
+    if has_experts(model):
+        raise NeuronXAError("mean activations are defined for dense FFN neurons only: an expert neuron has no a on "
+                            "the tokens not routed to its expert (intervene with a given value instead)")
     token_ids, _ = tokenize(tokenizer, texts, max_length)
 
     def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ def counts_by_language(neurons: pd.DataFrame, languages: list[str]) -> pd.DataFr
     """Per language: its specific neurons, the related neurons it shares, and the agnostic neurons."""
     rows = []
     for index, language in enumerate(languages):
-        mine = neurons[[index in langs for langs in neurons.languages]]
+        mine = neurons[np.array([index in langs for langs in neurons.languages], dtype=bool)]  # rows, even if none
         rows.append({"language": language, **{kind: int((mine.type == kind).sum()) for kind in TYPES}})
     return pd.DataFrame(rows)
 

@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
-from neuronxa.stage_one.probes import KINDS, PoolingProbe
+from neuronxa.stage_one.probes import PoolingProbe, kinds_of
 
 Weights = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 
 
 class PooledStates(dict):
-    """``states[kind][pooling]``: float32 array (layers, sentences, width); with token counts per sentence."""
+    """``states[kind][pooling]``: float32 array (layers, sentences, width), or a list of (sentences, width of
+    the layer) where widths differ (mixture-of-experts models); with token counts per sentence."""
 
     def __init__(self, arrays: dict, n_tokens: np.ndarray, truncated: np.ndarray) -> None:
         super().__init__(arrays)
@@ -85,7 +86,7 @@ def pooled_states(
     poolings: tuple[str, ...] = POOLINGS,
     batch_size: int = 16,
     max_length: int = 512,
-    kinds: tuple[str, ...] = KINDS,
+    kinds: tuple[str, ...] | None = None,
     skip_bos: bool = False,
     progress: bool = False,
     layers: int | None = None,
@@ -93,27 +94,39 @@ def pooled_states(
 ) -> PooledStates:
     """Pooled neuron states of ``sentences``: ``states[kind][pooling]`` of shape (layers, sentences, width).
 
-    ``kind`` is ``nas`` (share of tokens with a > 0), ``nav`` (|z|) or ``hidden`` (decoder layer output);
+    ``kind`` is ``nas`` (share of tokens with a > 0), ``nav`` (|z|), ``hidden`` (decoder layer output) or, for
+    mixture-of-experts models, ``routing`` (routing weights over the experts); ``kinds`` None: all the model has;
     layer 0 is the first decoder layer; ``layers`` keeps the first N and stops the forward pass there;
     ``batch_tokens`` caps a batch's padded tokens besides its ``batch_size`` sentences (see ``length_batches``).
     """
     token_ids, cut = tokenize(tokenizer, sentences, max_length)
-    arrays: dict[str, dict[str, np.ndarray]] = {}
+    layered: dict[str, dict[str, list[np.ndarray]]] = {}
 
     def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:
         return pooling_weights(real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos), poolings)
 
-    for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds=kinds, weights=weights,
-                                                   batch_size=batch_size, progress=progress, layers=layers,
-                                                   batch_tokens=batch_tokens):
+    for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds=kinds or kinds_of(model),
+                                                   weights=weights, batch_size=batch_size, progress=progress,
+                                                   layers=layers, batch_tokens=batch_tokens):
         for kind, pooled in pooled_by_kind.items():
-            pooled = pooled.float().cpu().numpy()  # (layers, poolings, batch, width)
-            for p, pooling in enumerate(poolings):
-                if pooling not in arrays.setdefault(kind, {}):
-                    arrays[kind][pooling] = np.zeros((pooled.shape[0], len(sentences), pooled.shape[3]), np.float32)
-                arrays[kind][pooling][:, batch, :] = pooled[:, p]
+            _fill(layered.setdefault(kind, {}), pooled, batch, poolings=poolings, n_sentences=len(sentences))
+    arrays = {kind: {pooling: np.stack(per_layer) if len({a.shape for a in per_layer}) == 1 else per_layer
+                     for pooling, per_layer in by_pooling.items()} for kind, by_pooling in layered.items()}
     n_tokens = np.array([len(ids) for ids in token_ids], dtype=np.int32)
     return PooledStates(arrays, n_tokens, cut)
+
+
+def _fill(by_pooling: dict[str, list[np.ndarray]], pooled: torch.Tensor | list[torch.Tensor], batch: list[int], *,
+          poolings: tuple[str, ...], n_sentences: int) -> None:
+    """Put one batch's pooled states of one kind (per layer: poolings, batch, width) into per-layer arrays."""
+    pooled = pooled.float().cpu().numpy() if isinstance(pooled, torch.Tensor) else \
+        [layer.float().cpu().numpy() for layer in pooled]
+    for layer, states in enumerate(pooled):
+        for p, pooling in enumerate(poolings):
+            per_layer = by_pooling.setdefault(pooling, [])
+            if layer == len(per_layer):
+                per_layer.append(np.zeros((n_sentences, states.shape[2]), np.float32))
+            per_layer[layer][batch, :] = states[p]
 
 
 def probed_batches(model, tokenizer, token_ids: list[list[int]], *, kinds: tuple[str, ...], weights: Weights,
@@ -148,7 +161,8 @@ def activation_counts(
     layers: int | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """How many tokens each neuron is active on (a > 0): an int64 array (layers, neurons); the number of
-    tokens counted; and the number of texts cut at ``max_length``.
+    tokens counted; and the number of texts cut at ``max_length``. Where layers differ in width (mixture of
+    experts), the narrower layers' rows end in zeros (neurons that do not exist are never active).
 
     With ``prompt``, each text is read after the prompt (``prompt + text``) and only the text's tokens count.
     """
@@ -165,15 +179,22 @@ def activation_counts(
     active, total = None, 0
     for _, counted, pooled in probed_batches(model, tokenizer, token_ids, kinds=("nas",), weights=weights,
                                              batch_size=batch_size, progress=progress, layers=layers):
-        counts = pooled["nas"][:, 0].sum(dim=1).round().to(torch.int64).cpu().numpy()
+        counts = padded_layers([layer[0].sum(dim=0).round().to(torch.int64).cpu().numpy() for layer in pooled["nas"]])
         active = counts if active is None else active + counts
         total += int(counted.sum().item())
     return active, total, int(cut.sum())
 
 
+def padded_layers(rows: list[np.ndarray]) -> np.ndarray:
+    """Per-layer arrays (..., width of the layer) stacked into (layers, ..., widest), zero-padded."""
+    widest = max(row.shape[-1] for row in rows)
+    return np.stack([np.pad(row, [(0, 0)] * (row.ndim - 1) + [(0, widest - row.shape[-1])]) for row in rows])
+
+
 def split_states(states: PooledStates, sizes: list[int]) -> list[PooledStates]:
     """Pooled states of concatenated sentences, split back into consecutive parts of the given sizes."""
     bounds = np.cumsum([0, *sizes])
-    return [PooledStates({kind: {p: a[:, lo:hi] for p, a in by.items()} for kind, by in states.items()},
+    rows = lambda a, lo, hi: [layer[lo:hi] for layer in a] if isinstance(a, list) else a[:, lo:hi]
+    return [PooledStates({kind: {p: rows(a, lo, hi) for p, a in by.items()} for kind, by in states.items()},
                          states.n_tokens[lo:hi], states.truncated[lo:hi])
             for lo, hi in zip(bounds[:-1], bounds[1:])]

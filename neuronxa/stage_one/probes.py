@@ -13,13 +13,14 @@ model computes them under another leading shape (OPT flattens batch and tokens),
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import experts
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
     Sites,
@@ -27,15 +28,20 @@ from neuronxa.stage_one.sites import (
     architecture,
     decoder_layers,
     ffn_width,
+    ffns,
+    has_experts,
+    layer_widths,
     module_paths,
     submodule,
     widths,
 )
 
-__all__ = ["KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "act_modules", "architecture", "decoder_layers",
-           "ffn_width", "module_paths", "on_a", "submodule"]
+__all__ = ["KINDS", "MOE_KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "act_modules", "architecture",
+           "decoder_layers", "edit_hooks", "ffn_width", "kinds_of", "layer_widths", "module_paths", "on_a",
+           "submodule"]
 
 KINDS = ("nas", "nav", "hidden")
+MOE_KINDS = (*KINDS, "routing")   # mixture-of-experts models add their layers' pooled routing weights
 SITE_NAMES = {
     "nas": "blocks.{layer}.mlp.hook_act > 0",
     "nav": "|blocks.{layer}.mlp.hook_post|",
@@ -77,6 +83,27 @@ def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Te
             submodule(ffn, found.up).register_forward_hook(on_up), down.register_forward_pre_hook(z_from_edited)]
 
 
+def kinds_of(model: nn.Module) -> tuple[str, ...]:
+    """The state kinds a model gives: ``routing`` too when some layer is a mixture of experts."""
+    return MOE_KINDS if has_experts(model) else KINDS
+
+
+def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts.Edit]]) -> list:
+    """Hooks applying, per layer, ``edit`` (a, units, neurons) -> a to the activation a of its chosen ``neurons``
+    (layer -> (sorted neuron indices, edit)), in every kind of layer: dense FFN neurons through ``on_a``; expert
+    neurons e·I + j of MoE layers and their shared experts' units after them (see ``experts.edit_hooks``)."""
+    found, handles = architecture(model), []
+    for index, (layer, ffn) in enumerate(zip(decoder_layers(model), ffns(model))):
+        neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
+        if not len(neurons):
+            continue
+        if experts.probed(ffn):
+            handles += experts.edit_hooks(ffn, neurons, edit)
+        else:
+            handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
+    return handles
+
+
 class StopForward(Exception):
     """Raised by the last probed layer when later layers are not wanted: the forward pass ends there."""
 
@@ -103,14 +130,28 @@ class PoolingProbe:
             if self._pooled[kind][layer] is not None:
                 raise NeuronXAError(f"decoder layer {layer} ran twice in one forward pass (a recurrent model?): "
                                     "its FFN states per token are not defined")
+            if states.numel() != self.weights[0].numel() * states.shape[-1]:
+                raise NeuronXAError(f"decoder layer {layer}'s {kind} states have shape {tuple(states.shape)}, not "
+                                    "(batch, tokens, width) (several residual streams?): not supported")
             # with device_map, layers may sit on several devices: pool where the states are, gather on the first
-            if states.device not in self._weights_by_device:
-                self._weights_by_device[states.device] = self.weights.to(states.device)
             states = states.reshape(*self.weights.shape[1:], states.shape[-1])   # e.g. OPT's (batch·tokens, width)
-            self._pooled[kind][layer] = pool(self._weights_by_device[states.device], states).to(self.weights.device)
+            self._store_pooled(kind, layer, pool(self._weights_on(states.device), states))
+
+    def _store_pooled(self, kind: str, layer: int, pooled: torch.Tensor) -> None:
+        """Keep states pooled elsewhere (poolings, batch, width), gathered on the first device."""
+        if kind in self.kinds:
+            self._pooled[kind][layer] = pooled.to(self.weights.device)
+
+    def _weights_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._weights_by_device:
+            self._weights_by_device[device] = self.weights.to(device)
+        return self._weights_by_device[device]
 
     def _hooks(self, index: int, layer: nn.Module) -> list:
         ffn = submodule(layer, self.arch.ffn)
+        if experts.probed(ffn):
+            store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
+            return experts.moe_hooks(ffn, self._weights_on, store, self.kinds) + self._layer_hooks(index, layer)
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:
@@ -122,16 +163,18 @@ class PoolingProbe:
         def on_down(module, inputs):
             self._store("nav", index, inputs[0].abs())
 
+        handles = on_a(layer, self.arch, on_act)
+        if not a_is_z:
+            handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
+        return handles + self._layer_hooks(index, layer)
+
+    def _layer_hooks(self, index: int, layer: nn.Module) -> list:
         def on_layer(module, inputs, output):
             self._store("hidden", index, output[0] if isinstance(output, (tuple, list)) else output)
             if self.stops_early and index == len(self.layers) - 1:
                 raise StopForward
 
-        handles = on_a(layer, self.arch, on_act)
-        if not a_is_z:
-            handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
-        handles.append(layer.register_forward_hook(on_layer))
-        return handles
+        return [layer.register_forward_hook(on_layer)]
 
     @contextmanager
     def attached(self):
@@ -156,9 +199,15 @@ class PoolingProbe:
         except StopForward:
             pass
 
-    def collect(self) -> dict[str, torch.Tensor]:
-        """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device."""
+    def collect(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device; a list
+        of (poolings, batch, width of the layer) where widths differ (mixture-of-experts models; ``routing`` is
+        empty on dense layers)."""
+        if "routing" in self._pooled:   # a dense layer of a mixture-of-experts model routes nothing
+            empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
+            self._pooled["routing"] = [empty if s is None else s for s in self._pooled["routing"]]
         missing = [kind for kind, states in self._pooled.items() if any(s is None for s in states)]
         if missing:
             raise NeuronXAError(f"probe sites of {', '.join(missing)} did not fire: is the FFN layout unusual?")
-        return {kind: torch.stack(states) for kind, states in self._pooled.items()}
+        return {kind: torch.stack(states) if len({s.shape for s in states}) == 1 else states
+                for kind, states in self._pooled.items()}

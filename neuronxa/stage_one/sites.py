@@ -11,11 +11,15 @@ neuron count. Found by structure:
 - gated: two input projections (gate and up, the gate named ``gate*`` or ``w1``) or a fused one;
 - the activation: an activation module of the FFN (parameter-free or not, e.g. xIELU); where ``a`` is computed by a
   plain function, it is the gate projection's output through the config's activation (``hidden_act``), or, when
-  not gated, the down projection's input.
+  not gated, the down projection's input;
+- mixture-of-experts layers: an FFN block with routed experts that experts.py reads (``experts.probed``); dense
+  and MoE layers may mix at one FFN path, the dense fields of ``Sites`` describing the first dense layer (all-MoE:
+  the experts module's). Other MoE blocks (e.g. a list of per-expert modules) are refused in one line.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
@@ -23,6 +27,7 @@ from weakref import WeakKeyDictionary
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import experts
 
 _FFN_NAME = re.compile(r"mlp|feed_?forward|ffn", re.IGNORECASE)
 _ACT_CLASS = re.compile(r"act|gelu|relu|silu|swish|sigmoid|tanh|glu|xielu", re.IGNORECASE)
@@ -127,6 +132,8 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
         last = name.rsplit(".", 1)[-1]
+        if name and experts.experts_module(module) is not None:
+            return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
                 and _projections(module, hidden):
             return name
@@ -134,12 +141,16 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
+    """One line for a mixture-of-experts block that experts.py cannot probe."""
     for index, layer in enumerate(layers):
+        probed = [module for module in layer.modules() if experts.probed(module)]
+        inside = {id(sub) for module in probed for sub in module.modules()}
         for name, module in layer.named_modules():
-            if _MOE_CLASS.search(type(module).__name__):
+            if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside:
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
-                                    f"({type(module).__name__} at {path}.{index}.{name}): expert neurons are not "
-                                    "supported yet")
+                                    f"({type(module).__name__} at {path}.{index}.{name}): expert neurons are read "
+                                    "from one experts module called with the routed tokens (top_k_index, "
+                                    "top_k_weights), which this one is not: not supported")
 
 
 def _activation(model: nn.Module) -> str:
@@ -179,11 +190,10 @@ def find_sites(model: nn.Module) -> Sites:
     _refuse_moe(model, layers, path)
     hidden = _hidden_size(model)
     ffn_path = _ffn_of_every_layer(model, layers, path, hidden)
-    ffns = [submodule(layer, ffn_path) for layer in layers]
+    ffns = [ffn for ffn in (submodule(layer, ffn_path) for layer in layers) if not experts.probed(ffn)]
+    if not ffns:
+        return _moe_sites(path, ffn_path, submodule(layers[0], ffn_path))
     down, inputs, width = _projections(ffns[0], hidden)
-    if len({widths(submodule(ffn, down))[0] for ffn in ffns}) > 1:
-        raise NeuronXAError(f"model type {model_type(model)!r} has FFNs of different widths in different layers: "
-                            "not supported")
     gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
     act = _act_module(ffns[0])
     if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
@@ -193,6 +203,13 @@ def find_sites(model: nn.Module) -> Sites:
     gate = next((name for name in inputs if "gate" in name or name == "w1"), inputs[0])
     up = next((name for name in inputs if name != gate), gate)
     return Sites(path, ffn_path, act, down, True, gate, up, None if act else _activation(model))
+
+
+def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
+    """The sites of a model whose every layer is a mixture of experts: those of the experts module (its a, where
+    an activation module computes it, and its 3-D projections)."""
+    act = "experts.act_fn" if hasattr(experts.experts_module(block), "act_fn") else None
+    return Sites(path, ffn_path, act, "experts.down_proj", True, "experts.gate_up_proj", "experts.gate_up_proj")
 
 
 def architecture(model: nn.Module) -> Sites:
@@ -213,18 +230,31 @@ def ffns(model: nn.Module) -> list[nn.Module]:
 
 def act_modules(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's activation module (its forward output is a); empty where a function computes a (see
-    ``on_a`` for a hook point that every architecture has)."""
+    ``on_a`` for a hook point that every dense architecture has), and for mixture-of-experts models."""
     act = architecture(model).act
-    return [] if act is None else [submodule(ffn, act) for ffn in ffns(model)]
+    return [] if act is None or has_experts(model) else [submodule(ffn, act) for ffn in ffns(model)]
+
+
+def layer_widths(model: nn.Module) -> list[int]:
+    """Neurons per layer: the input width of a dense layer's down projection, E·I (+ shared units) of a
+    mixture-of-experts one."""
+    down = architecture(model).down
+    return [experts.moe_width(ffn) if experts.probed(ffn) else widths(submodule(ffn, down))[0]
+            for ffn in ffns(model)]
 
 
 def ffn_width(model: nn.Module) -> int:
-    """Neurons per FFN layer: the input width of the down projection."""
-    return widths(submodule(ffns(model)[0], architecture(model).down))[0]
+    """Neurons per FFN layer (the widest layer's where widths differ)."""
+    return max(layer_widths(model))
+
+
+def has_experts(model: nn.Module) -> bool:
+    """Whether some decoder layer is a mixture of experts."""
+    return any(experts.probed(ffn) for ffn in ffns(model))
 
 
 def module_paths(model: nn.Module) -> dict[str, str]:
-    """Module paths of the three sites, for the cache metadata."""
+    """Module paths of the three sites, for the cache metadata (MoE layers: what the experts module receives)."""
     found = architecture(model)
     ffn = f"{found.layers}.{{layer}}" + (f".{found.ffn}" if found.ffn else "")
     down = f"{ffn}.{found.down} (input)"
@@ -234,8 +264,12 @@ def module_paths(model: nn.Module) -> dict[str, str]:
         nas = f"{found.activation}({ffn}.{found.gate} (output))"
     else:
         nas = down
-    return {"nas": nas, "nav": down if found.gated or found.act is None else nas,
-            "hidden": f"{found.layers}.{{layer}} (output)"}
+    paths = {"nas": nas, "nav": down if found.gated or found.act is None else nas}
+    moe = [experts.probed(block) for block in ffns(model)]
+    if any(moe):
+        routed = f"a and z of the routed experts from {ffn}.experts (input), then the shared experts'"
+        paths = {kind: routed if all(moe) else f"{path}; MoE layers: {routed}" for kind, path in paths.items()}
+    return {**paths, "hidden": f"{found.layers}.{{layer}} (output)"}
 
 
 def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:

@@ -8,6 +8,12 @@ folder and moved into place in one rename, with its metadata, so an interrupted 
         {language}/                                attrs: ids, fingerprint, chunks, store digest, complete
             n_tokens                               (units,) int32
             {nas|nav|hidden}/{weighted|mean|last}  (layers, units, width), one chunk file per layer (c.{layer}.0.0)
+            routing/{weighted|mean|last}           mixture-of-experts models: routing weights (layers, units, E)
+
+Where layers differ in width (mixture-of-experts models, whose MoE layers hold E·I expert neurons and whose dense
+layers fewer; routing, which dense layers lack), an array is zero-padded to its widest layer and its attribute
+``widths`` lists each layer's width: a layer is read back at its own width, and the padding (zeros, like the
+unrouted experts' pooled states) costs almost nothing once compressed.
 
 Every chunk carries a CRC32C checksum and each entry records its chunk count and its store's key digest, so
 a truncated, missing or misplaced chunk is detected and the entry recomputed, never used.
@@ -133,7 +139,8 @@ class StateStore:
     def write(self, language: str, states: dict, ids: list[str], fingerprint: str, **metadata) -> None:
         """Write one language's pooled states atomically: staged, marked complete, then renamed into place.
 
-        ``states`` maps kind -> pooling -> (layers, units, width) array; ``n_tokens`` (per unit) is required.
+        ``states`` maps kind -> pooling -> (layers, units, width) array, or a list of (units, width of the layer)
+        arrays where widths differ; ``n_tokens`` (per unit) is required.
         """
         arrays = {f"{kind}/{pooling}": array for kind, by_pooling in states.items()
                   for pooling, array in by_pooling.items()}
@@ -162,14 +169,19 @@ class StateStore:
     def _write_array(group: zarr.Group, name: str, array: np.ndarray) -> int:
         """Floats in half precision where every value fits (float32 where one would overflow); integers as
         they are. 3-D arrays are chunked one layer at a time, for stage two's per-layer reads."""
-        data = np.asarray(array)
+        widths = [layer.shape[-1] for layer in array] if isinstance(array, list) else None
+        data = np.asarray(array) if widths is None else np.stack(
+            [np.pad(layer, [(0, 0), (0, max(widths) - layer.shape[-1])]) for layer in array])
         if np.issubdtype(data.dtype, np.floating):
             fits = np.isfinite(data).all() and float(np.abs(data).max(initial=0.0)) < _FLOAT16_MAX
             data = data.astype(np.float16 if fits else np.float32)
         chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
         stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=CODECS,
-                                    chunk_key_encoding={"name": "default", "separator": "."})
+                                    chunk_key_encoding={"name": "default", "separator": "."},
+                                    config={"write_empty_chunks": True})   # an all-zero layer is data too
         stored[...] = data
+        if widths is not None:
+            stored.attrs["widths"] = widths
         return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
 
     def _group(self, language: str) -> zarr.Group:
@@ -181,13 +193,25 @@ class StateStore:
         return self._verified[language]
 
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
-        """Pooled states as float32: (layers, units, width), or (units, width) for one layer; read lazily."""
-        return self._checked(language, f"{kind}/{pooling}", layer).astype(np.float32)
+        """Pooled states as float32: (layers, units, width), or (units, width of the layer) for one layer (the
+        widest layer's width, zero-padded, for several layers of differing widths); read lazily."""
+        states = self._checked(language, f"{kind}/{pooling}", layer).astype(np.float32)
+        widths = self.widths(language, kind, pooling)
+        return states[:, :widths[layer]] if widths and isinstance(layer, int) else states
+
+    def widths(self, language: str, kind: str = "nas", pooling: str = "weighted") -> list[int] | None:
+        """Each layer's width where layers differ in width; None where all have the array's width."""
+        return self._group(language)[f"{kind}/{pooling}"].attrs.get("widths")
 
     def _checked(self, language: str, name: str, index=...) -> np.ndarray:
         """Read part of an array; a chunk failing its checksum is a clear error, never data."""
+        group = self._group(language)
+        if name not in group:
+            raise NeuronXAError(f"cache entry {language} in {self.url()} holds no {name}: "
+                                + ("routing exists for mixture-of-experts models only" if name.startswith("routing")
+                                   else "rerun stage one to compute it"))
         try:
-            return np.asarray(self._group(language)[name][index])
+            return np.asarray(group[name][index])
         except (ValueError, RuntimeError) as error:
             raise NeuronXAError(f"cache entry {language} in {self.url()} is corrupt ({str(error)[:80]}): "
                                 "rerun stage one to recompute it") from None

@@ -32,6 +32,9 @@ class StatesInMemory:
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
         return self.states[language][kind][pooling][layer]
 
+    def n_layers(self, language: str, kind: str, pooling: str) -> int:
+        return len(self.states[language][kind][pooling])
+
 
 def unwrapped(model):
     """The transformers model inside a ``peft`` wrapper (LoRA layers stay in place), or the model itself."""

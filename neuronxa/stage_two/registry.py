@@ -5,7 +5,9 @@ A metric is what one asks for (``nasca``, ``cka``, ``retrieval``); a score is a 
 (``nasca``; ``retrieval.nas.pivot_to_target`` and five more for ``retrieval``). Kinds: ``alignment`` — the weak
 alignment score μ of the cosine matrix, on NAS (``nasca``), NAV (``navca``) or hidden states (``mexa``);
 ``baseline`` — the embedding baselines ``cka``, ``svcca``, ``anc`` on hidden states; ``retrieval`` —
-pivot→target, target→pivot and bidirectional nearest-neighbour accuracy, on NAS and on hidden states. Scores
+pivot→target, target→pivot and bidirectional nearest-neighbour accuracy, on NAS and on hidden states;
+``routing`` — for mixture-of-experts models, μ (``routing``) and the two one-way retrievals of the sentences'
+pooled routing weights over the experts, on the MoE layers. Scores
 that count units (alignment, retrieval) get Wilson's interval with the half-samples' design effect and a chance
 level; the baselines get the normal interval.
 """
@@ -133,10 +135,18 @@ def _retrieval(representations: tuple[str, ...]) -> Metric:
     return Metric("retrieval", "retrieval", scores)
 
 
+def _routing() -> Metric:
+    """Does a language route like the pivot? μ of the routing weights' cosines, and the one-way retrievals."""
+    scores = tuple(Score("routing" if direction == "bidirectional" else f"retrieval.routing.{direction}", "routing",
+                         "routing", "routing", _share(direction), uncertainty.share_interval,
+                         None if direction == "bidirectional" else direction) for direction in DIRECTIONS)
+    return Metric("routing", "routing", scores)
+
+
 METRICS: dict[str, Metric] = {metric.name: metric for metric in (
     _alignment("nasca", "nas"), _alignment("navca", "nav"), _alignment("mexa", "hidden"),
     _baseline("cka", _cka), _baseline("svcca", _svcca), _baseline("anc", _anc),
-    _retrieval(("nas", "hidden")))}
+    _retrieval(("nas", "hidden")), _routing())}
 SCORES: dict[str, Score] = {score.name: score for metric in METRICS.values() for score in metric.scores}
 
 

@@ -29,6 +29,8 @@ class States(Protocol):
 
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray: ...
 
+    def n_layers(self, language: str, kind: str, pooling: str) -> int: ...
+
 
 def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str],
                  subsets: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -73,22 +75,25 @@ def check_cached(store: States, languages: list[str]) -> None:
 @threadpool_limits.wrap(limits=1, user_api="blas")   # small matrices: threads would mostly wait on each other
 def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languages: list[str] | None = None,
           progress: bool = True, resamples: int = 0, seed: int = 0) -> tuple[pd.DataFrame, Resampled]:
-    """Long table (metric, pivot, language, layer, value, n) for every target language and layer, and per
-    (metric, language) the values on ``resamples`` half-samples of the units as a (layers, resamples) array.
-    BLAS runs on one thread here (only here): the matrices are units × units, and on shared cores BLAS threads
-    cost more in waiting than they save."""
+    """Long table (metric, pivot, language, layer, value, n) for every target language and layer (for routing,
+    the mixture-of-experts layers), and per (metric, language) the values on ``resamples`` half-samples of the
+    units as a (layers, resamples) array. BLAS runs on one thread here (only here): the matrices are units ×
+    units, and on shared cores BLAS threads cost more in waiting than they save."""
     targets = check_targets(store, pivot, languages)
     kinds = registry.representations(wanted)
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}
-    pivot_states = {kind: store.read(pivot, kind, pooling) for kind in kinds}
+    pivot_states = {kind: [store.read(pivot, kind, pooling, layer) for layer in
+                           range(store.n_layers(pivot, kind, pooling))] for kind in kinds}
     rows, resampled = [], {}
     for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
         pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
         subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
         halves: dict[str, list[np.ndarray]] = {}
         for kind in kinds:
-            for layer in range(pivot_states[kind].shape[0]):
-                X = pivot_states[kind][layer, pivot_rows]
+            for layer, states in enumerate(pivot_states[kind]):
+                if states.shape[1] == 0:
+                    continue   # routing on a dense layer of a mixture-of-experts model: nothing to score
+                X = states[pivot_rows]
                 Y = store.read(language, kind, pooling, layer)[target_rows]
                 values, half = layer_values(X, Y, kind, wanted=wanted, subsets=subsets)
                 for metric, value in values.items():

@@ -17,7 +17,7 @@ from neuronxa.neurons.deactivation import deactivation_matrix, deactivation_summ
 from neuronxa.neurons.identify import TYPES, identify, probabilities
 from neuronxa.stage_one import models
 from neuronxa.stage_one.models import spec_from_config
-from neuronxa.stage_one.probes import decoder_layers, ffn_width
+from neuronxa.stage_one.probes import layer_widths
 from neuronxa.stage_one.sites import name_sites
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import (
@@ -161,7 +161,8 @@ def report(found: pd.DataFrame, languages: list[str], n_layers: int, *, folder: 
 
 def check_shape(found: pd.DataFrame, n_layers: int, model) -> None:
     """A mask or counts from another model cannot switch off this model's neurons."""
-    model_layers, width = len(decoder_layers(model)), ffn_width(model)
+    widths = layer_widths(model)
+    model_layers, width = len(widths), max(widths)
     if n_layers != model_layers or (len(found) and int(found.neuron.max()) >= width):
         raise NeuronXAError(f"the neurons have {n_layers} layers (largest index {int(found.neuron.max())}) but the "
                             f"model has {model_layers} layers × {width} neurons: deactivate on the model they came "

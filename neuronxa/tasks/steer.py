@@ -23,7 +23,7 @@ from neuronxa.neurons.steering import Intervention, NeuronSet, applied, continua
 from neuronxa.stage_one import models
 from neuronxa.stage_one.likelihood import perplexity
 from neuronxa.stage_one.models import spec_from_config
-from neuronxa.stage_one.probes import ffn_width
+from neuronxa.stage_one.probes import layer_widths
 from neuronxa.stage_two.uncertainty import wilson
 from neuronxa.tasks import plots
 from neuronxa.tasks.common import Logged, model_name, tracked_run, write_csv
@@ -82,7 +82,7 @@ def steer(cfg: DictConfig, folder: Path) -> Logged:
                                         batch_size=cfg.extract.batch_size, max_length=cfg.extract.max_length)
              for language in dict.fromkeys([source, *targets])}
     texts = held_out_texts(corpus, rest, task.eval_units)
-    rng, width = np.random.default_rng(task.seed), ffn_width(model)
+    rng, width = np.random.default_rng(task.seed), layer_widths(model)
     own_source = by_layer_indices(in_mask(found, corpus.languages.index(source)))
     random_source = as_frame(random_like(own_source, width, rng))
     cells = design(list(task.source_modes), list(task.target_modes), list(task.strengths),
