@@ -96,7 +96,9 @@ class TaskConfig:
 
 
 @dataclass
-class NeuronsTaskConfig(TaskConfig):
+class IdentifyConfig(TaskConfig):
+    """The options of identifying language neurons, shared by the tasks that do."""
+
     languages: Optional[List[str]] = None
     prompt: Optional[str] = None
     method: str = "finegrained"
@@ -104,6 +106,10 @@ class NeuronsTaskConfig(TaskConfig):
     filter_rate: Optional[float] = None
     bar_rate: float = 0.95
     lam: Optional[float] = None
+
+
+@dataclass
+class NeuronsTaskConfig(IdentifyConfig):
     counts: Optional[List[str]] = None
     prefix_counts: Optional[List[str]] = None
     mask: Optional[str] = None
@@ -115,16 +121,9 @@ class NeuronsTaskConfig(TaskConfig):
 
 
 @dataclass
-class SteerTaskConfig(TaskConfig):
+class SteerTaskConfig(IdentifyConfig):
     source: str = "eng_Latn"
     targets: List[str] = field(default_factory=lambda: ["fra_Latn", "rus_Cyrl", "zho_Hans"])
-    languages: Optional[List[str]] = None
-    prompt: Optional[str] = None
-    method: str = "finegrained"
-    top_rate: float = 0.01
-    filter_rate: Optional[float] = None
-    bar_rate: float = 0.95
-    lam: Optional[float] = None
     prompts: int = 8
     prompt_words: int = 8
     new_tokens: int = 16
