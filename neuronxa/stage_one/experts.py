@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from neuronxa.stage_one.pooling import pool
+
 SHARED = ("shared_expert", "shared_experts")
 ACTS = ("act_fn", "activation_fn")
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
@@ -140,7 +142,7 @@ def pooled_routing(weights: torch.Tensor, top_k_index: torch.Tensor, top_k_weigh
     dense = torch.zeros(top_k_index.shape[0], n_experts + 1, device=top_k_index.device)
     dense.scatter_(1, top_k_index.clamp(max=n_experts), top_k_weights.to(torch.float32))
     per_token = dense[:, :n_experts].reshape(batch, tokens, n_experts)
-    return torch.einsum("pbt,bte->pbe", weights.to(torch.float32), per_token)
+    return pool(weights, per_token)
 
 
 def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], store: Store,
@@ -160,8 +162,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     def on_shared(kind: str, value: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor) -> None:
         if kind in kinds:
             w = weights(states.device)
-            flat = value(states).reshape(*w.shape[1:], -1).to(torch.float32)
-            parts.setdefault(kind, []).append(torch.einsum("pbt,btw->pbw", w.to(torch.float32), flat))
+            parts.setdefault(kind, []).append(pool(w, value(states).reshape(*w.shape[1:], -1)))
 
     def on_block(module, inputs, output):
         for kind, pooled in parts.items():

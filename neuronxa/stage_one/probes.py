@@ -28,7 +28,6 @@ from neuronxa.stage_one.sites import (
     architecture,
     decoder_layers,
     ffn_width,
-    ffns,
     has_experts,
     layer_widths,
     module_paths,
@@ -92,11 +91,12 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
     """Hooks applying, per layer, ``edit`` (a, units, neurons) -> a to the activation a of its chosen ``neurons``
     (layer -> (sorted neuron indices, edit)), in every kind of layer: dense FFN neurons through ``on_a``; expert
     neurons e·I + j of MoE layers and their shared experts' units after them (see ``experts.edit_hooks``)."""
-    found, handles = architecture(model), []
-    for index, (layer, ffn) in enumerate(zip(decoder_layers(model), ffns(model))):
+    found, handles = architecture(model), []   # the sites once: each lookup walks the module tree
+    for index, layer in enumerate(submodule(model.base_model, found.layers)):
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
             continue
+        ffn = submodule(layer, found.ffn)
         if experts.probed(ffn):
             handles += experts.edit_hooks(ffn, neurons, edit)
         else:
