@@ -39,3 +39,26 @@ def test_gpu_counts_and_deactivation():
     with deactivated(model, {0: [1, 2, 3], 1: [4]}):
         changed = perplexity(model, tokenizer, SENTENCES)
     assert changed != intact and perplexity(model, tokenizer, SENTENCES) == pytest.approx(intact)
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gpt_oss"])
+def test_gpu_expert_neurons_and_deactivation(model_type):
+    """Expert neurons and routing on the GPU (whose experts module may take another kernel path) equal the CPU's;
+    deactivating expert neurons there equals zeroing their down-projection slices."""
+    from test_moe import SENTENCES as MOE_SENTENCES, chosen_neurons, moe_model, zeroed_copy
+
+    model, tokenizer = moe_model(model_type), tiny_tokenizer()
+    cpu = pooled_states(model, tokenizer, MOE_SENTENCES, batch_size=2)
+    model.to("cuda")
+    gpu = pooled_states(model, tokenizer, MOE_SENTENCES, batch_size=2)
+    for kind in ("nas", "nav", "routing"):
+        for pooling in cpu[kind]:
+            for layer, expected in enumerate(cpu[kind][pooling]):
+                np.testing.assert_allclose(gpu[kind][pooling][layer], expected, rtol=1e-3, atol=1e-4)
+    chosen = chosen_neurons(model, model_type)
+    ids = tokenizer(MOE_SENTENCES, padding=True, return_tensors="pt").to("cuda")
+    with torch.no_grad():
+        with deactivated(model, chosen):
+            edited = model(**ids).logits
+        expected = zeroed_copy(model, model_type, chosen)(**ids).logits
+    torch.testing.assert_close(edited, expected, atol=1e-3, rtol=1e-3)
