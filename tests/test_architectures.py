@@ -282,6 +282,18 @@ def test_ffns_of_different_widths_give_each_layer_its_width():
                 np.testing.assert_allclose(states[kind_][pooling][layer], value[layer], atol=1e-4, rtol=1e-4)
 
 
+def test_the_sites_are_searched_once_per_model(monkeypatch):
+    """Probes, interventions and the width lookups ask for the sites many times: the module tree is walked once."""
+    from neuronxa.stage_one import sites
+
+    model, searched, search = copy.deepcopy(tiny("qwen2_moe")), [], sites._search
+    monkeypatch.setattr(sites, "_search", lambda found: searched.append(found) or search(found))
+    pooled_states(model, tiny_tokenizer(), SENTENCES[:2], kinds=("nas", "routing"))
+    with deactivated(model, {0: [1, 100]}):
+        model(input_ids=tiny_tokenizer()(SENTENCES[0], return_tensors="pt")["input_ids"])
+    assert searched == [model]
+
+
 @pytest.mark.parametrize("kind", sorted(RECURRENT))
 def test_layers_that_run_twice_are_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=r"^decoder layer 0 ran twice in one forward pass"):
