@@ -50,9 +50,11 @@ MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exao
        "jamba", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
        "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next",
        "qwen4_exp_text", "solar_open"}
-# refused with one line: experts that experts.py cannot read (llama4: its experts module receives every token,
-# not the routed ones; jetmoe: experts in attention too; inkling2: an activation of gate and up; inkling: shared
-# experts kept as 3-D weights; minimax_m3_vl_text, nemotron_h: an activation it does not recompute)
+# refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
+# llama4: its experts module receives every token, scaled by its routing weight before the activation; jetmoe:
+# two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up together;
+# inkling: shared experts kept as 3-D weights; minimax_m3_vl_text: shared experts without an activation module;
+# nemotron_h: ungated experts, and most layers have no FFN)
 MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "llama4_text", "minimax_m3_vl_text", "nemotron_h"}
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "falcon_mamba", "xlm"}
