@@ -267,7 +267,8 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
             ffn = blocks[layer]
             a, z, routing, out = expert_states(ffn.experts, x, index, weights)
             torch.testing.assert_close(out, output, atol=1e-4, rtol=1e-4)   # the recomputation is the module's
-            shared = getattr(ffn, "shared_expert", None) or getattr(ffn, "shared_experts", None)
+            shared = next((getattr(ffn, name) for name in ("shared_expert", "shared_experts", "shared_mlp")
+                           if hasattr(ffn, name)), None)   # Hunyuan-MoE's shared expert is its shared_mlp
             if shared is not None:
                 a_shared, z_shared = shared_states(shared, x)
                 a, z = torch.cat([a, a_shared], 1), torch.cat([z, z_shared], 1)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import FIXTURES, ROOT, composed, recomputed_experts, tiny_overrides, tiny_tokenizer
+from helpers import FIXTURES, ROOT, composed, moe_blocks, recomputed_experts, tiny_overrides, tiny_tokenizer
 from neuronxa.data.readers import read_tsv
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
@@ -30,6 +30,7 @@ from neuronxa.stage_one.cache import extract_corpus
 from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.options import StageOneOptions
+from neuronxa.stage_one.probes import KINDS
 from neuronxa.stage_one.sites import Sites, find_sites, name_sites
 from neuronxa.tasks.common import stage_one_options
 
@@ -38,6 +39,8 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
             max_position_embeddings=128, n_positions=128, num_layers=2, num_heads=4, rotary_dim=8,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, num_experts=4, num_local_experts=4, n_routed_experts=4,
             num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24)
+# Falcon-H1's default time_step_limit (0, inf) does not survive save_pretrained's JSON (transformers 5.23)
+EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9))}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
@@ -49,9 +52,11 @@ MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exao
        "jamba", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
        "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next",
        "qwen4_exp_text", "solar_open"}
-# refused with one line: experts that experts.py cannot read (llama4: its experts module receives every token,
-# not the routed ones; jetmoe: experts in attention too; inkling2: an activation of gate and up; inkling: shared
-# experts kept as 3-D weights; minimax_m3_vl_text, nemotron_h: an activation it does not recompute)
+# refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
+# llama4: its experts module receives every token, scaled by its routing weight before the activation; jetmoe:
+# two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up together;
+# inkling: shared experts kept as 3-D weights; minimax_m3_vl_text: shared experts without an activation module;
+# nemotron_h: ungated experts, and most layers have no FFN)
 MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "llama4_text", "minimax_m3_vl_text", "nemotron_h"}
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "falcon_mamba", "xlm"}
@@ -96,7 +101,7 @@ def tiny(kind: str, **extra):
     """A tiny random model of ``kind`` in eval mode, built once per test session."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(kind, **TINY, **extra)
+    config = AutoConfig.for_model(kind, **TINY, **EXTRA.get(kind, {}), **extra)
     with torch.device("meta"):
         assert sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()) < MAX_PARAMETERS
     torch.manual_seed(0)
@@ -152,37 +157,37 @@ def pooled_by_hand(tokens: np.ndarray) -> dict[str, np.ndarray]:
     return {"weighted": weighted @ tokens, "mean": tokens.mean(axis=0), "last": tokens[-1]}
 
 
-def recomputed_states(kind: str, model, tokenizer) -> dict[str, dict[str, np.ndarray]]:
-    """Per kind and pooling, per layer (sentences, width), from sentences run one at a time."""
-    layers = find_layers(model)
-    ffns = [ffn_of(layer) for layer in layers]
+def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[str, dict[str, np.ndarray]]:
+    """Per kind and pooling, per layer (sentences, width), from sentences run one at a time; the dense layers'
+    NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves)."""
+    layers, moe = find_layers(model), moe_blocks(model) if kind in MOE else {}
+    ffns = {index: ffn_of(layer) for index, layer in enumerate(layers) if index not in moe}
     states = {kind_: {p: [] for p in ("weighted", "mean", "last")} for kind_ in ("nas", "nav", "hidden")}
-    for sentence in SENTENCES:
+    for sentence in sentences:
         ids = tokenizer(sentence, return_tensors="pt")["input_ids"]
         seen = {}
         hooks = [first(ffn, (*(g for g, _ in GATED), *FUSED, *UP)).register_forward_pre_hook(
-                     lambda m, i, index=index: seen.setdefault(("x", index), i[0])) for index, ffn in enumerate(ffns)]
+                     lambda m, i, index=index: seen.setdefault(("x", index), i[0])) for index, ffn in ffns.items()]
         hooks += [first(ffn, DOWN).register_forward_pre_hook(
-                      lambda m, i, index=index: seen.__setitem__(("z", index), i[0])) for index, ffn in enumerate(ffns)]
+                      lambda m, i, index=index: seen.__setitem__(("z", index), i[0])) for index, ffn in ffns.items()]
         hooks += [layer.register_forward_hook(lambda m, i, o, index=index: seen.__setitem__(
                       ("hidden", index), o[0] if isinstance(o, (tuple, list)) else o)) for index, layer in enumerate(layers)]
         with torch.no_grad():
             model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
             for hook in hooks:
                 hook.remove()
-            per_layer = []
-            for index, ffn in enumerate(ffns):
+            per_layer = [{"hidden": seen["hidden", index].reshape(ids.shape[1], -1)} for index in range(len(layers))]
+            for index, ffn in ffns.items():
                 a, z = recompute(kind, ffn, seen["x", index], model.config)
                 torch.testing.assert_close(z, seen["z", index], atol=1e-5, rtol=1e-4)   # z is what down receives
                 width = z.shape[-1]
-                per_layer.append({"nas": (a > 0).float().reshape(-1, width), "nav": z.abs().reshape(-1, width),
-                                  "hidden": seen["hidden", index].reshape(ids.shape[1], -1)})
+                per_layer[index].update(nas=(a > 0).float().reshape(-1, width), nav=z.abs().reshape(-1, width))
         for index, found in enumerate(per_layer):
             for kind_, tokens in found.items():
                 for pooling, value in pooled_by_hand(tokens.numpy().astype(np.float64)).items():
                     states[kind_][pooling].append((index, value))
-    return {k: {p: [np.stack([v for i, v in rows if i == layer]) for layer in range(len(layers))]   # per layer
-                for p, rows in by.items()} for k, by in states.items()}
+    return {k: {p: [np.stack(found) if (found := [v for i, v in rows if i == layer]) else None   # per layer
+                    for layer in range(len(layers))] for p, rows in by.items()} for k, by in states.items()}
 
 
 def find_layers(model):
@@ -193,29 +198,64 @@ def find_layers(model):
 
 @pytest.mark.parametrize("kind", supported())
 def test_states_match_a_recomputation_from_the_layers_weights(kind):
-    model, tokenizer = tiny(kind), tiny_tokenizer()
-    states = pooled_states(model, tokenizer, SENTENCES, batch_size=3)    # padded batches
-    expected = recomputed_states(kind, model, tokenizer)
-    for kind_, by in expected.items():
+    states = pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES, batch_size=3)    # padded batches
+    for kind_, by in expected_states(kind).items():
         for pooling, value in by.items():
             np.testing.assert_allclose(states[kind_][pooling], value, atol=1e-4, rtol=1e-4,
                                        err_msg=f"{kind} {kind_} {pooling}")
 
 
+@functools.cache
+def moe_tiny(kind: str):
+    """The tiny model of a mixture-of-experts ``kind`` with random routers and biases (not the initialiser's
+    zeros), built once per test session."""
+    model = copy.deepcopy(tiny(kind))
+    torch.manual_seed(0)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.5)
+    return model
+
+
+def model_of(kind: str):
+    return moe_tiny(kind) if kind in MOE else tiny(kind)
+
+
+@functools.cache
+def expected_states(kind: str, tokenizer=None) -> dict:
+    """kind -> pooling -> per layer (SENTENCES, width): the dense layers' recomputation (and every layer's hidden
+    states), and for a mixture-of-experts model its MoE layers' (NAS, NAV and routing), once per session (with
+    the tiny tokenizer unless another is given)."""
+    model, tokenizer = model_of(kind), tokenizer or tiny_tokenizer()
+    expected = recomputed_states(kind, model, tokenizer)
+    if kind in MOE:
+        experts = recomputed_experts(model, tokenizer, SENTENCES)
+        assert experts, "no MoE layer"
+        expected["routing"] = {pooling: [None] * len(layers) for pooling, layers in expected["nas"].items()}
+        for layer, by_kind in experts.items():
+            for kind_, by in by_kind.items():
+                for pooling, value in by.items():
+                    expected[kind_][pooling][layer] = value
+    return expected
+
+
+def assert_layers_close(states, expected: dict, kinds: tuple[str, ...], label: str, **tolerance) -> None:
+    """Each layer's states of ``kinds`` (layer -> (sentences, width)) against the expected ones, where there are."""
+    for kind_ in kinds:
+        for pooling, layers in expected[kind_].items():
+            for layer, value in enumerate(layers):
+                if value is not None:
+                    np.testing.assert_allclose(states(kind_, pooling, layer), value, **tolerance,
+                                               err_msg=f"{label} {kind_} {pooling} layer {layer}")
+
+
 @pytest.mark.parametrize("kind", sorted(MOE))
 def test_expert_states_match_a_recomputation_from_the_experts_weights(kind):
-    model, tokenizer = copy.deepcopy(tiny(kind)), tiny_tokenizer()
-    torch.manual_seed(0)
-    for parameter in model.parameters():   # random routers and biases, not the initialiser's zeros
-        parameter.data.normal_(0, 0.5)
-    states = pooled_states(model, tokenizer, SENTENCES, batch_size=len(SENTENCES), kinds=("nas", "nav", "routing"))
-    expected = recomputed_experts(model, tokenizer, SENTENCES)
-    assert expected, "no MoE layer"
-    for layer, by_kind in expected.items():
-        for kind_, by in by_kind.items():
-            for pooling, value in by.items():
-                np.testing.assert_allclose(states[kind_][pooling][layer], value, atol=1e-4, rtol=1e-4,
-                                           err_msg=f"{kind} {kind_} {pooling} layer {layer}")
+    """MoE layers against the experts' recomputation; the dense layers of mixed models (Jamba) against the dense
+    one."""
+    states = pooled_states(moe_tiny(kind), tiny_tokenizer(), SENTENCES, batch_size=len(SENTENCES),
+                           kinds=("nas", "nav", "routing"))
+    assert_layers_close(lambda kind_, pooling, layer: states[kind_][pooling][layer], expected_states(kind),
+                        ("nas", "nav", "routing"), kind, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", sorted(MOE_REFUSED))
@@ -245,6 +285,18 @@ def test_ffns_of_different_widths_give_each_layer_its_width():
         for pooling, value in expected[kind_].items():
             for layer in range(2):
                 np.testing.assert_allclose(states[kind_][pooling][layer], value[layer], atol=1e-4, rtol=1e-4)
+
+
+def test_the_sites_are_searched_once_per_model(monkeypatch):
+    """Probes, interventions and the width lookups ask for the sites many times: the module tree is walked once."""
+    from neuronxa.stage_one import sites
+
+    model, searched, search = copy.deepcopy(tiny("qwen2_moe")), [], sites._search
+    monkeypatch.setattr(sites, "_search", lambda found: searched.append(found) or search(found))
+    pooled_states(model, tiny_tokenizer(), SENTENCES[:2], kinds=("nas", "routing"))
+    with deactivated(model, {0: [1, 100]}):
+        model(input_ids=tiny_tokenizer()(SENTENCES[0], return_tensors="pt")["input_ids"])
+    assert searched == [model]
 
 
 @pytest.mark.parametrize("kind", sorted(RECURRENT))
@@ -369,3 +421,63 @@ def test_the_command_line_runs_architectures_found_by_structure(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("stage one: 2 written") == 3
+
+
+
+CLI_LANGUAGES = {"eng_Latn": [0, 2], "deu_Latn": [3, 1]}   # language -> its units' rows in SENTENCES
+
+
+@pytest.fixture(scope="session")
+def saved(tmp_path_factory):
+    """kind -> a folder holding the tiny model of ``kind`` that the API tests use, and its tokenizer, saved once
+    per session."""
+    folders = {}
+
+    def save(kind: str):
+        if kind not in folders:
+            folders[kind] = tmp_path_factory.mktemp(kind)
+            model_of(kind).save_pretrained(folders[kind])
+            tiny_tokenizer().save_pretrained(folders[kind])
+        return folders[kind]
+
+    return save
+
+
+def cli_stage_one(folder, tmp_path):
+    """The store of the states the command line caches for a tiny TSV corpus: the job's config composed and
+    checked as ``python -m neuronxa.run`` does, its task run, then stage one asked again (every language reused)."""
+    from neuronxa.config.jobs import check_command_line
+    from neuronxa.run import task_function
+    from neuronxa.tasks.common import load_corpus, stage_one
+
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("id\t" + "\t".join(CLI_LANGUAGES) + "\n" + "".join(
+        f"u{i}\t" + "\t".join(SENTENCES[rows[i]] for rows in CLI_LANGUAGES.values()) + "\n" for i in range(2)))
+    overrides = ["model=hf", f"model.name_or_path={folder}", "dataset=tsv", f"dataset.path={corpus}",
+                 "model.device=cpu", "model.dtype=float32", f"paths.outputs={tmp_path / 'outputs'}",
+                 "benchmark=none", "metric=nasca", "pooling=mean", "score.plots=false", "tracking.enabled=false"]
+    check_command_line(overrides)
+    cfg = composed(overrides)
+    task_function(cfg.task.name)(cfg, tmp_path / "run")
+    return stage_one(cfg, cfg.model, load_corpus(cfg.dataset, None)[0])
+
+
+@pytest.mark.cli
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", supported() + sorted(MOE - {"deepseek_v4"}))
+def test_the_command_line_caches_the_recomputed_states(kind, saved, tmp_path):
+    """Every passing architecture (DeepSeek-V4's hidden states are refused) through the command line's code
+    path: its cached states (float16) against the same recomputation as the API tests."""
+    from transformers import AutoTokenizer
+
+    store = cli_stage_one(saved(kind), tmp_path)
+    kinds = ("nas", "nav", "hidden", "routing") if kind in MOE else KINDS
+    loaded = AutoTokenizer.from_pretrained(saved(kind))   # for some types (Qwen2) transformers picks its own class
+    same = all(loaded(s)["input_ids"] == tiny_tokenizer()(s)["input_ids"] for s in SENTENCES)
+    recomputed = expected_states(kind) if same else expected_states(kind, loaded)
+    for language, rows in CLI_LANGUAGES.items():
+        assert store.ids(language) == ["u0", "u1"]
+        expected = {kind_: {pooling: [None if layer is None else layer[rows] for layer in layers]
+                            for pooling, layers in by.items()} for kind_, by in recomputed.items()}
+        assert_layers_close(lambda kind_, pooling, layer: store.read(language, kind_, pooling, layer), expected,
+                            kinds, f"{kind} {language}", rtol=2 ** -9, atol=1e-3)

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from neuronxa.stage_one.pooling import pool
+from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 
-SHARED = ("shared_expert", "shared_experts")
-ACTS = ("act_fn", "activation_fn")
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
 
 
@@ -38,16 +37,14 @@ def experts_module(ffn: nn.Module) -> nn.Module | None:
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or gpt_oss's clamped SwiGLU), and shared experts, if any, as one gated FFN of Linear projections."""
-    found, shared = experts_module(block), shared_module(block)
+    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``)."""
+    found = experts_module(block)
     if found is None:
         return False
     called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
     act = getattr(found, "act_fn", None)
     known = _one_argument(act) if act is not None else hasattr(found, "limit") and hasattr(found, "alpha")
-    plain = shared is None or isinstance(getattr(shared, "down_proj", None), nn.Linear) and \
-        any(_one_argument(getattr(shared, name, None)) for name in ACTS)
-    return len(called) >= 3 and known and plain
+    return len(called) >= 3 and known and readable_rest(block)
 
 
 def _one_argument(act) -> bool:
@@ -58,14 +55,41 @@ def _one_argument(act) -> bool:
     return len([p for p in called if p.default is p.empty and p.kind <= p.POSITIONAL_OR_KEYWORD]) == 1
 
 
+def hidden_size(experts: nn.Module) -> int:
+    """H: the width of the tokens the experts receive (and give back)."""
+    down = experts.down_proj
+    return down.shape[2] if getattr(experts, "is_transposed", False) else down.shape[1]
+
+
 def shared_module(ffn: nn.Module) -> nn.Module | None:
-    """The shared expert(s) of an MoE block (an ordinary gated FFN), or None."""
-    return next((getattr(ffn, name) for name in SHARED if isinstance(getattr(ffn, name, None), nn.Module)), None)
+    """The shared experts of an MoE block, found by structure: its child besides the routed experts that is a
+    dense FFN (a down projection to the hidden size, input projections from it), or None."""
+    routed = experts_module(ffn)
+    hidden = hidden_size(routed)
+    return next((child for child in ffn.children() if child is not routed and projections(child, hidden)), None)
 
 
-def dense_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """A gated FFN's activation module and down projection."""
-    return next(getattr(ffn, name) for name in ACTS if hasattr(ffn, name)), ffn.down_proj
+def readable_rest(block: nn.Module) -> bool:
+    """Whether every child of an MoE block besides its routed experts is a router or gate (weights of at most two
+    dimensions, none writing to the hidden size: nothing the block adds to its output) or its shared experts with
+    an activation module of one argument."""
+    routed, shared = experts_module(block), shared_module(block)
+    hidden = hidden_size(routed)
+    for child in block.children():
+        if child is shared:
+            if not _one_argument(getattr(child, act_module(child) or "", None)):
+                return False
+        elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
+                                         for p in child.parameters()):
+            return False
+    return True
+
+
+def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The activation module and the down projection of an MoE block's shared experts."""
+    shared = shared_module(ffn)
+    down = projections(shared, hidden_size(experts_module(ffn)))[0]
+    return submodule(shared, act_module(shared)), submodule(shared, down)
 
 
 def expert_shape(experts: nn.Module) -> tuple[int, int]:
@@ -78,7 +102,7 @@ def moe_width(ffn: nn.Module) -> int:
     """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
     n_experts, units = expert_shape(experts_module(ffn))
     shared = shared_module(ffn)
-    return n_experts * units + (dense_sites(shared)[1].in_features if shared is not None else 0)
+    return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)
 
 
 def gate_up(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +195,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     handles = [ffn.register_forward_pre_hook(lambda module, inputs: parts.clear()),   # nothing left from a failed pass
                experts.register_forward_pre_hook(on_experts, with_kwargs=True)]
     if shared is not None:
-        act, down = dense_sites(shared)
+        act, down = shared_sites(ffn)
         handles.append(act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: s > 0, out)))
         handles.append(down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0])))
     handles.append(ffn.register_forward_hook(on_block))
@@ -223,5 +247,5 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
         handles.append(_edit_output(ffn, edit, neurons[neurons < routed]))
     if (neurons >= routed).any():
         shared = neurons[neurons >= routed]
-        handles.append(_edit_act(dense_sites(shared_module(ffn))[0], edit, shared - routed, shared))
+        handles.append(_edit_act(shared_sites(ffn)[0], edit, shared - routed, shared))
     return handles

@@ -19,7 +19,6 @@ neuron count. Found by structure:
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
@@ -28,11 +27,14 @@ from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import experts
+from neuronxa.stage_one.structure import act_module, projections, submodule, widths
+
+__all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
+           "ffns", "find_sites", "has_experts", "layer_list", "layer_widths", "model_type", "module_paths",
+           "name_sites", "submodule", "widths"]
 
 _FFN_NAME = re.compile(r"mlp|feed_?forward|ffn", re.IGNORECASE)
-_ACT_CLASS = re.compile(r"act|gelu|relu|silu|swish|sigmoid|tanh|glu|xielu", re.IGNORECASE)
 _MOE_CLASS = re.compile(r"experts|sparsemoe|moe(block|layer)?$", re.IGNORECASE)
-_NOT_ACT = (nn.Linear, nn.Dropout, nn.LayerNorm, nn.Embedding, nn.Identity)
 _ACT_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation", "afn")
 # what structure cannot tell: the activation function of gated FFNs that apply it as a plain function, where the
 # config names none
@@ -74,24 +76,6 @@ def name_sites(model: nn.Module, sites: Sites | None) -> None:
         _NAMED[model] = checked_sites(model, sites)
 
 
-def submodule(module: nn.Module, path: str) -> nn.Module:
-    """``module.a.b`` for ``path='a.b'`` (the empty path is the module itself)."""
-    for name in filter(None, path.split(".")):
-        module = getattr(module, name)
-    return module
-
-
-def widths(module: nn.Module) -> tuple[int, int] | None:
-    """(input, output) width of a Linear or GPT-2 Conv1D (whose weight is stored transposed), else None; a layer
-    that ``peft`` wraps (e.g. LoRA) has the widths of the layer it wraps."""
-    module = getattr(module, "base_layer", module)
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return tuple(module.weight.shape)
-    return None
-
-
 def model_type(model: nn.Module) -> str:
     return getattr(model.config, "model_type", type(model).__name__)
 
@@ -107,27 +91,6 @@ def layer_list(model: nn.Module) -> str:
     return max(lists, key=lambda item: (item[1] == count, item[1]))[0]
 
 
-def _projections(ffn: nn.Module, hidden: int) -> tuple[str, list[str], int] | None:
-    """The FFN's down projection, its input projections and its width, from the FFN's own Linear children."""
-    linear = {name: widths(child) for name, child in ffn.named_children() if widths(child)}
-    downs = [name for name, (i, o) in linear.items() if o == hidden and i != hidden]
-    for down in downs:
-        width = linear[down][0]
-        inputs = [name for name, (i, o) in linear.items() if i == hidden and o in (width, 2 * width)]
-        if inputs:
-            return down, inputs, width
-    return None
-
-
-def _act_module(ffn: nn.Module) -> str | None:
-    """The FFN's activation module, if it has one."""
-    for name, child in ffn.named_children():
-        if not isinstance(child, _NOT_ACT) and not widths(child) and not list(child.children()) \
-                and _ACT_CLASS.search(type(child).__name__):
-            return name
-    return None
-
-
 def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
@@ -135,9 +98,9 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
         if name and experts.experts_module(module) is not None:
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
-                and _projections(module, hidden):
+                and projections(module, hidden):
             return name
-    return "" if _projections(layer, hidden) else None
+    return "" if projections(layer, hidden) else None
 
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
@@ -183,8 +146,18 @@ def _ffn_of_every_layer(model: nn.Module, layers: nn.ModuleList, path: str, hidd
     return paths[0]
 
 
+_FOUND: WeakKeyDictionary = WeakKeyDictionary()
+
+
 def find_sites(model: nn.Module) -> Sites:
-    """The probe sites of a causal LM, found from its module tree (see the module's docstring)."""
+    """The probe sites of a causal LM, found from its module tree (see the module's docstring) once per model:
+    probes, interventions and the width lookups ask for them many times."""
+    if model not in _FOUND:
+        _FOUND[model] = _search(model)
+    return _FOUND[model]
+
+
+def _search(model: nn.Module) -> Sites:
     path = layer_list(model)
     layers = submodule(model.base_model, path)
     _refuse_moe(model, layers, path)
@@ -193,9 +166,9 @@ def find_sites(model: nn.Module) -> Sites:
     ffns = [ffn for ffn in (submodule(layer, ffn_path) for layer in layers) if not experts.probed(ffn)]
     if not ffns:
         return _moe_sites(path, ffn_path, submodule(layers[0], ffn_path))
-    down, inputs, width = _projections(ffns[0], hidden)
+    down, inputs, width = projections(ffns[0], hidden)
     gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
-    act = _act_module(ffns[0])
+    act = act_module(ffns[0])
     if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
         act = None   # one module shared by all layers: its hooks could not tell the layers apart
     if not gated:
