@@ -195,23 +195,35 @@ class StateStore:
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
         """Pooled states as float32: (layers, units, width), or (units, width of the layer) for one layer (the
         widest layer's width, zero-padded, for several layers of differing widths); read lazily."""
-        states = self._checked(language, f"{kind}/{pooling}", layer).astype(np.float32)
-        widths = self.widths(language, kind, pooling)
+        array = self._array(language, f"{kind}/{pooling}")
+        states = self._load(language, array, layer).astype(np.float32)
+        widths = array.attrs.get("widths")
         return states[:, :widths[layer]] if widths and isinstance(layer, int) else states
+
+    def layers(self, language: str, kind: str, pooling: str) -> list[np.ndarray]:
+        """Every layer's pooled states as float32 (units, width of the layer), from one read of the array."""
+        array = self._array(language, f"{kind}/{pooling}")
+        states = self._load(language, array).astype(np.float32)
+        widths = array.attrs.get("widths") or [states.shape[-1]] * len(states)
+        return [layer[:, :width] for layer, width in zip(states, widths)]
 
     def widths(self, language: str, kind: str = "nas", pooling: str = "weighted") -> list[int] | None:
         """Each layer's width where layers differ in width; None where all have the array's width."""
         return self._group(language)[f"{kind}/{pooling}"].attrs.get("widths")
 
-    def _checked(self, language: str, name: str, index=...) -> np.ndarray:
-        """Read part of an array; a chunk failing its checksum is a clear error, never data."""
+    def _array(self, language: str, name: str) -> zarr.Array:
+        """One array of a verified entry; a clear error where the entry lacks it."""
         group = self._group(language)
         if name not in group:
             raise NeuronXAError(f"cache entry {language} in {self.url()} holds no {name}: "
                                 + ("routing exists for mixture-of-experts models only" if name.startswith("routing")
                                    else "rerun stage one to compute it"))
+        return group[name]
+
+    def _load(self, language: str, array: zarr.Array, index=...) -> np.ndarray:
+        """Read part of an array; a chunk failing its checksum is a clear error, never data."""
         try:
-            return np.asarray(group[name][index])
+            return np.asarray(array[index])
         except (ValueError, RuntimeError) as error:
             raise NeuronXAError(f"cache entry {language} in {self.url()} is corrupt ({str(error)[:80]}): "
                                 "rerun stage one to recompute it") from None
@@ -230,7 +242,7 @@ class StateStore:
 
     def array(self, language: str, name: str) -> np.ndarray:
         """A stored array as it was written (e.g. ``n_tokens``, ``active``)."""
-        return self._checked(language, name)
+        return self._load(language, self._array(language, name))
 
     def metadata(self, language: str) -> dict:
         return dict(self._group(language).attrs)

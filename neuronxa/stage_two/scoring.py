@@ -27,9 +27,7 @@ class States(Protocol):
 
     def ids(self, language: str) -> list[str]: ...
 
-    def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray: ...
-
-    def n_layers(self, language: str, kind: str, pooling: str) -> int: ...
+    def layers(self, language: str, kind: str, pooling: str) -> list[np.ndarray]: ...
 
 
 def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str],
@@ -82,19 +80,17 @@ def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languag
     targets = check_targets(store, pivot, languages)
     kinds = registry.representations(wanted)
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}
-    pivot_states = {kind: [store.read(pivot, kind, pooling, layer) for layer in
-                           range(store.n_layers(pivot, kind, pooling))] for kind in kinds}
+    pivot_states = {kind: store.layers(pivot, kind, pooling) for kind in kinds}
     rows, resampled = [], {}
     for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
         pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
         subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
         halves: dict[str, list[np.ndarray]] = {}
         for kind in kinds:
-            for layer, states in enumerate(pivot_states[kind]):
+            for layer, (states, target) in enumerate(zip(pivot_states[kind], store.layers(language, kind, pooling))):
                 if states.shape[1] == 0:
                     continue   # routing on a dense layer of a mixture-of-experts model: nothing to score
-                X = states[pivot_rows]
-                Y = store.read(language, kind, pooling, layer)[target_rows]
+                X, Y = states[pivot_rows], target[target_rows]
                 values, half = layer_values(X, Y, kind, wanted=wanted, subsets=subsets)
                 for metric, value in values.items():
                     rows.append((metric, pivot, language, layer, value, len(target_rows)))
