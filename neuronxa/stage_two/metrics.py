@@ -104,16 +104,33 @@ def svcca(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> float:
     return float(svcca_of_grams(X @ X.T, Y @ Y.T, keep))
 
 
+def _correlations_in_place(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """``neuron_correlations`` of two fresh float64 arrays, which it overwrites (centred, then multiplied)."""
+    for side in (X, Y):
+        side -= np.add.reduce(side, axis=-2, keepdims=True) / side.shape[-2]
+    scale = np.sqrt(np.add.reduce(X * X, axis=-2)) * np.sqrt(np.add.reduce(Y * Y, axis=-2))
+    defined = scale > 0
+    X *= Y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_neuron = np.where(defined, np.add.reduce(X, axis=-2) / scale, 0.0)
+        return np.where(defined.any(axis=-1), per_neuron.sum(axis=-1) / defined.sum(axis=-1), np.nan)
+
+
 def neuron_correlations(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """ANC over units (axis −2) for representations with leading batch axes: the mean over neurons of each
     neuron's Pearson correlation across the two languages' units, neurons constant in either left out."""
+    return _correlations_in_place(np.array(X, np.float64), np.array(Y, np.float64))
+
+
+def subset_neuron_correlations(X: np.ndarray, Y: np.ndarray, subsets: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """``neuron_correlations`` of X and Y restricted to each subset of their rows (units): (resamples,). A few
+    subsets at a time, gathered straight into float64, so that the working arrays stay in the CPU's cache."""
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    Xc, Yc = X - X.mean(axis=-2, keepdims=True), Y - Y.mean(axis=-2, keepdims=True)
-    scale = np.linalg.norm(Xc, axis=-2) * np.linalg.norm(Yc, axis=-2)
-    defined = scale > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_neuron = np.where(defined, np.sum(Xc * Yc, axis=-2) / scale, 0.0)
-        return np.where(defined.any(axis=-1), per_neuron.sum(axis=-1) / defined.sum(axis=-1), np.nan)
+    values = np.empty(len(subsets))
+    for start in range(0, len(subsets), chunk):
+        part = subsets[start:start + chunk]
+        values[start:start + chunk] = _correlations_in_place(X[part], Y[part])
+    return values
 
 
 def anc(X: np.ndarray, Y: np.ndarray) -> float:

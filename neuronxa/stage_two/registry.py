@@ -72,8 +72,7 @@ def _svcca(pair: LayerPair) -> Measured:
 
 
 def _anc(pair: LayerPair) -> Measured:
-    subsets = pair.subsets
-    return (metrics.anc(pair.X, pair.Y), metrics.neuron_correlations(pair.X[subsets], pair.Y[subsets])) \
+    return (metrics.anc(pair.X, pair.Y), metrics.subset_neuron_correlations(pair.X, pair.Y, pair.subsets)) \
         if pair.finite else pair.undefined()
 
 
