@@ -163,6 +163,34 @@ def test_correlation_and_comparison_tables():
     assert comparison.ci_low <= comparison.difference <= comparison.ci_high
 
 
+def test_comparisons_share_each_metrics_bootstrap_and_keep_the_former_bits():
+    import pandas as pd
+
+    languages = [f"l{i}" for i in range(9)]
+    rng = np.random.default_rng(8)
+    truth = rng.normal(size=9)
+    summary = pd.DataFrame([{"metric": m, "language": lang, "score": truth[i] + noise * rng.normal()}
+                            for m, noise in (("nasca", 0.2), ("mexa", 1.0), ("cka", 0.5)) for i, lang in
+                            enumerate(languages)])
+    summary.loc[(summary.metric == "cka") & (summary.language == "l3"), "score"] = np.nan   # fewer languages
+    bench = pd.DataFrame({"benchmark": np.repeat(["x", "y"], 9), "language": languages * 2,
+                          "value": np.concatenate([truth, rng.normal(size=9)])})
+    table = compare(summary, bench, "eng", Resampling(bootstrap=300, seed=3))
+    assert len(table) == 2 * 3 * 2
+    scores = summary.pivot(index="language", columns="metric", values="score")
+    for row in table.itertuples():   # the former paired bootstrap, restated: both correlations on each draw
+        y = bench[bench.benchmark == row.benchmark].set_index("language")["value"]
+        usable = [lang for lang in languages if np.isfinite(scores.loc[lang, [row.metric_a, row.metric_b]]).all()]
+        x_a, x_b, y = scores.loc[usable, row.metric_a].to_numpy(), scores.loc[usable, row.metric_b].to_numpy(), \
+            y[usable].to_numpy()
+        draws = uncertainty.language_resamples(len(usable), 300, seed=3)
+        statistic = uncertainty.CORRELATIONS[row.correlation]
+        values = statistic(x_a[draws], y[draws]) - statistic(x_b[draws], y[draws])
+        values, tail = values[np.isfinite(values)], 100 * (1 - 0.95) / 2   # 2.4999999999999982, as it was
+        assert row.n == len(usable)
+        assert (row.ci_low, row.ci_high) == (np.percentile(values, tail), np.percentile(values, 100 - tail))
+
+
 def test_every_pivot_equals_the_one_pivot_scores(store):
     languages = ["eng_Latn", "fra_Latn", "xxx_Latn"]
     pairs = pairwise.pairwise(store, ["nasca", "mexa", "cka"], "weighted", languages=languages, resamples=50,

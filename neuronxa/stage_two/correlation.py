@@ -3,7 +3,9 @@ intervals and exact tests, and the comparison of two metrics' correlations with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -82,12 +84,28 @@ def correlate(summary: pd.DataFrame, benchmarks: pd.DataFrame, pivot: str,
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _compared(x_a: np.ndarray, x_b: np.ndarray, y: np.ndarray, kind: str, resampling: Resampling) -> dict:
-    """Two metrics' correlations with one benchmark: Williams' p, and a paired bootstrap interval."""
+Replicates = Callable[[str, tuple[str, ...], str], np.ndarray]
+
+
+def _replicates(scores: dict[str, pd.Series], values: pd.Series, resampling: Resampling) -> Replicates:
+    """(metric, languages, kind) -> the metric's correlation with one benchmark's ``values`` on each bootstrap
+    draw of those languages; computed once, then shared by every comparison of that metric (the draws depend
+    only on the number of languages and the seed, so each comparison's paired draws are the same)."""
+    @cache
+    def replicates(metric: str, languages: tuple[str, ...], kind: str) -> np.ndarray:
+        draws = uncertainty.language_resamples(len(languages), resampling.bootstrap, resampling.seed)
+        x, y = (series[list(languages)].to_numpy(float) for series in (scores[metric], values))
+        return uncertainty.correlation_replicates(x, y, kind, draws)
+    return replicates
+
+
+def _compared(x_a: np.ndarray, x_b: np.ndarray, y: np.ndarray, kind: str, *, level: float,
+              differences: np.ndarray) -> dict:
+    """Two metrics' correlations with one benchmark: Williams' p, and the paired bootstrap interval of their
+    difference from its values on the draws (``differences``)."""
     statistic = uncertainty.CORRELATIONS[kind]
     r_a, r_b, r_ab = (float(statistic(u, v)) for u, v in ((x_a, y), (x_b, y), (x_a, x_b)))
-    low, high = uncertainty.bootstrap_interval(x_a, y, kind, resamples=resampling.bootstrap, level=resampling.level,
-                                               seed=resampling.seed, z=x_b)
+    low, high = uncertainty.percentile_interval(differences, level)
     return {"r_a": r_a, "r_b": r_b, "difference": r_a - r_b, "ci_low": low, "ci_high": high,
             "p": uncertainty.williams_p(r_a, r_b, r_ab, len(y))}
 
@@ -101,6 +119,7 @@ def compare(summary: pd.DataFrame, benchmarks: pd.DataFrame, pivot: str,
     names = list(scores)
     rows = []
     for benchmark, values in _results(benchmarks, pivot).items():
+        replicates = _replicates(scores, values, resampling)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 usable = _usable(scores[a], scores[b], values)
@@ -108,7 +127,9 @@ def compare(summary: pd.DataFrame, benchmarks: pd.DataFrame, pivot: str,
                 if len(usable) < 4 or min(np.ptp(x_a), np.ptp(x_b), np.ptp(y)) == 0 or np.array_equal(x_a, x_b):
                     continue  # Williams' t needs four languages, three varying sides and two different scores
                 for kind in uncertainty.CORRELATIONS:
+                    differences = replicates(a, tuple(usable), kind) - replicates(b, tuple(usable), kind)
                     rows.append({"benchmark": benchmark, "correlation": kind, "metric_a": a, "metric_b": b,
-                                 "n": len(usable)} | _compared(x_a, x_b, y, kind, resampling))
+                                 "n": len(usable)} | _compared(x_a, x_b, y, kind, level=resampling.level,
+                                                               differences=differences))
     return pd.DataFrame(rows, columns=["benchmark", "correlation", "metric_a", "metric_b", "n", "r_a", "r_b",
                                        "difference", "ci_low", "ci_high", "p"])
