@@ -98,6 +98,37 @@ def test_half_samples_are_distinct_units_and_their_scores_match_a_loop():
         assert half_svcca == pytest.approx(metrics.svcca(X[s], Y[s]))
 
 
+def former_half_baselines(X, Y, subsets):
+    """CKA's and SVCCA's half-sample values as they were computed before, restated: both sides' Gram matrices
+    restricted to each half-sample, centred, eigendecomposed and compared pair by pair."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    K, L = (metrics.double_centred(uncertainty.submatrices(G, subsets)) for G in (X @ X.T, Y @ Y.T))
+    cka = np.sum(K * L, axis=(-2, -1)) / (np.linalg.norm(K, axis=(-2, -1)) * np.linalg.norm(L, axis=(-2, -1)))
+    (Ua, ka), (Ub, kb) = metrics.kept_directions(K), metrics.kept_directions(L)
+    Ua = Ua * (np.arange(Ua.shape[-1]) < ka[..., None])[..., None, :]
+    Ub = Ub * (np.arange(Ub.shape[-1]) < kb[..., None])[..., None, :]
+    correlations = np.clip(np.linalg.svd(np.swapaxes(Ua, -1, -2) @ Ub, compute_uv=False), 0.0, 1.0)
+    counted = np.minimum(ka, kb)
+    top = np.where(np.arange(correlations.shape[-1]) < counted[..., None], correlations, 0.0)
+    return cka, top.sum(axis=-1) / counted
+
+
+def test_a_pivot_side_shared_by_several_targets_gives_the_former_values_bitwise():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(14, 30)).astype(np.float32)
+    subsets = uncertainty.half_samples(14, 25, seed=1)
+    pivot = scoring.Side(X, subsets)
+    for _ in range(3):   # the first target computes the pivot's side, the others reuse it
+        Y = (X + rng.normal(size=X.shape)).astype(np.float32)
+        shared = scoring.layer_values(X, Y, "hidden", wanted=["cka", "svcca"], subsets=subsets, pivot=pivot)
+        alone = scoring.layer_values(X, Y, "hidden", wanted=["cka", "svcca"], subsets=subsets)
+        assert shared[0] == alone[0]
+        cka, svcca = former_half_baselines(X, Y, subsets)
+        for halves in (shared[1], alone[1]):
+            np.testing.assert_array_equal(halves["cka"], cka)
+            np.testing.assert_array_equal(halves["svcca"], svcca)
+
+
 def test_wilson_and_normal_intervals_by_hand():
     low, high = uncertainty.wilson(0.5, 100)
     assert (low, high) == pytest.approx((0.40383, 0.59617), abs=1e-5)   # the textbook value for 50 of 100

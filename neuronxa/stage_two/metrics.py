@@ -49,15 +49,20 @@ def _finite(*arrays: np.ndarray) -> bool:
     return all(np.isfinite(np.asarray(array, dtype=np.float64)).all() for array in arrays)
 
 
-def _double_centred(K: np.ndarray) -> np.ndarray:
+def double_centred(K: np.ndarray) -> np.ndarray:
     """H K H for Gram matrices (..., n, n): the Gram matrix of the column-centred representation."""
+    K = np.asarray(K, np.float64)
     return (K - K.mean(axis=-1, keepdims=True) - K.mean(axis=-2, keepdims=True)
             + K.mean(axis=(-2, -1), keepdims=True))
 
 
 def cka_of_grams(K: np.ndarray, L: np.ndarray) -> np.ndarray:
     """Linear CKA from the units' (uncentred) Gram matrices; leading batch axes allowed; NaN where undefined."""
-    K, L = _double_centred(np.asarray(K, np.float64)), _double_centred(np.asarray(L, np.float64))
+    return cka_of_centred(double_centred(K), double_centred(L))
+
+
+def cka_of_centred(K: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """Linear CKA from double-centred Gram matrices (``double_centred``); NaN where undefined."""
     denominator = np.linalg.norm(K, axis=(-2, -1)) * np.linalg.norm(L, axis=(-2, -1))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, np.sum(K * L, axis=(-2, -1)) / denominator, np.nan)
@@ -71,7 +76,10 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     return float(cka_of_grams(X @ X.T, Y @ Y.T))
 
 
-def _kept_directions(K: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]:
+Directions = tuple[np.ndarray, np.ndarray]   # eigenvectors of a centred Gram matrix, and how many are kept
+
+
+def kept_directions(K: np.ndarray, keep: float = 0.99) -> Directions:
     """From a centred Gram matrix of units (..., n, n): its eigenvectors, largest first (the left singular
     vectors of the centred units), and how many explain ``keep`` of the variance (0 where there is none)."""
     values, vectors = np.linalg.eigh(K)
@@ -86,7 +94,12 @@ def svcca_of_grams(K: np.ndarray, L: np.ndarray, keep: float = 0.99) -> np.ndarr
     """SVCCA from the units' (uncentred) Gram matrices, leading batch axes allowed; NaN where a side has no
     variance. The canonical correlations of the two kept subspaces are the singular values of Ua^T Ub, Ua and
     Ub the kept left singular vectors (orthonormal bases of the projections), so the Gram matrices suffice."""
-    (Ua, ka), (Ub, kb) = (_kept_directions(_double_centred(np.asarray(G, np.float64)), keep) for G in (K, L))
+    return svcca_of_directions(*(kept_directions(double_centred(G), keep) for G in (K, L)))
+
+
+def svcca_of_directions(a: Directions, b: Directions) -> np.ndarray:
+    """SVCCA from each side's ``kept_directions``: the mean of the top canonical correlations."""
+    (Ua, ka), (Ub, kb) = a, b
     Ua = Ua * (np.arange(Ua.shape[-1]) < ka[..., None])[..., None, :]
     Ub = Ub * (np.arange(Ub.shape[-1]) < kb[..., None])[..., None, :]
     correlations = np.clip(np.linalg.svd(np.swapaxes(Ua, -1, -2) @ Ub, compute_uv=False), 0.0, 1.0)

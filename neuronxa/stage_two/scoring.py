@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_two import metrics, registry, uncertainty
-from neuronxa.stage_two.registry import LayerPair
+from neuronxa.stage_two.registry import LayerPair, Side
 
 Resampled = dict[tuple[str, str], np.ndarray]
 
@@ -30,11 +30,12 @@ class States(Protocol):
     def layers(self, language: str, kind: str, pooling: str) -> list[np.ndarray]: ...
 
 
-def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str],
-                 subsets: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str], subsets: np.ndarray,
+                 pivot: Side | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The wanted metrics' scores that read ``kind`` on one layer, pivot units X against target units Y (same
-    order): their values, and their values on each half-sample of the units (``subsets``, see ``uncertainty``)."""
-    pair = LayerPair(X, Y, subsets)
+    order): their values, and their values on each half-sample of the units (``subsets``, see ``uncertainty``).
+    ``pivot``: X's side as computed for an earlier target with the same units and half-samples."""
+    pair = LayerPair(X, Y, subsets, pivot)
     values: dict[str, float] = {}
     halves: dict[str, np.ndarray] = {}
     for name in wanted:
@@ -51,6 +52,17 @@ def _shared_rows(store: States, pivot: str, language: str, *, pivot_ids: dict[st
         raise NeuronXAError(f"{language} shares {len(shared)} unit(s) with {pivot}: alignment needs two")
     pivot_rows, target_rows = map(list, zip(*shared))
     return pivot_rows, target_rows
+
+
+def _pivot_sides(pivot_states: dict[str, list[np.ndarray]], rows: list[int], subsets: np.ndarray,
+                 last: dict) -> dict[str, list[Side]]:
+    """The pivot's side of every layer for these rows and half-samples: the last target's when they are the
+    same (so their Gram matrices and eigenvectors are computed once for all targets), new otherwise."""
+    key = (tuple(rows), subsets.shape, subsets.tobytes())
+    if key not in last:
+        last.clear()
+        last[key] = {kind: [Side(states[rows], subsets) for states in layers] for kind, layers in pivot_states.items()}
+    return last[key]
 
 
 def check_targets(store: States, pivot: str, languages: list[str] | None) -> list[str]:
@@ -81,17 +93,18 @@ def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languag
     kinds = registry.representations(wanted)
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}
     pivot_states = {kind: store.layers(pivot, kind, pooling) for kind in kinds}
-    rows, resampled = [], {}
+    rows, resampled, last = [], {}, {}
     for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
         pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
         subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
         halves: dict[str, list[np.ndarray]] = {}
+        sides = _pivot_sides(pivot_states, pivot_rows, subsets, last)
         for kind in kinds:
-            for layer, (states, target) in enumerate(zip(pivot_states[kind], store.layers(language, kind, pooling))):
-                if states.shape[1] == 0:
+            for layer, (side, target) in enumerate(zip(sides[kind], store.layers(language, kind, pooling))):
+                if side.states.shape[1] == 0:
                     continue   # routing on a dense layer of a mixture-of-experts model: nothing to score
-                X, Y = states[pivot_rows], target[target_rows]
-                values, half = layer_values(X, Y, kind, wanted=wanted, subsets=subsets)
+                values, half = layer_values(side.states, target[target_rows], kind, wanted=wanted,
+                                            subsets=subsets, pivot=side)
                 for metric, value in values.items():
                     rows.append((metric, pivot, language, layer, value, len(target_rows)))
                     halves.setdefault(metric, []).append(half[metric])
