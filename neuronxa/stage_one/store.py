@@ -71,6 +71,7 @@ class StateStore:
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
         self.path = f"{self.root}/{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
         self._verified: dict[str, zarr.Group] = {}  # entries checked once, then read without re-checking
+        self._intact: set[str] = set()   # entries whose status found key and chunks in order
 
     def url(self, path: str | None = None) -> str:
         """A path of this store's filesystem as zarr and users open it (a plain path for local folders)."""
@@ -127,6 +128,7 @@ class StateStore:
         if (attrs.get("unreadable") or attrs.get("store_digest") != self.digest or not self._root_matches()
                 or not self._chunks_present(language, attrs.get("chunks", {}))):
             return "corrupt"
+        self._intact.add(language)
         return "complete" if attrs.get("fingerprint") == fingerprint else "stale"
 
     def languages(self) -> list[str]:
@@ -152,6 +154,7 @@ class StateStore:
         """Write named arrays of one language atomically (one chunk per index of the first axis)."""
         self._ensure_root()
         self._verified.pop(language, None)
+        self._intact.discard(language)
         try:
             with files.staged(f"{self.path}/{language}", self.fs, f"{self.root}/.staging") as staging:
                 self.fs.makedirs(staging, exist_ok=True)
@@ -184,10 +187,14 @@ class StateStore:
             stored.attrs["widths"] = widths
         return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
 
+    def _fingerprint(self, language: str) -> str:
+        return (self._attrs(language) or {}).get("fingerprint", "")
+
     def _group(self, language: str) -> zarr.Group:
-        """The entry's group, verified (key, completeness, chunks) on first use by this store object."""
+        """The entry's group, verified (key, completeness, chunks) on first use by this store object, unless
+        ``status`` has just verified it."""
         if language not in self._verified:
-            if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
+            if language not in self._intact and self.status(language, self._fingerprint(language)) != "complete":
                 raise NeuronXAError(f"no complete cached states for {language} in {self.url()}: run stage one first")
             self._verified[language] = zarr.open_group(self.url(f"{self.path}/{language}"), mode="r")
         return self._verified[language]
@@ -213,12 +220,12 @@ class StateStore:
 
     def _array(self, language: str, name: str) -> zarr.Array:
         """One array of a verified entry; a clear error where the entry lacks it."""
-        group = self._group(language)
-        if name not in group:
+        try:
+            return self._group(language)[name]
+        except KeyError:
             raise NeuronXAError(f"cache entry {language} in {self.url()} holds no {name}: "
                                 + ("routing exists for mixture-of-experts models only" if name.startswith("routing")
-                                   else "rerun stage one to compute it"))
-        return group[name]
+                                   else "rerun stage one to compute it")) from None
 
     def _load(self, language: str, array: zarr.Array, index=...) -> np.ndarray:
         """Read part of an array; a chunk failing its checksum is a clear error, never data."""
