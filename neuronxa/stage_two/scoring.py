@@ -77,7 +77,8 @@ def check_targets(store: States, pivot: str, languages: list[str] | None) -> lis
 
 def check_cached(store: States, languages: list[str]) -> None:
     """One line naming the languages the cache lacks, if any."""
-    missing = [language for language in languages if language not in store.languages()]
+    cached = set(store.languages())
+    missing = [language for language in languages if language not in cached]
     if missing:
         raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")
 
@@ -147,18 +148,19 @@ def summarise(scores: pd.DataFrame, layer_pool: str = "mean", resampled: Resampl
     check_layer_pool(layer_pool)
     rows = []
     for (metric, pivot, language), group in scores.groupby(["metric", "pivot", "language"], sort=False):
-        values = group.set_index("layer")["value"]
-        pooled = float(pool_layers(values.to_numpy(float), layer_pool))
+        values, layers = group["value"].to_numpy(float), group["layer"].to_numpy()
+        pooled = float(pool_layers(values, layer_pool))
         n = int(group["n"].iloc[0])
         counts_units = registry.score(metric).counts_units
         chance = metrics.chance_pvalue(int(round(pooled * n)), n) if counts_units else np.nan
         halves = (resampled or {}).get((metric, language))
         low, high = interval(metric, pooled, None if halves is None else pool_layers(halves, layer_pool), n=n,
                              level=level)
-        best = values.idxmax() if values.notna().any() else -1
+        best = int(np.nanargmax(values)) if not np.isnan(values).all() else None   # the first best, NaN skipped
         rows.append({"metric": metric, "pivot": pivot, "language": language, "score": pooled,
-                     "ci_low": low, "ci_high": high, "layer_pool": layer_pool, "best_layer": int(best),
-                     "best_value": float(values.get(best, np.nan)), "n": n, "chance_p": chance})
+                     "ci_low": low, "ci_high": high, "layer_pool": layer_pool,
+                     "best_layer": -1 if best is None else int(layers[best]),
+                     "best_value": np.nan if best is None else float(values[best]), "n": n, "chance_p": chance})
     return pd.DataFrame(rows)
 
 
