@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import loop_cosine, loop_weak_alignment
-from neuronxa.stage_two import metrics, pairwise, scoring, uncertainty
+from neuronxa.stage_two import metrics, pairwise, registry, scoring, uncertainty
 from neuronxa.stage_two.correlation import Resampling, compare, correlate
 
 
@@ -96,6 +96,19 @@ def test_half_samples_are_distinct_units_and_their_scores_match_a_loop():
         assert half_cka == pytest.approx(metrics.linear_cka(X[s], Y[s]))
         assert half_anc == pytest.approx(metrics.anc(X[s], Y[s]))
         assert half_svcca == pytest.approx(metrics.svcca(X[s], Y[s]))
+
+
+def test_the_three_directions_half_samples_from_one_product_equal_one_product_each():
+    rng = np.random.default_rng(6)
+    X, Y = rng.normal(size=(15, 8)), rng.normal(size=(15, 8))
+    Y[4] = Y[9]                                               # a tie among the rivals
+    subsets = uncertainty.half_samples(15, 40, seed=2)
+    pair = registry.LayerPair(X, Y, subsets)
+    by_row, by_column = metrics.beaten(metrics.cosine_matrix(X, Y))
+    for direction, beaten in zip(registry.DIRECTIONS, (by_row, by_column, by_row | by_column)):   # as before
+        value, halves = pair.shares[direction]
+        assert value == float(np.mean(~beaten.any(axis=-1)))
+        np.testing.assert_array_equal(halves, uncertainty.subset_shares(beaten, subsets))
 
 
 def former_half_baselines(X, Y, subsets):

@@ -65,8 +65,9 @@ class LayerPair:
     def shares(self) -> dict[str, Measured]:
         """Per retrieval direction, the share of units no rival beats, on all units and on each half-sample."""
         by_row, by_column = metrics.beaten(metrics.cosine_matrix(self.X, self.Y))
-        return {direction: (float(np.mean(~beaten.any(axis=-1))), uncertainty.subset_shares(beaten, self.subsets))
-                for direction, beaten in zip(DIRECTIONS, (by_row, by_column, by_row | by_column))}
+        beaten = np.stack((by_row, by_column, by_row | by_column))   # the half-samples of all three in one product
+        return {direction: (float(np.mean(~beaten_by.any(axis=-1))), halves) for direction, beaten_by, halves
+                in zip(DIRECTIONS, beaten, uncertainty.subset_shares(beaten, self.subsets))}
 
     @property
     def finite(self) -> bool:
