@@ -8,7 +8,9 @@ from scipy.stats import pearsonr
 
 from helpers import loop_cosine, loop_weak_alignment, retrieval_accuracy, weak_alignment
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_two.metrics import anc, chance_pvalue, cosine_matrix, linear_cka, svcca
+from neuronxa.stage_two.metrics import (anc, chance_pvalue, cosine_matrix, linear_cka, neuron_correlations,
+                                       subset_neuron_correlations, svcca)
+from neuronxa.stage_two.uncertainty import half_samples
 
 
 @pytest.fixture
@@ -130,6 +132,32 @@ def test_anc_by_hand_and_by_loop(rng):
     expected = np.mean([pearsonr(X[:, k], Y[:, k])[0] for k in range(6) if k != 2])
     assert anc(X, Y) == pytest.approx(expected)
     assert math.isnan(anc(np.ones((4, 3)), Y[:4, :3]))
+
+
+def former_neuron_correlations(X, Y):
+    """The half-samples' ANC as it was computed before (all subsets gathered at once, then numpy's mean and
+    norm), restated: the chunked, in-place form must give the same bits."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    Xc, Yc = X - X.mean(axis=-2, keepdims=True), Y - Y.mean(axis=-2, keepdims=True)
+    scale = np.linalg.norm(Xc, axis=-2) * np.linalg.norm(Yc, axis=-2)
+    defined = scale > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_neuron = np.where(defined, np.sum(Xc * Yc, axis=-2) / scale, 0.0)
+        return np.where(defined.any(axis=-1), per_neuron.sum(axis=-1) / defined.sum(axis=-1), np.nan)
+
+
+@pytest.mark.parametrize("n", [5, 24, 31])
+def test_half_sample_anc_in_chunks_is_bitwise_the_former_computation(rng, n):
+    X, Y = rng.normal(size=(n, 40)).astype(np.float32), rng.normal(size=(n, 40)).astype(np.float32)
+    X[:, 3], Y[:, 7] = 2.0, 0.0                               # constant neurons, left out
+    subsets = half_samples(n, 37, seed=3)
+    expected = former_neuron_correlations(X[subsets], Y[subsets])
+    for chunk in (1, 16, 37, 100):
+        np.testing.assert_array_equal(subset_neuron_correlations(X, Y, subsets, chunk), expected)
+    np.testing.assert_array_equal(neuron_correlations(X, Y), former_neuron_correlations(X, Y))
+    assert subset_neuron_correlations(X, Y, half_samples(n, 0)).shape == (0,)
+    constant = np.ones_like(X)
+    assert np.isnan(subset_neuron_correlations(constant, Y, subsets)).all()
 
 
 def test_nan_inputs_give_nan_baselines_and_no_alignment_for_the_nan_unit(rng):

@@ -1,6 +1,7 @@
 """Stage two on a synthetic cache whose alignment is known, against a direct computation per layer."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import LAYERS, UNITS, loop_cosine, loop_weak_alignment, retrieval_accuracy
@@ -82,3 +83,16 @@ def test_the_registry_says_what_each_score_reads_and_how_its_interval_is_made(st
     assert registry.representations(["retrieval", "cka"]) == ["hidden", "nas"]
     with pytest.raises(NeuronXAError, match="unknown score 'retrieval.nav.bidirectional'"):
         registry.score("retrieval.nav.bidirectional")
+
+
+def test_the_best_layer_is_the_first_best_defined_one_as_pandas_idxmax_gives():
+    layers = [0, 1, 2, 3]
+    cases = {"tie": [0.2, 0.5, 0.5, np.nan], "leading_nan": [np.nan, 0.1, 0.3, 0.2], "none": [np.nan] * 4}
+    scores = pd.DataFrame([{"metric": "cka", "pivot": "eng", "language": language, "layer": layer, "value": value,
+                            "n": 10} for language, values in cases.items() for layer, value in zip(layers, values)])
+    summary = summarise(scores).set_index("language")
+    for language, values in cases.items():   # the former lookup, restated
+        series = pd.Series(values, index=layers)
+        best = series.idxmax() if series.notna().any() else -1
+        assert summary.loc[language, "best_layer"] == best
+        np.testing.assert_equal(summary.loc[language, "best_value"], series.get(best, np.nan))

@@ -38,6 +38,21 @@ def test_round_trip_and_lazy_layer_read(tmp_path):
     assert array.dtype == np.float16 and array.chunks == (1, 5, 7)
 
 
+def test_all_layers_from_one_read_equal_the_layer_by_layer_reads(tmp_path):
+    store = StateStore(tmp_path, KEY)
+    write(store)
+    widths = [np.ones((5, width), np.float32) * width for width in (3, 0, 7)]   # layers of differing widths
+    store.write("fra_Latn", {"nas": {"weighted": widths}}, [f"u{i}" for i in range(5)], "f", n_tokens=np.arange(5))
+    for language, kind in (("eng_Latn", "nas"), ("eng_Latn", "hidden"), ("fra_Latn", "nas")):
+        layers = store.layers(language, kind, "weighted")
+        assert len(layers) == store.n_layers(language, kind, "weighted")
+        for layer, states in enumerate(layers):
+            expected = store.read(language, kind, "weighted", layer)
+            assert states.dtype == np.float32 and states.shape == expected.shape
+            np.testing.assert_array_equal(states, expected)
+    assert [layer.shape[1] for layer in store.layers("fra_Latn", "nas", "weighted")] == [3, 0, 7]
+
+
 def test_values_beyond_half_precision_are_stored_in_float32(tmp_path):
     store = StateStore(tmp_path, KEY)
     data = states(scale=1e6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import loop_cosine, loop_weak_alignment
-from neuronxa.stage_two import metrics, pairwise, scoring, uncertainty
+from neuronxa.stage_two import metrics, pairwise, registry, scoring, uncertainty
 from neuronxa.stage_two.correlation import Resampling, compare, correlate
 
 
@@ -98,6 +98,50 @@ def test_half_samples_are_distinct_units_and_their_scores_match_a_loop():
         assert half_svcca == pytest.approx(metrics.svcca(X[s], Y[s]))
 
 
+def test_the_three_directions_half_samples_from_one_product_equal_one_product_each():
+    rng = np.random.default_rng(6)
+    X, Y = rng.normal(size=(15, 8)), rng.normal(size=(15, 8))
+    Y[4] = Y[9]                                               # a tie among the rivals
+    subsets = uncertainty.half_samples(15, 40, seed=2)
+    pair = registry.LayerPair(X, Y, subsets)
+    by_row, by_column = metrics.beaten(metrics.cosine_matrix(X, Y))
+    for direction, beaten in zip(registry.DIRECTIONS, (by_row, by_column, by_row | by_column)):   # as before
+        value, halves = pair.shares[direction]
+        assert value == float(np.mean(~beaten.any(axis=-1)))
+        np.testing.assert_array_equal(halves, uncertainty.subset_shares(beaten, subsets))
+
+
+def former_half_baselines(X, Y, subsets):
+    """CKA's and SVCCA's half-sample values as they were computed before, restated: both sides' Gram matrices
+    restricted to each half-sample, centred, eigendecomposed and compared pair by pair."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    K, L = (metrics.double_centred(uncertainty.submatrices(G, subsets)) for G in (X @ X.T, Y @ Y.T))
+    cka = np.sum(K * L, axis=(-2, -1)) / (np.linalg.norm(K, axis=(-2, -1)) * np.linalg.norm(L, axis=(-2, -1)))
+    (Ua, ka), (Ub, kb) = metrics.kept_directions(K), metrics.kept_directions(L)
+    Ua = Ua * (np.arange(Ua.shape[-1]) < ka[..., None])[..., None, :]
+    Ub = Ub * (np.arange(Ub.shape[-1]) < kb[..., None])[..., None, :]
+    correlations = np.clip(np.linalg.svd(np.swapaxes(Ua, -1, -2) @ Ub, compute_uv=False), 0.0, 1.0)
+    counted = np.minimum(ka, kb)
+    top = np.where(np.arange(correlations.shape[-1]) < counted[..., None], correlations, 0.0)
+    return cka, top.sum(axis=-1) / counted
+
+
+def test_a_pivot_side_shared_by_several_targets_gives_the_former_values_bitwise():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(14, 30)).astype(np.float32)
+    subsets = uncertainty.half_samples(14, 25, seed=1)
+    pivot = scoring.Side(X, subsets)
+    for _ in range(3):   # the first target computes the pivot's side, the others reuse it
+        Y = (X + rng.normal(size=X.shape)).astype(np.float32)
+        shared = scoring.layer_values(X, Y, "hidden", wanted=["cka", "svcca"], subsets=subsets, pivot=pivot)
+        alone = scoring.layer_values(X, Y, "hidden", wanted=["cka", "svcca"], subsets=subsets)
+        assert shared[0] == alone[0]
+        cka, svcca = former_half_baselines(X, Y, subsets)
+        for halves in (shared[1], alone[1]):
+            np.testing.assert_array_equal(halves["cka"], cka)
+            np.testing.assert_array_equal(halves["svcca"], svcca)
+
+
 def test_wilson_and_normal_intervals_by_hand():
     low, high = uncertainty.wilson(0.5, 100)
     assert (low, high) == pytest.approx((0.40383, 0.59617), abs=1e-5)   # the textbook value for 50 of 100
@@ -161,6 +205,34 @@ def test_correlation_and_comparison_tables():
     assert comparison.metric_a == "nasca" and comparison.difference == pytest.approx(
         rows.loc["nasca", "pearson_r"] - rows.loc["mexa", "pearson_r"])
     assert comparison.ci_low <= comparison.difference <= comparison.ci_high
+
+
+def test_comparisons_share_each_metrics_bootstrap_and_keep_the_former_bits():
+    import pandas as pd
+
+    languages = [f"l{i}" for i in range(9)]
+    rng = np.random.default_rng(8)
+    truth = rng.normal(size=9)
+    summary = pd.DataFrame([{"metric": m, "language": lang, "score": truth[i] + noise * rng.normal()}
+                            for m, noise in (("nasca", 0.2), ("mexa", 1.0), ("cka", 0.5)) for i, lang in
+                            enumerate(languages)])
+    summary.loc[(summary.metric == "cka") & (summary.language == "l3"), "score"] = np.nan   # fewer languages
+    bench = pd.DataFrame({"benchmark": np.repeat(["x", "y"], 9), "language": languages * 2,
+                          "value": np.concatenate([truth, rng.normal(size=9)])})
+    table = compare(summary, bench, "eng", Resampling(bootstrap=300, seed=3))
+    assert len(table) == 2 * 3 * 2
+    scores = summary.pivot(index="language", columns="metric", values="score")
+    for row in table.itertuples():   # the former paired bootstrap, restated: both correlations on each draw
+        y = bench[bench.benchmark == row.benchmark].set_index("language")["value"]
+        usable = [lang for lang in languages if np.isfinite(scores.loc[lang, [row.metric_a, row.metric_b]]).all()]
+        x_a, x_b, y = scores.loc[usable, row.metric_a].to_numpy(), scores.loc[usable, row.metric_b].to_numpy(), \
+            y[usable].to_numpy()
+        draws = uncertainty.language_resamples(len(usable), 300, seed=3)
+        statistic = uncertainty.CORRELATIONS[row.correlation]
+        values = statistic(x_a[draws], y[draws]) - statistic(x_b[draws], y[draws])
+        values, tail = values[np.isfinite(values)], 100 * (1 - 0.95) / 2   # 2.4999999999999982, as it was
+        assert row.n == len(usable)
+        assert (row.ci_low, row.ci_high) == (np.percentile(values, tail), np.percentile(values, 100 - tail))
 
 
 def test_every_pivot_equals_the_one_pivot_scores(store):

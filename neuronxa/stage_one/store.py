@@ -71,6 +71,7 @@ class StateStore:
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
         self.path = f"{self.root}/{_slug(str(key['model']))}__{_slug(str(key['corpus']))}__{self.digest[:16]}"
         self._verified: dict[str, zarr.Group] = {}  # entries checked once, then read without re-checking
+        self._intact: set[str] = set()   # entries whose status found key and chunks in order
 
     def url(self, path: str | None = None) -> str:
         """A path of this store's filesystem as zarr and users open it (a plain path for local folders)."""
@@ -127,6 +128,7 @@ class StateStore:
         if (attrs.get("unreadable") or attrs.get("store_digest") != self.digest or not self._root_matches()
                 or not self._chunks_present(language, attrs.get("chunks", {}))):
             return "corrupt"
+        self._intact.add(language)
         return "complete" if attrs.get("fingerprint") == fingerprint else "stale"
 
     def languages(self) -> list[str]:
@@ -152,6 +154,7 @@ class StateStore:
         """Write named arrays of one language atomically (one chunk per index of the first axis)."""
         self._ensure_root()
         self._verified.pop(language, None)
+        self._intact.discard(language)
         try:
             with files.staged(f"{self.path}/{language}", self.fs, f"{self.root}/.staging") as staging:
                 self.fs.makedirs(staging, exist_ok=True)
@@ -184,10 +187,14 @@ class StateStore:
             stored.attrs["widths"] = widths
         return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
 
+    def _fingerprint(self, language: str) -> str:
+        return (self._attrs(language) or {}).get("fingerprint", "")
+
     def _group(self, language: str) -> zarr.Group:
-        """The entry's group, verified (key, completeness, chunks) on first use by this store object."""
+        """The entry's group, verified (key, completeness, chunks) on first use by this store object, unless
+        ``status`` has just verified it."""
         if language not in self._verified:
-            if self.status(language, (self._attrs(language) or {}).get("fingerprint", "")) != "complete":
+            if language not in self._intact and self.status(language, self._fingerprint(language)) != "complete":
                 raise NeuronXAError(f"no complete cached states for {language} in {self.url()}: run stage one first")
             self._verified[language] = zarr.open_group(self.url(f"{self.path}/{language}"), mode="r")
         return self._verified[language]
@@ -195,23 +202,35 @@ class StateStore:
     def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
         """Pooled states as float32: (layers, units, width), or (units, width of the layer) for one layer (the
         widest layer's width, zero-padded, for several layers of differing widths); read lazily."""
-        states = self._checked(language, f"{kind}/{pooling}", layer).astype(np.float32)
-        widths = self.widths(language, kind, pooling)
+        array = self._array(language, f"{kind}/{pooling}")
+        states = self._load(language, array, layer).astype(np.float32)
+        widths = array.attrs.get("widths")
         return states[:, :widths[layer]] if widths and isinstance(layer, int) else states
+
+    def layers(self, language: str, kind: str, pooling: str) -> list[np.ndarray]:
+        """Every layer's pooled states as float32 (units, width of the layer), from one read of the array."""
+        array = self._array(language, f"{kind}/{pooling}")
+        states = self._load(language, array).astype(np.float32)
+        widths = array.attrs.get("widths") or [states.shape[-1]] * len(states)
+        return [layer[:, :width] for layer, width in zip(states, widths)]
 
     def widths(self, language: str, kind: str = "nas", pooling: str = "weighted") -> list[int] | None:
         """Each layer's width where layers differ in width; None where all have the array's width."""
         return self._group(language)[f"{kind}/{pooling}"].attrs.get("widths")
 
-    def _checked(self, language: str, name: str, index=...) -> np.ndarray:
-        """Read part of an array; a chunk failing its checksum is a clear error, never data."""
-        group = self._group(language)
-        if name not in group:
+    def _array(self, language: str, name: str) -> zarr.Array:
+        """One array of a verified entry; a clear error where the entry lacks it."""
+        try:
+            return self._group(language)[name]
+        except KeyError:
             raise NeuronXAError(f"cache entry {language} in {self.url()} holds no {name}: "
                                 + ("routing exists for mixture-of-experts models only" if name.startswith("routing")
-                                   else "rerun stage one to compute it"))
+                                   else "rerun stage one to compute it")) from None
+
+    def _load(self, language: str, array: zarr.Array, index=...) -> np.ndarray:
+        """Read part of an array; a chunk failing its checksum is a clear error, never data."""
         try:
-            return np.asarray(group[name][index])
+            return np.asarray(array[index])
         except (ValueError, RuntimeError) as error:
             raise NeuronXAError(f"cache entry {language} in {self.url()} is corrupt ({str(error)[:80]}): "
                                 "rerun stage one to recompute it") from None
@@ -230,7 +249,7 @@ class StateStore:
 
     def array(self, language: str, name: str) -> np.ndarray:
         """A stored array as it was written (e.g. ``n_tokens``, ``active``)."""
-        return self._checked(language, name)
+        return self._load(language, self._array(language, name))
 
     def metadata(self, language: str) -> dict:
         return dict(self._group(language).attrs)

@@ -4,6 +4,7 @@ intervals and exact tests, and the comparison of two metrics' correlations with 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -82,14 +83,36 @@ def correlate(summary: pd.DataFrame, benchmarks: pd.DataFrame, pivot: str,
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _compared(x_a: np.ndarray, x_b: np.ndarray, y: np.ndarray, kind: str, resampling: Resampling) -> dict:
-    """Two metrics' correlations with one benchmark: Williams' p, and a paired bootstrap interval."""
-    statistic = uncertainty.CORRELATIONS[kind]
-    r_a, r_b, r_ab = (float(statistic(u, v)) for u, v in ((x_a, y), (x_b, y), (x_a, x_b)))
-    low, high = uncertainty.bootstrap_interval(x_a, y, kind, resamples=resampling.bootstrap, level=resampling.level,
-                                               seed=resampling.seed, z=x_b)
-    return {"r_a": r_a, "r_b": r_b, "difference": r_a - r_b, "ci_low": low, "ci_high": high,
-            "p": uncertainty.williams_p(r_a, r_b, r_ab, len(y))}
+class _Shared:
+    """What the comparisons with one benchmark share, computed once per metric and set of languages: the
+    scores and results as arrays, each metric's correlation with the benchmark, and its values on the bootstrap
+    draws (the draws depend only on the number of languages and the seed, so every pair's draws are the same
+    and a paired difference is the difference of the two metrics' values)."""
+
+    def __init__(self, scores: dict[str, pd.Series], values: pd.Series, resampling: Resampling) -> None:
+        self.series, self.resampling = {**scores, "": values}, resampling   # "": the benchmark's results
+        self.array, self.correlation, self.replicates = cache(self._array), cache(self._correlation), \
+            cache(self._replicates)
+
+    def _array(self, metric: str, languages: tuple[str, ...]) -> np.ndarray:
+        return self.series[metric][list(languages)].to_numpy(float)
+
+    def _correlation(self, metric: str, languages: tuple[str, ...], kind: str) -> float:
+        return float(uncertainty.CORRELATIONS[kind](self.array(metric, languages), self.array("", languages)))
+
+    def _replicates(self, metric: str, languages: tuple[str, ...], kind: str) -> np.ndarray:
+        draws = uncertainty.language_resamples(len(languages), self.resampling.bootstrap, self.resampling.seed)
+        return uncertainty.correlation_replicates(self.array(metric, languages), self.array("", languages), kind,
+                                                  draws)
+
+    def compared(self, a: str, b: str, languages: tuple[str, ...], kind: str) -> dict:
+        """Two metrics' correlations with the benchmark: Williams' p, and the paired bootstrap interval."""
+        r_a, r_b = self.correlation(a, languages, kind), self.correlation(b, languages, kind)
+        r_ab = float(uncertainty.CORRELATIONS[kind](self.array(a, languages), self.array(b, languages)))
+        differences = self.replicates(a, languages, kind) - self.replicates(b, languages, kind)
+        low, high = uncertainty.percentile_interval(differences, self.resampling.level)
+        return {"r_a": r_a, "r_b": r_b, "difference": r_a - r_b, "ci_low": low, "ci_high": high,
+                "p": uncertainty.williams_p(r_a, r_b, r_ab, len(languages))}
 
 
 def compare(summary: pd.DataFrame, benchmarks: pd.DataFrame, pivot: str,
@@ -101,14 +124,14 @@ def compare(summary: pd.DataFrame, benchmarks: pd.DataFrame, pivot: str,
     names = list(scores)
     rows = []
     for benchmark, values in _results(benchmarks, pivot).items():
+        shared = _Shared(scores, values, resampling)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                usable = _usable(scores[a], scores[b], values)
-                x_a, x_b, y = (s[usable].to_numpy(float) for s in (scores[a], scores[b], values))
+                usable = tuple(_usable(scores[a], scores[b], values))
+                x_a, x_b, y = (shared.array(name, usable) for name in (a, b, ""))
                 if len(usable) < 4 or min(np.ptp(x_a), np.ptp(x_b), np.ptp(y)) == 0 or np.array_equal(x_a, x_b):
                     continue  # Williams' t needs four languages, three varying sides and two different scores
-                for kind in uncertainty.CORRELATIONS:
-                    rows.append({"benchmark": benchmark, "correlation": kind, "metric_a": a, "metric_b": b,
-                                 "n": len(usable)} | _compared(x_a, x_b, y, kind, resampling))
+                rows += [{"benchmark": benchmark, "correlation": kind, "metric_a": a, "metric_b": b,
+                          "n": len(usable)} | shared.compared(a, b, usable, kind) for kind in uncertainty.CORRELATIONS]
     return pd.DataFrame(rows, columns=["benchmark", "correlation", "metric_a", "metric_b", "n", "r_a", "r_b",
                                        "difference", "ci_low", "ci_high", "p"])

@@ -29,11 +29,8 @@ class StatesInMemory:
     def ids(self, language: str) -> list[str]:
         return [str(unit) for unit in range(len(self.states[language].n_tokens))]
 
-    def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray:
-        return self.states[language][kind][pooling][layer]
-
-    def n_layers(self, language: str, kind: str, pooling: str) -> int:
-        return len(self.states[language][kind][pooling])
+    def layers(self, language: str, kind: str, pooling: str) -> list[np.ndarray]:
+        return list(self.states[language][kind][pooling])
 
 
 def unwrapped(model):

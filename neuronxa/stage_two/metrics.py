@@ -49,15 +49,20 @@ def _finite(*arrays: np.ndarray) -> bool:
     return all(np.isfinite(np.asarray(array, dtype=np.float64)).all() for array in arrays)
 
 
-def _double_centred(K: np.ndarray) -> np.ndarray:
+def double_centred(K: np.ndarray) -> np.ndarray:
     """H K H for Gram matrices (..., n, n): the Gram matrix of the column-centred representation."""
+    K = np.asarray(K, np.float64)
     return (K - K.mean(axis=-1, keepdims=True) - K.mean(axis=-2, keepdims=True)
             + K.mean(axis=(-2, -1), keepdims=True))
 
 
 def cka_of_grams(K: np.ndarray, L: np.ndarray) -> np.ndarray:
     """Linear CKA from the units' (uncentred) Gram matrices; leading batch axes allowed; NaN where undefined."""
-    K, L = _double_centred(np.asarray(K, np.float64)), _double_centred(np.asarray(L, np.float64))
+    return cka_of_centred(double_centred(K), double_centred(L))
+
+
+def cka_of_centred(K: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """Linear CKA from double-centred Gram matrices (``double_centred``); NaN where undefined."""
     denominator = np.linalg.norm(K, axis=(-2, -1)) * np.linalg.norm(L, axis=(-2, -1))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, np.sum(K * L, axis=(-2, -1)) / denominator, np.nan)
@@ -71,7 +76,10 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     return float(cka_of_grams(X @ X.T, Y @ Y.T))
 
 
-def _kept_directions(K: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]:
+Directions = tuple[np.ndarray, np.ndarray]   # eigenvectors of a centred Gram matrix, and how many are kept
+
+
+def kept_directions(K: np.ndarray, keep: float = 0.99) -> Directions:
     """From a centred Gram matrix of units (..., n, n): its eigenvectors, largest first (the left singular
     vectors of the centred units), and how many explain ``keep`` of the variance (0 where there is none)."""
     values, vectors = np.linalg.eigh(K)
@@ -86,7 +94,12 @@ def svcca_of_grams(K: np.ndarray, L: np.ndarray, keep: float = 0.99) -> np.ndarr
     """SVCCA from the units' (uncentred) Gram matrices, leading batch axes allowed; NaN where a side has no
     variance. The canonical correlations of the two kept subspaces are the singular values of Ua^T Ub, Ua and
     Ub the kept left singular vectors (orthonormal bases of the projections), so the Gram matrices suffice."""
-    (Ua, ka), (Ub, kb) = (_kept_directions(_double_centred(np.asarray(G, np.float64)), keep) for G in (K, L))
+    return svcca_of_directions(*(kept_directions(double_centred(G), keep) for G in (K, L)))
+
+
+def svcca_of_directions(a: Directions, b: Directions) -> np.ndarray:
+    """SVCCA from each side's ``kept_directions``: the mean of the top canonical correlations."""
+    (Ua, ka), (Ub, kb) = a, b
     Ua = Ua * (np.arange(Ua.shape[-1]) < ka[..., None])[..., None, :]
     Ub = Ub * (np.arange(Ub.shape[-1]) < kb[..., None])[..., None, :]
     correlations = np.clip(np.linalg.svd(np.swapaxes(Ua, -1, -2) @ Ub, compute_uv=False), 0.0, 1.0)
@@ -104,16 +117,33 @@ def svcca(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> float:
     return float(svcca_of_grams(X @ X.T, Y @ Y.T, keep))
 
 
+def _correlations_in_place(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """``neuron_correlations`` of two fresh float64 arrays, which it overwrites (centred, then multiplied)."""
+    for side in (X, Y):
+        side -= np.add.reduce(side, axis=-2, keepdims=True) / side.shape[-2]
+    scale = np.sqrt(np.add.reduce(X * X, axis=-2)) * np.sqrt(np.add.reduce(Y * Y, axis=-2))
+    defined = scale > 0
+    X *= Y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_neuron = np.where(defined, np.add.reduce(X, axis=-2) / scale, 0.0)
+        return np.where(defined.any(axis=-1), per_neuron.sum(axis=-1) / defined.sum(axis=-1), np.nan)
+
+
 def neuron_correlations(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """ANC over units (axis −2) for representations with leading batch axes: the mean over neurons of each
     neuron's Pearson correlation across the two languages' units, neurons constant in either left out."""
+    return _correlations_in_place(np.array(X, np.float64), np.array(Y, np.float64))
+
+
+def subset_neuron_correlations(X: np.ndarray, Y: np.ndarray, subsets: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """``neuron_correlations`` of X and Y restricted to each subset of their rows (units): (resamples,). A few
+    subsets at a time, gathered straight into float64, so that the working arrays stay in the CPU's cache."""
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    Xc, Yc = X - X.mean(axis=-2, keepdims=True), Y - Y.mean(axis=-2, keepdims=True)
-    scale = np.linalg.norm(Xc, axis=-2) * np.linalg.norm(Yc, axis=-2)
-    defined = scale > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_neuron = np.where(defined, np.sum(Xc * Yc, axis=-2) / scale, 0.0)
-        return np.where(defined.any(axis=-1), per_neuron.sum(axis=-1) / defined.sum(axis=-1), np.nan)
+    values = np.empty(len(subsets))
+    for start in range(0, len(subsets), chunk):
+        part = subsets[start:start + chunk]
+        values[start:start + chunk] = _correlations_in_place(X[part], Y[part])
+    return values
 
 
 def anc(X: np.ndarray, Y: np.ndarray) -> float:

@@ -27,30 +27,52 @@ DIRECTIONS = {"pivot_to_target": "p→t", "target_to_pivot": "t→p", "bidirecti
 Measured = tuple[float, np.ndarray]   # the value on all units, and the values on each half-sample of them
 
 
+class Side:
+    """One side's units (rows, in the pair's order) with the half-samples of the units: what the baselines
+    need of that side alone, computed once when first asked for; the pivot's side is shared by every target
+    language with the same units and half-samples."""
+
+    def __init__(self, states: np.ndarray, subsets: np.ndarray) -> None:
+        self.states, self.subsets = states, subsets
+
+    @cached_property
+    def finite(self) -> bool:
+        """No NaN and no infinity (the baselines are NaN otherwise)."""
+        return bool(np.isfinite(self.states).all())
+
+    @cached_property
+    def half_centred(self) -> np.ndarray:
+        """The units' Gram matrix restricted to each half-sample, double-centred: (resamples, b, b)."""
+        states = np.asarray(self.states, np.float64)
+        return metrics.double_centred(uncertainty.submatrices(states @ states.T, self.subsets))
+
+    @cached_property
+    def half_directions(self) -> metrics.Directions:
+        """SVCCA's kept directions of each half-sample (``metrics.kept_directions``)."""
+        return metrics.kept_directions(self.half_centred)
+
+
 class LayerPair:
     """One layer's pivot units X and target units Y (rows in the same order) with the half-samples of the units
-    (``subsets``, see ``uncertainty``); what several metrics share is computed once, when first asked for."""
+    (``subsets``, see ``uncertainty``); what several metrics share is computed once, when first asked for. The
+    pivot's ``Side`` may come computed already (``pivot``, for X and the same subsets)."""
 
-    def __init__(self, X: np.ndarray, Y: np.ndarray, subsets: np.ndarray) -> None:
+    def __init__(self, X: np.ndarray, Y: np.ndarray, subsets: np.ndarray, pivot: Side | None = None) -> None:
         self.X, self.Y, self.subsets = X, Y, subsets
+        self.sides = (pivot or Side(X, subsets), Side(Y, subsets))
 
     @cached_property
     def shares(self) -> dict[str, Measured]:
         """Per retrieval direction, the share of units no rival beats, on all units and on each half-sample."""
         by_row, by_column = metrics.beaten(metrics.cosine_matrix(self.X, self.Y))
-        return {direction: (float(np.mean(~beaten.any(axis=-1))), uncertainty.subset_shares(beaten, self.subsets))
-                for direction, beaten in zip(DIRECTIONS, (by_row, by_column, by_row | by_column))}
+        beaten = np.stack((by_row, by_column, by_row | by_column))   # the half-samples of all three in one product
+        return {direction: (float(np.mean(~beaten_by.any(axis=-1))), halves) for direction, beaten_by, halves
+                in zip(DIRECTIONS, beaten, uncertainty.subset_shares(beaten, self.subsets))}
 
-    @cached_property
+    @property
     def finite(self) -> bool:
         """Neither side holds a NaN or an infinity (the baselines are NaN otherwise)."""
-        return bool(np.isfinite(self.X).all() and np.isfinite(self.Y).all())
-
-    @cached_property
-    def half_grams(self) -> tuple[np.ndarray, np.ndarray]:
-        """The units' Gram matrices of each side restricted to each half-sample: two (resamples, b, b)."""
-        X, Y = np.asarray(self.X, np.float64), np.asarray(self.Y, np.float64)
-        return uncertainty.submatrices(X @ X.T, self.subsets), uncertainty.submatrices(Y @ Y.T, self.subsets)
+        return all(side.finite for side in self.sides)
 
     def undefined(self) -> Measured:
         return float("nan"), np.full(len(self.subsets), np.nan)
@@ -62,18 +84,19 @@ def _share(direction: str) -> Callable[[LayerPair], Measured]:
 
 
 def _cka(pair: LayerPair) -> Measured:
-    return (metrics.linear_cka(pair.X, pair.Y), metrics.cka_of_grams(*pair.half_grams)) if pair.finite \
+    halves = (side.half_centred for side in pair.sides)
+    return (metrics.linear_cka(pair.X, pair.Y), metrics.cka_of_centred(*halves)) if pair.finite \
         else pair.undefined()
 
 
 def _svcca(pair: LayerPair) -> Measured:
-    return (metrics.svcca(pair.X, pair.Y), metrics.svcca_of_grams(*pair.half_grams)) if pair.finite \
+    halves = (side.half_directions for side in pair.sides)
+    return (metrics.svcca(pair.X, pair.Y), metrics.svcca_of_directions(*halves)) if pair.finite \
         else pair.undefined()
 
 
 def _anc(pair: LayerPair) -> Measured:
-    subsets = pair.subsets
-    return (metrics.anc(pair.X, pair.Y), metrics.neuron_correlations(pair.X[subsets], pair.Y[subsets])) \
+    return (metrics.anc(pair.X, pair.Y), metrics.subset_neuron_correlations(pair.X, pair.Y, pair.subsets)) \
         if pair.finite else pair.undefined()
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_two import metrics, registry, uncertainty
-from neuronxa.stage_two.registry import LayerPair
+from neuronxa.stage_two.registry import LayerPair, Side
 
 Resampled = dict[tuple[str, str], np.ndarray]
 
@@ -27,16 +27,15 @@ class States(Protocol):
 
     def ids(self, language: str) -> list[str]: ...
 
-    def read(self, language: str, kind: str, pooling: str, layer: int | slice = slice(None)) -> np.ndarray: ...
-
-    def n_layers(self, language: str, kind: str, pooling: str) -> int: ...
+    def layers(self, language: str, kind: str, pooling: str) -> list[np.ndarray]: ...
 
 
-def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str],
-                 subsets: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def layer_values(X: np.ndarray, Y: np.ndarray, kind: str, *, wanted: list[str], subsets: np.ndarray,
+                 pivot: Side | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The wanted metrics' scores that read ``kind`` on one layer, pivot units X against target units Y (same
-    order): their values, and their values on each half-sample of the units (``subsets``, see ``uncertainty``)."""
-    pair = LayerPair(X, Y, subsets)
+    order): their values, and their values on each half-sample of the units (``subsets``, see ``uncertainty``).
+    ``pivot``: X's side as computed for an earlier target with the same units and half-samples."""
+    pair = LayerPair(X, Y, subsets, pivot)
     values: dict[str, float] = {}
     halves: dict[str, np.ndarray] = {}
     for name in wanted:
@@ -55,6 +54,17 @@ def _shared_rows(store: States, pivot: str, language: str, *, pivot_ids: dict[st
     return pivot_rows, target_rows
 
 
+def _pivot_sides(pivot_states: dict[str, list[np.ndarray]], rows: list[int], subsets: np.ndarray,
+                 last: dict) -> dict[str, list[Side]]:
+    """The pivot's side of every layer for these rows and half-samples: the last target's when they are the
+    same (so their Gram matrices and eigenvectors are computed once for all targets), new otherwise."""
+    key = (tuple(rows), subsets.shape, subsets.tobytes())
+    if key not in last:
+        last.clear()
+        last[key] = {kind: [Side(states[rows], subsets) for states in layers] for kind, layers in pivot_states.items()}
+    return last[key]
+
+
 def check_targets(store: States, pivot: str, languages: list[str] | None) -> list[str]:
     """The target languages (every cached one but the pivot when None), all of them cached."""
     cached = store.languages()
@@ -67,7 +77,8 @@ def check_targets(store: States, pivot: str, languages: list[str] | None) -> lis
 
 def check_cached(store: States, languages: list[str]) -> None:
     """One line naming the languages the cache lacks, if any."""
-    missing = [language for language in languages if language not in store.languages()]
+    cached = set(store.languages())
+    missing = [language for language in languages if language not in cached]
     if missing:
         raise NeuronXAError(f"no cached states for {', '.join(missing)}: run stage one for them first")
 
@@ -82,20 +93,19 @@ def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languag
     targets = check_targets(store, pivot, languages)
     kinds = registry.representations(wanted)
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}
-    pivot_states = {kind: [store.read(pivot, kind, pooling, layer) for layer in
-                           range(store.n_layers(pivot, kind, pooling))] for kind in kinds}
-    rows, resampled = [], {}
+    pivot_states = {kind: store.layers(pivot, kind, pooling) for kind in kinds}
+    rows, resampled, last = [], {}, {}
     for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
         pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
         subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
         halves: dict[str, list[np.ndarray]] = {}
+        sides = _pivot_sides(pivot_states, pivot_rows, subsets, last)
         for kind in kinds:
-            for layer, states in enumerate(pivot_states[kind]):
-                if states.shape[1] == 0:
+            for layer, (side, target) in enumerate(zip(sides[kind], store.layers(language, kind, pooling))):
+                if side.states.shape[1] == 0:
                     continue   # routing on a dense layer of a mixture-of-experts model: nothing to score
-                X = states[pivot_rows]
-                Y = store.read(language, kind, pooling, layer)[target_rows]
-                values, half = layer_values(X, Y, kind, wanted=wanted, subsets=subsets)
+                values, half = layer_values(side.states, target[target_rows], kind, wanted=wanted,
+                                            subsets=subsets, pivot=side)
                 for metric, value in values.items():
                     rows.append((metric, pivot, language, layer, value, len(target_rows)))
                     halves.setdefault(metric, []).append(half[metric])
@@ -138,18 +148,19 @@ def summarise(scores: pd.DataFrame, layer_pool: str = "mean", resampled: Resampl
     check_layer_pool(layer_pool)
     rows = []
     for (metric, pivot, language), group in scores.groupby(["metric", "pivot", "language"], sort=False):
-        values = group.set_index("layer")["value"]
-        pooled = float(pool_layers(values.to_numpy(float), layer_pool))
+        values, layers = group["value"].to_numpy(float), group["layer"].to_numpy()
+        pooled = float(pool_layers(values, layer_pool))
         n = int(group["n"].iloc[0])
         counts_units = registry.score(metric).counts_units
         chance = metrics.chance_pvalue(int(round(pooled * n)), n) if counts_units else np.nan
         halves = (resampled or {}).get((metric, language))
         low, high = interval(metric, pooled, None if halves is None else pool_layers(halves, layer_pool), n=n,
                              level=level)
-        best = values.idxmax() if values.notna().any() else -1
+        best = int(np.nanargmax(values)) if not np.isnan(values).all() else None   # the first best, NaN skipped
         rows.append({"metric": metric, "pivot": pivot, "language": language, "score": pooled,
-                     "ci_low": low, "ci_high": high, "layer_pool": layer_pool, "best_layer": int(best),
-                     "best_value": float(values.get(best, np.nan)), "n": n, "chance_p": chance})
+                     "ci_low": low, "ci_high": high, "layer_pool": layer_pool,
+                     "best_layer": -1 if best is None else int(layers[best]),
+                     "best_value": np.nan if best is None else float(values[best]), "n": n, "chance_p": chance})
     return pd.DataFrame(rows)
 
 

@@ -113,20 +113,28 @@ def language_resamples(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def bootstrap_interval(x: np.ndarray, y: np.ndarray, kind: str, *, resamples: int = 2000, level: float = 0.95,
-                       seed: int = 0, z: np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile interval of a correlation (``kind``) over languages resampled in pairs; with ``z``, of the
-    paired difference corr(x, y) − corr(z, y) on the same resamples. Undefined resamples are left out."""
-    draws = language_resamples(len(x), resamples, seed)
-    statistic = CORRELATIONS[kind]
-    values = statistic(x[draws], y[draws])
-    if z is not None:
-        values = values - statistic(z[draws], y[draws])
+def correlation_replicates(x: np.ndarray, y: np.ndarray, kind: str, draws: np.ndarray) -> np.ndarray:
+    """The correlation (``kind``) of x and y on each draw of language positions (``language_resamples``),
+    all draws in one vectorised call: (resamples,), NaN where a side is constant."""
+    return CORRELATIONS[kind](x[draws], y[draws])
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap values, undefined (non-finite) ones left out; NaN under two."""
     values = values[np.isfinite(values)]
     if len(values) < 2:
         return np.nan, np.nan
     tail = 100 * (1 - level) / 2
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def bootstrap_interval(x: np.ndarray, y: np.ndarray, kind: str, *, resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of a correlation (``kind``) over languages resampled in pairs (undefined resamples
+    left out); a paired difference of two correlations is the difference of their ``correlation_replicates``
+    on the same draws."""
+    values = correlation_replicates(x, y, kind, language_resamples(len(x), resamples, seed))
+    return percentile_interval(values, level)
 
 
 def permutation_p(x: np.ndarray, y: np.ndarray, kind: str, resamples: int = 9999, seed: int = 0) -> float:
