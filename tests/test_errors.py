@@ -96,11 +96,11 @@ def test_the_mlflow_run_spans_the_job_and_records_how_it_ended(tiny_folder, tmp_
 INTERRUPTIBLE = textwrap.dedent("""
     import runpy, sys, time
     from neuronxa.stage_one import forward
-    real = forward.pooled_states
+    real = forward.pooled_tensors
     def paced(*args, **kwargs):
         time.sleep(1.5)
         return real(*args, **kwargs)
-    forward.pooled_states = paced
+    forward.pooled_tensors = paced
     sys.argv = ["neuronxa.run", *sys.argv[1:]]
     runpy.run_module("neuronxa.run", run_name="__main__")
 """)

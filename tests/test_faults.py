@@ -27,11 +27,11 @@ CHILD = textwrap.dedent("""
     from neuronxa.stage_one.models import ModelSpec
     from neuronxa.stage_one.options import StageOneOptions
     slow = float(sys.argv[4])
-    real = forward.pooled_states
+    real = forward.pooled_tensors
     def paced(*args, **kwargs):
         time.sleep(slow)
         return real(*args, **kwargs)
-    forward.pooled_states = paced
+    forward.pooled_tensors = paced
     options = StageOneOptions(group_units=int(sys.argv[5]), device="cpu", dtype="float32")
     store, report = cache.extract_corpus(read_tsv(sys.argv[1]), ModelSpec("tiny", sys.argv[2]), sys.argv[3],
                                          options=options)

@@ -103,8 +103,8 @@ def test_the_batch_plan_ignores_what_the_cache_holds(tiny_folder, tmp_path, monk
     store, _ = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(batch_size=4))
     shutil.rmtree(Path(store.path) / "fra_Latn")
     seen = []
-    real = forward.pooled_states
-    monkeypatch.setattr(forward, "pooled_states", lambda model, tok, texts, **kw: seen.append(len(texts)) or
+    real = forward.pooled_tensors
+    monkeypatch.setattr(forward, "pooled_tensors", lambda model, tok, texts, **kw: seen.append(len(texts)) or
                         real(model, tok, texts, **kw))
     store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(batch_size=4))
     assert report.status.tolist() == ["reused", "written"] and seen == [2 * len(corpus.units["fra_Latn"])]
@@ -115,7 +115,7 @@ def test_the_batch_plan_ignores_what_the_cache_holds(tiny_folder, tmp_path, monk
 
 def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, monkeypatch):
     corpus = read_tsv(FIXTURES / "toy.tsv")
-    real = forward.pooled_states
+    real = forward.pooled_tensors
     calls = []
 
     def failing_second(*args, **kwargs):
@@ -124,10 +124,10 @@ def test_interrupted_run_resumes_with_identical_results(tiny_folder, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(forward, "pooled_states", failing_second)
+    monkeypatch.setattr(forward, "pooled_tensors", failing_second)
     with pytest.raises(KeyboardInterrupt):
         extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache", options=StageOneOptions(group_units=1))
-    monkeypatch.setattr(forward, "pooled_states", real)
+    monkeypatch.setattr(forward, "pooled_tensors", real)
     store, report = extract_corpus(corpus, spec(tiny_folder), tmp_path / "cache",
                                    options=StageOneOptions(group_units=1))
     assert report.status.tolist() == ["reused", "written"]

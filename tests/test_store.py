@@ -188,3 +188,36 @@ def test_a_failed_write_at_an_fsspec_url_leaves_nothing_complete(memory_root, mo
     with pytest.raises(NeuronXAError, match="Nothing was marked complete"):
         write(store)
     assert store.status("eng_Latn", "f1") == "missing" and store.fs.ls(f"{store.root}/.staging") == []
+
+
+def _stored_by_numpy(array: np.ndarray) -> np.ndarray:
+    """The store's rule restated: float16 where every value is finite and within float16's range, else float32."""
+    fits = np.isfinite(array).all() and np.abs(array).max(initial=0.0) < np.finfo(np.float16).max
+    return array.astype(np.float16 if fits else np.float32)
+
+
+@pytest.mark.parametrize("largest", [1.0, 65503.0, 65504.0, np.inf, np.nan])
+def test_states_converted_where_they_are_held_equal_the_stores_numpy_rule(largest):
+    """Stage one converts each language's rows to the store's precision with torch (on the GPU where the states
+    are): the same dtype decision and the same bits as numpy's conversion, halfway cases and subnormals included."""
+    import torch
+
+    from neuronxa.stage_one.forward import PooledStates, rows_as_stored
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)   # (poolings, layers, sentences, width)
+    values.flat[:4] = [2.0**-20, 1 + 2.0**-11, 1 + 3 * 2.0**-11, -(2.0**-15) * 1.5]   # subnormal, ties to even
+    values[1, 0, 4, 0] = largest   # in rows 3:6 of pooling "mean"
+    layers = [torch.from_numpy(values[:, 0]), torch.from_numpy(values[:, 1, :, :3])]   # widths 5 and 3
+    held = PooledStates({"nav": torch.from_numpy(values), "routing": layers}, np.ones(6), np.zeros(6, bool))
+    for lo, hi in [(0, 3), (3, 6)]:
+        stored = rows_as_stored(held, lo, hi)
+        for p, pooling in enumerate(("weighted", "mean", "last")):
+            expected = _stored_by_numpy(values[p, :, lo:hi])
+            assert stored["nav"][pooling].dtype == expected.dtype
+            np.testing.assert_array_equal(stored["nav"][pooling].view(np.uint8), expected.view(np.uint8))
+            per_layer = [values[p, 0, lo:hi], values[p, 1, lo:hi, :3]]
+            dtype = np.float16 if all(_stored_by_numpy(a).dtype == np.float16 for a in per_layer) else np.float32
+            for got, layer in zip(stored["routing"][pooling], per_layer):
+                assert got.dtype == dtype
+                np.testing.assert_array_equal(got.view(np.uint8), layer.astype(dtype).view(np.uint8))

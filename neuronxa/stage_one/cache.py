@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -174,15 +175,16 @@ def metadata(corpus: ParallelCorpus, language: str, model) -> dict:
 def state_writes(corpus: ParallelCorpus, languages: list[str], loaded: tuple, *, store: StateStore,
                  options: StageOneOptions) -> list:
     """Pooled states of some languages (one batched pass over all their units); one cache write per language,
-    to run when convenient."""
+    to run when convenient (its arrays already on the host, in the store's precision)."""
     texts = [text for language in languages for text in corpus.texts(language)]
-    states = forward.pooled_states(*loaded, texts, batch_size=options.batch_size, max_length=options.max_length,
-                                   skip_bos=options.skip_bos, progress=True, layers=options.layers,
-                                   batch_tokens=options.batch_tokens)
-    parts = forward.split_states(states, [len(corpus.units[language]) for language in languages])
-    return [partial(store.write, language, part, corpus.ids(language), corpus.fingerprint(language),
-                    n_tokens=part.n_tokens, n_truncated=part.n_truncated, **metadata(corpus, language, loaded[0]))
-            for language, part in zip(languages, parts)]
+    held = forward.pooled_tensors(*loaded, texts, batch_size=options.batch_size, max_length=options.max_length,
+                                  skip_bos=options.skip_bos, progress=True, layers=options.layers,
+                                  batch_tokens=options.batch_tokens)
+    bounds = np.cumsum([0, *(len(corpus.units[language]) for language in languages)])
+    return [partial(store.write, language, forward.rows_as_stored(held, lo, hi), corpus.ids(language),
+                    corpus.fingerprint(language), n_tokens=held.n_tokens[lo:hi],
+                    n_truncated=int(held.truncated[lo:hi].sum()), **metadata(corpus, language, loaded[0]))
+            for language, lo, hi in zip(languages, bounds[:-1], bounds[1:])]
 
 
 def count_writes(corpus: ParallelCorpus, languages: list[str], loaded: tuple, *, store: StateStore, prompt: str,

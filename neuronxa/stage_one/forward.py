@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
 from neuronxa.stage_one.probes import PoolingProbe, kinds_of
+from neuronxa.stage_one.store import FLOAT16_MAX
 
 Weights = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 
@@ -99,8 +100,32 @@ def pooled_states(
     layer 0 is the first decoder layer; ``layers`` keeps the first N and stops the forward pass there;
     ``batch_tokens`` caps a batch's padded tokens besides its ``batch_size`` sentences (see ``length_batches``).
     """
+    held = pooled_tensors(model, tokenizer, sentences, poolings=poolings, batch_size=batch_size,
+                          max_length=max_length, kinds=kinds, skip_bos=skip_bos, progress=progress, layers=layers,
+                          batch_tokens=batch_tokens)
+    arrays = {kind: _per_pooling(tensors, poolings) for kind, tensors in held.items()}
+    return PooledStates(arrays, held.n_tokens, held.truncated)
+
+
+def _per_pooling(held: torch.Tensor | list[torch.Tensor], poolings: tuple[str, ...]) -> dict:
+    """(poolings, layers, sentences, width) -> pooling -> (layers, sentences, width) float32 arrays (per layer
+    where widths differ)."""
+    if isinstance(held, torch.Tensor):
+        host = held.cpu().numpy()
+        return {pooling: host[p] for p, pooling in enumerate(poolings)}
+    host = [layer.cpu().numpy() for layer in held]
+    return {pooling: [layer[p] for layer in host] for p, pooling in enumerate(poolings)}
+
+
+def pooled_tensors(model, tokenizer, sentences: list[str], *, poolings: tuple[str, ...] = POOLINGS,
+                   batch_size: int = 16, max_length: int = 512, kinds: tuple[str, ...] | None = None,
+                   skip_bos: bool = False, progress: bool = False, layers: int | None = None,
+                   batch_tokens: int | None = None) -> PooledStates:
+    """``pooled_states`` as torch tensors where they were pooled (on the host where the device lacks the memory),
+    filled batch by batch without waiting for the device: ``states[kind]`` is (poolings, layers, sentences, width)
+    float32, or per layer (poolings, sentences, width of the layer) where widths differ."""
     token_ids, cut = tokenize(tokenizer, sentences, max_length)
-    layered: dict[str, dict[str, list[np.ndarray]]] = {}
+    held: dict[str, torch.Tensor | list[torch.Tensor]] = {}
 
     def weights(ids: torch.Tensor, attention: torch.Tensor, batch: list[int]) -> torch.Tensor:
         return pooling_weights(real_token_mask(attention, ids, tokenizer.bos_token_id, skip_bos), poolings)
@@ -108,25 +133,48 @@ def pooled_states(
     for batch, _, pooled_by_kind in probed_batches(model, tokenizer, token_ids, kinds=kinds or kinds_of(model),
                                                    weights=weights, batch_size=batch_size, progress=progress,
                                                    layers=layers, batch_tokens=batch_tokens):
+        if not held:
+            place = _holding_device(pooled_by_kind, len(sentences))
+            held.update({kind: _allocated(pooled, len(sentences), place) for kind, pooled in pooled_by_kind.items()})
         for kind, pooled in pooled_by_kind.items():
-            _fill(layered.setdefault(kind, {}), pooled, batch, poolings=poolings, n_sentences=len(sentences))
-    arrays = {kind: {pooling: np.stack(per_layer) if len({a.shape for a in per_layer}) == 1 else per_layer
-                     for pooling, per_layer in by_pooling.items()} for kind, by_pooling in layered.items()}
+            _fill(held[kind], pooled, batch)
     n_tokens = np.array([len(ids) for ids in token_ids], dtype=np.int32)
-    return PooledStates(arrays, n_tokens, cut)
+    return PooledStates(held, n_tokens, cut)
 
 
-def _fill(by_pooling: dict[str, list[np.ndarray]], pooled: torch.Tensor | list[torch.Tensor], batch: list[int], *,
-          poolings: tuple[str, ...], n_sentences: int) -> None:
-    """Put one batch's pooled states of one kind (per layer: poolings, batch, width) into per-layer arrays."""
-    pooled = pooled.float().cpu().numpy() if isinstance(pooled, torch.Tensor) else \
-        [layer.float().cpu().numpy() for layer in pooled]
-    for layer, states in enumerate(pooled):
-        for p, pooling in enumerate(poolings):
-            per_layer = by_pooling.setdefault(pooling, [])
-            if layer == len(per_layer):
-                per_layer.append(np.zeros((n_sentences, states.shape[2]), np.float32))
-            per_layer[layer][batch, :] = states[p]
+def _holding_device(pooled_by_kind: dict, n_sentences: int) -> torch.device:
+    """Where a pass's pooled states are gathered: where they are pooled, unless a GPU lacks the memory for them
+    (more than half of what is free), then the host."""
+    first = next(iter(pooled_by_kind.values()))
+    device = (first if isinstance(first, torch.Tensor) else first[0]).device
+    if device.type != "cuda":
+        return device if device.type == "cpu" else torch.device("cpu")
+    per_batch = sum(sum(t.numel() for t in (p if isinstance(p, list) else [p])) for p in pooled_by_kind.values())
+    batch = (first if isinstance(first, torch.Tensor) else first[0]).shape[-2]
+    needed = 4 * per_batch * n_sentences / max(batch, 1)
+    return device if needed < torch.cuda.mem_get_info(device)[0] / 2 else torch.device("cpu")
+
+
+def _allocated(pooled: torch.Tensor | list[torch.Tensor], n_sentences: int, place: torch.device):
+    """Room for every sentence's states of one kind, shaped like a batch's (layers, poolings, batch, width) but
+    as (poolings, layers, sentences, width), or per layer (poolings, sentences, width)."""
+    if isinstance(pooled, torch.Tensor):
+        layers, poolings, _, width = pooled.shape
+        return torch.empty((poolings, layers, n_sentences, width), dtype=torch.float32, device=place)
+    return [torch.empty((layer.shape[0], n_sentences, layer.shape[2]), dtype=torch.float32, device=place)
+            for layer in pooled]
+
+
+def _fill(held: torch.Tensor | list[torch.Tensor], pooled: torch.Tensor | list[torch.Tensor],
+          batch: list[int]) -> None:
+    """Put one batch's pooled states of one kind into their sentences' rows (no wait for the device)."""
+    if isinstance(held, torch.Tensor):
+        rows = torch.tensor(batch, device=held.device)
+        held.index_copy_(2, rows, pooled.transpose(0, 1).to(held.device, torch.float32))
+        return
+    rows = torch.tensor(batch, device=held[0].device)
+    for target, layer in zip(held, pooled):
+        target.index_copy_(1, rows, layer.to(target.device, torch.float32))
 
 
 def probed_batches(model, tokenizer, token_ids: list[list[int]], *, kinds: tuple[str, ...], weights: Weights,
@@ -198,3 +246,26 @@ def split_states(states: PooledStates, sizes: list[int]) -> list[PooledStates]:
     return [PooledStates({kind: {p: rows(a, lo, hi) for p, a in by.items()} for kind, by in states.items()},
                          states.n_tokens[lo:hi], states.truncated[lo:hi])
             for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def rows_as_stored(held: PooledStates, lo: int, hi: int, poolings: tuple[str, ...] = POOLINGS) -> dict:
+    """Sentences lo:hi of ``pooled_tensors``' states as the store keeps them, ``kind -> pooling -> (layers,
+    sentences, width)`` (per layer where widths differ): float16 where every value of the array fits, converted
+    where the states are held and copied to the host once; float32 otherwise."""
+    arrays: dict[str, dict] = {}
+    for kind, tensors in held.items():
+        arrays[kind] = {}
+        for p, pooling in enumerate(poolings):
+            parts = [tensors[p, :, lo:hi]] if isinstance(tensors, torch.Tensor) else [t[p, lo:hi] for t in tensors]
+            dtype = torch.float16 if all(fits_half(part) for part in parts) else torch.float32
+            host = [part.to(dtype).cpu().numpy() for part in parts]
+            arrays[kind][pooling] = host[0] if isinstance(tensors, torch.Tensor) else host
+    return arrays
+
+
+def fits_half(states: torch.Tensor) -> bool:
+    """Every value finite and within float16's range (the store's rule for keeping an array in half precision)."""
+    if states.numel() == 0:
+        return True
+    low, high = torch.aminmax(states)
+    return bool((low > -FLOAT16_MAX) & (high < FLOAT16_MAX))

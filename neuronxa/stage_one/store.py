@@ -31,6 +31,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
@@ -45,7 +46,8 @@ from neuronxa import files
 from neuronxa.errors import NeuronXAError
 
 FORMAT_VERSION = 2  # 2: chunk files c.{layer}.0.0 beside each array's zarr.json (one listing per array)
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+_ROOT_LOCK = threading.Lock()
 # LZ4 with bit shuffling, then a CRC32C checksum per chunk: a truncated or altered chunk fails on read. On the
 # embedded model's float16 states LZ4-5 encodes about 4.5 times as fast as zstd-3 for 1.8% more bytes (1.48 a
 # value instead of 1.46), so the writes take less from the forward pass they run beside.
@@ -89,7 +91,9 @@ class StateStore:
         return Path(tempfile.gettempdir()) / "neuronxa-locks" / hashlib.sha256(self.url().encode()).hexdigest()[:16]
 
     def _ensure_root(self) -> None:
-        if not self._root_matches():
+        with _ROOT_LOCK:   # languages are written side by side
+            if self._root_matches():
+                return
             self.fs.makedirs(self.path, exist_ok=True)
             group = zarr.open_group(self.url(), mode="a")
             group.attrs.update({"key": self.key, "digest": self.digest, "versions": library_versions()})
@@ -175,8 +179,8 @@ class StateStore:
         widths = [layer.shape[-1] for layer in array] if isinstance(array, list) else None
         data = np.asarray(array) if widths is None else np.stack(
             [np.pad(layer, [(0, 0), (0, max(widths) - layer.shape[-1])]) for layer in array])
-        if np.issubdtype(data.dtype, np.floating):
-            fits = np.isfinite(data).all() and float(np.abs(data).max(initial=0.0)) < _FLOAT16_MAX
+        if np.issubdtype(data.dtype, np.floating) and data.dtype != np.float16:   # float16: converted already
+            fits = np.isfinite(data).all() and float(np.abs(data).max(initial=0.0)) < FLOAT16_MAX
             data = data.astype(np.float16 if fits else np.float32)
         chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
         stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=CODECS,
