@@ -182,7 +182,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
 def prepare(cfg: DictConfig) -> Inputs:
     """What the job reads before a forward pass, so that a mistake in it costs none."""
     settings = resampling(cfg)
-    corpus, rest = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus, rest = load_corpus(cfg.dataset, cfg.dataset.get("max_units"), cache_dir=cfg.cache.dir)
     pivot = pivot_language(cfg, corpus)
     corpus.validate(pivot)
     targets = target_languages(cfg, corpus)

@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 
-def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[ParallelCorpus, ParallelCorpus]:
+def load_corpus(dataset: DictConfig, max_units: int | None = None, *,
+                cache_dir: str | None = None) -> tuple[ParallelCorpus, ParallelCorpus]:
     """The configured corpus with its languages, read once and split into the first ``max_units`` units per
-    language (scored) and the units after them (held out)."""
+    language (scored) and the units after them (held out); the UDHR's parsed declarations are kept in
+    ``cache_dir``."""
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
+    if dataset.name == "udhr" and cache_dir is not None:
+        options["cache_dir"] = cache_dir
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)
 

@@ -27,7 +27,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
 def every_pair(cfg: DictConfig, folder: Path) -> Logged:
     """Corpus, stage one, the pairwise scores; the table and plots in ``folder``; returns what to log."""
     chosen = pairwise.chosen_metrics(list(cfg.metric.names))
-    corpus, _ = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus, _ = load_corpus(cfg.dataset, cfg.dataset.get("max_units"), cache_dir=cfg.cache.dir)
     corpus.validate(None)
     languages = target_languages(cfg, corpus)
     store = stage_one(cfg, cfg.model, corpus)
