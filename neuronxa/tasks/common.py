@@ -109,7 +109,9 @@ def tracked_run(cfg: DictConfig, folder: Path, run_name: str, *, job: Callable[[
     with the flattened config as params, and closed with the job's status; the corpora the job read become the
     run's datasets."""
     if not cfg.tracking.enabled:
-        job(cfg, folder)
+        logged = job(cfg, folder)
+        if logged.then is not None:
+            logged.then(None)
         return
     tracking.check_reachable(cfg.tracking.uri)
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -120,6 +122,8 @@ def tracked_run(cfg: DictConfig, folder: Path, run_name: str, *, job: Callable[[
         recorder.record(logged, source=corpus_source(cfg))
     log.info(f"MLflow run {recorder.run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); "
              "`make ui` to browse")
+    if logged.then is not None:
+        logged.then(recorder.run_id)
 
 
 def corpus_source(cfg: DictConfig) -> str:

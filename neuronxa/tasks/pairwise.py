@@ -52,7 +52,7 @@ def shown(cfg: DictConfig, pairs: pd.DataFrame, folder: Path) -> list[Path]:
             log.info(f"\n{metric}, every language as pivot (rows) against every target (columns), "
                   f"{cfg.score.layer_pool} over layers, n = {int(pairs.n.iloc[0])} shared units:")
             log.info(pairwise.matrix(pairs, metric).to_string(float_format="{:.2f}".format))
-            if cfg.score.plots:
+            if cfg.score.plots != "off":   # drawn here, also for background: a heatmap per metric
                 made.append(plots.clustered_heatmap(pairwise.matrix(pairs, metric), folder / f"{metric}_pairwise.png",
                                                     f"{metric} · {model_name(cfg)} · {pairs.dataset.iloc[0]}"))
     return made
