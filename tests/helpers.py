@@ -180,7 +180,7 @@ def corpus_file(tmp_path):
 def tiny_overrides(tiny_folder, tmp_path):
     return ["model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={FIXTURES / 'toy.tsv'}",
             "model.device=cpu", "model.dtype=float32",
-            f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none"]
+            f"paths.outputs={tmp_path / 'outputs'}", "score.plots=inline", "benchmark=none"]
 
 
 def composed(overrides: list[str], hydra: bool = False):

@@ -417,7 +417,7 @@ def test_the_command_line_runs_architectures_found_by_structure(tmp_path):
     overrides = tiny_overrides(folders[0], tmp_path)
     overrides[1] = f"model.name_or_path={','.join(map(str, folders))}"
     result = subprocess.run([sys.executable, "-m", "neuronxa.run", "-m", *overrides, "metric=nasca",
-                             "score.plots=false", "tracking.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                             "score.plots=off", "tracking.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("stage one: 2 written") == 3

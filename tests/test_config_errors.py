@@ -45,8 +45,7 @@ def test_a_run_with_good_options_passes(base):
                                  "converted to Integer); give a whole number"),
     (["score.level=high"], "score.level=high: wrong type (Value 'high' of type 'str' could not be converted to "
                            "Float); give a number"),
-    (["score.plots=maybe"], "score.plots=maybe: wrong type (Value 'maybe' is not a valid bool (type str)); give "
-                            "true or false"),
+    (["score.plots=maybe"], "score.plots=maybe: not a known value; choose inline or background or off"),
     (["dataset.languages=eng_Latn"], "dataset.languages=eng_Latn: wrong type (Invalid value assigned: str is not a "
                                      "ListConfig, list or tuple.); give a list such as [a,b]"),
     (["extract.batch_size=null"], "extract.batch_size=null: wrong type (field 'extract.batch_size' is not "

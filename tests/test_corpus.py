@@ -180,6 +180,44 @@ def test_an_edited_declaration_is_parsed_again(tmp_path):
     assert read_udhr(tmp_path).units["fra_Latn"]["1"].startswith("Chacun des")
 
 
+def same_corpus(a: ParallelCorpus, b: ParallelCorpus) -> bool:
+    """Same name, languages, source codes, units and texts, in the same order."""
+    return (a.name == b.name and list(a.units) == list(b.units) and a.source_codes == b.source_codes
+            and all(list(a.units[code].items()) == list(b.units[code].items()) for code in a.units))
+
+
+@pytest.mark.parametrize(("languages", "unit"), [(None, "article"), (["eng", "deu_1901", "cmn_hans"], "article"),
+                                                 (["eng_Latn", "fra_Latn"], "paragraph")])
+def test_parsed_declarations_kept_in_the_cache_give_the_same_corpus(tmp_path, monkeypatch, languages, unit):
+    parsed = read_udhr(FIXTURES / "udhr", languages, unit)
+    assert same_corpus(read_udhr(FIXTURES / "udhr", languages, unit, cache_dir=str(tmp_path)), parsed)
+    assert len(list((tmp_path / "udhr").glob(f"{unit}-*.json"))) == 1
+    monkeypatch.setattr("neuronxa.data.udhr._parse_file", lambda *_: pytest.fail("parsed again"))
+    assert same_corpus(read_udhr(FIXTURES / "udhr", languages, unit, cache_dir=str(tmp_path)), parsed)
+
+
+def test_an_edited_or_garbled_parse_is_parsed_again(tmp_path):
+    folder, cache = tmp_path / "udhr" / "declaration", tmp_path / "cache"
+    folder.mkdir(parents=True)
+    for name in ("eng.html", "fra.html"):
+        (folder / name).write_bytes((FIXTURES / "udhr" / "declaration" / name).read_bytes())
+    assert read_udhr(folder, cache_dir=str(cache)).units["fra_Latn"]["1"].startswith("Tous")
+    page = folder / "fra.html"
+    page.write_text(page.read_text().replace("Tous les", "Chacun des"))
+    os.utime(page, ns=(page.stat().st_atime_ns, page.stat().st_mtime_ns + 10**9))
+    assert read_udhr(folder, cache_dir=str(cache)).units["fra_Latn"]["1"].startswith("Chacun des")
+    for kept in (cache / "udhr").glob("*.json"):
+        kept.write_text("[[")
+    assert read_udhr(folder, cache_dir=str(cache)).units["fra_Latn"]["1"].startswith("Chacun des")
+
+
+@pytest.mark.skipif(not UDHR.is_dir(), reason="the udhr package is fetched by `make install`")
+def test_real_udhr_package_read_back_from_the_cache(tmp_path):
+    for _ in range(2):
+        cached = read_udhr(UDHR, cache_dir=str(tmp_path))
+    assert same_corpus(cached, read_udhr(UDHR))
+
+
 def test_split_holds_out_the_units_after_max_units():
     full = read_tsv(FIXTURES / "toy.tsv")
     scored, rest = full.split(2)

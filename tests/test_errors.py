@@ -68,7 +68,7 @@ def test_lm_eval_files_without_a_language_task_are_refused(tmp_path):
 ])
 def test_bad_options_fail_before_any_model_loads_even_on_a_warm_cache(tiny_folder, tmp_path, monkeypatch, override,
                                                                       message):
-    base = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca", "tracking.enabled=false", "score.plots=false"]
+    base = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca", "tracking.enabled=false", "score.plots=off"]
     align_task.run(composed(base), tmp_path / "warm")                 # the cache is warm now
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model loaded"))
     with pytest.raises(NeuronXAError, match=message):
@@ -76,13 +76,13 @@ def test_bad_options_fail_before_any_model_loads_even_on_a_warm_cache(tiny_folde
 
 
 def test_the_mlflow_run_spans_the_job_and_records_how_it_ended(tiny_folder, tmp_path):
-    base = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca", "score.plots=false"]
+    base = tiny_overrides(tiny_folder, tmp_path) + ["metric=nasca", "score.plots=off"]
     cfg = composed(base)
     align_task.run(cfg, tmp_path / "ok")
     bench = tmp_path / "bench.csv"
     bench.write_text("model,benchmark,language,value\nsomeone-else,xnli,fr,0.5\n")
     with pytest.raises(NeuronXAError, match="no benchmark results for model"):
-        align_task.run(composed(base[:-2] + ["metric=nasca", "score.plots=false", "benchmark=csv",
+        align_task.run(composed(base[:-2] + ["metric=nasca", "score.plots=off", "benchmark=csv",
                                              f"benchmark.path={bench}"]), tmp_path / "failed")
     client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -112,7 +112,7 @@ def test_ctrl_c_during_stage_one_says_what_is_cached_and_the_rerun_resumes(tiny_
     overrides = ["model=hf", f"model.name_or_path={tiny_folder}", "dataset=tsv", f"dataset.path={tsv}",
                  "model.device=cpu", "model.dtype=float32",
                  f"cache.dir={cache}", "extract.group_units=3", "benchmark=none", "tracking.enabled=false",
-                 f"hydra.run.dir={tmp_path / 'run'}", "metric=nasca", "score.plots=false"]
+                 f"hydra.run.dir={tmp_path / 'run'}", "metric=nasca", "score.plots=off"]
     process = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, *overrides], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

@@ -212,7 +212,7 @@ def test_a_tiny_moe_model_end_to_end_through_the_command_line(tmp_path):
              "toute personne a droit à la liberty"]))))
     base = ["model=hf", f"model.name_or_path={folder}", "dataset=tsv", f"dataset.path={corpus}",
             "model.device=cpu", "model.dtype=float32", f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none",
-            "tracking.enabled=false", "score.plots=false"]
+            "tracking.enabled=false", "score.plots=off"]
     align_task.run(composed(base + ["metric=routing"]), tmp_path / "align")
     scores = pd.read_csv(tmp_path / "align" / "scores.csv")
     assert set(scores.metric) == {"routing", "retrieval.routing.pivot_to_target", "retrieval.routing.target_to_pivot"}

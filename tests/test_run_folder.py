@@ -30,7 +30,7 @@ def test_the_console_shows_plain_lines_and_run_log_holds_them_with_the_corpus_as
                                                                                                     tmp_path):
     run = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "neuronxa.run", *tiny_overrides(tiny_folder, tmp_path),
-                             "metric=nasca", "score.plots=false", f"hydra.run.dir={run}"],
+                             "metric=nasca", "score.plots=off", f"hydra.run.dir={run}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     shown = result.stdout.splitlines()

@@ -136,6 +136,7 @@ COMMON: dict[str, Rule] = {
     "score.pivot": pivot,
     "score.languages": non_empty_languages,
     "score.layer_pool": one_of("mean", "max"),
+    "score.plots": one_of("inline", "background", "off"),
     "score.tsne_layer": at_least(0, "the middle layer"),
     "score.level": within(0, 1),
     "score.resamples": at_least(0),

@@ -177,7 +177,7 @@ class ScoreConfig:
     bootstrap: int = 2000
     permutations: int = 9999
     seed: int = 0
-    plots: bool = True
+    plots: str = "background"
 
 
 @dataclass

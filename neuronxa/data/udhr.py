@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 
+import fsspec
+
+from neuronxa import files
 from neuronxa.data.corpus import ParallelCorpus
 from neuronxa.data.languages import normalised_code
 from neuronxa.errors import NeuronXAError
@@ -107,27 +112,63 @@ def _choose_declaration(candidates: list[tuple[str, str]]) -> str:
     return sorted(candidates, key=lambda c: (not c[0].startswith(c[1]), len(c[0]), c[0]))[0][0]
 
 
-def read_udhr(path: str | Path, languages: list[str] | None = None, unit: str = "article") -> ParallelCorpus:
+Declaration = tuple[str, str, str, str, dict[str, str]]   # file stem, source code, ISO 639-3, corpus code, units
+PARSED_FORMAT = 1   # of the parsed declarations kept under the cache dir; a new format parses again
+
+
+def _declaration(file: Path, unit: str) -> Declaration:
+    """One declaration file's codes and units."""
+    parser = _parse_declaration(file)
+    units = _udhr_units(parser, unit)
+    source = parser.attributes.get("data-code", file.stem)
+    iso = parser.attributes.get("data-iso6393", source.split("_")[0])
+    undetermined = iso == "und"  # several unrelated varieties share "und": keep their own codes
+    code = source if undetermined else normalised_code(source, iso, " ".join(list(units.values())[:3]))
+    return file.stem, source, iso, code, units
+
+
+def _parsed_key(paths: list[Path], unit: str) -> str:
+    """A digest of the declaration files (names, sizes, modification times) and the unit."""
+    stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+    text = json.dumps([PARSED_FORMAT, str(paths[0].parent.resolve()), unit, stats])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _declarations(folder: Path, unit: str, cache_dir: str | None) -> list[Declaration]:
+    """Every declaration of the folder in file-name order; with ``cache_dir``, parsed once and kept there (one
+    JSON file keyed by the files' names, sizes and modification times, written atomically)."""
+    paths = sorted(folder.glob("*.html"))
+    if cache_dir is None:
+        return [_declaration(path, unit) for path in paths]
+    fs, root = fsspec.core.url_to_fs(str(cache_dir))
+    target = f"{root}/udhr/{unit}-{_parsed_key(paths, unit)}.json"
+    try:
+        return [tuple(entry) for entry in json.loads(fs.cat_file(target))]
+    except (FileNotFoundError, ValueError):   # not parsed yet, or a garbled file: parse again
+        parsed = [_declaration(path, unit) for path in paths]
+    with files.staged(target, fs) as staging:
+        with fs.open(staging, "w", encoding="utf-8") as out:
+            json.dump(parsed, out, ensure_ascii=False)
+    return parsed
+
+
+def read_udhr(path: str | Path, languages: list[str] | None = None, unit: str = "article", *,
+              cache_dir: str | None = None) -> ParallelCorpus:
     """The Universal Declaration of Human Rights from the ``udhr`` package's ``declaration/*.html`` files.
 
     With ``unit="paragraph"`` only translations whose paragraphs line up with the English ones are kept.
-    Units missing (empty) in any chosen language are dropped from all, with a warning.
+    Units missing (empty) in any chosen language are dropped from all, with a warning. With ``cache_dir`` the
+    parsed declarations are kept there and read back while the files are unchanged.
     """
     if unit not in ("article", "paragraph"):
         raise NeuronXAError(f"unit must be article or paragraph, not {unit!r}")
-    folder = _declaration_folder(Path(path))
-    english = _udhr_units(_parse_declaration(folder / "eng.html"), unit)
+    declarations = _declarations(_declaration_folder(Path(path)), unit, cache_dir)
+    english = next(units for stem, *_, units in declarations if stem == "eng")
     by_language: dict[str, list[tuple[str, str, dict[str, str]]]] = {}
     wanted = set(languages or [])
-    for file in sorted(folder.glob("*.html")):
-        parser = _parse_declaration(file)
-        units = _udhr_units(parser, unit)
-        if list(units) != list(english) and file.stem not in wanted:
+    for stem, source, iso, code, units in declarations:
+        if list(units) != list(english) and stem not in wanted:
             continue
-        source = parser.attributes.get("data-code", file.stem)
-        iso = parser.attributes.get("data-iso6393", source.split("_")[0])
-        undetermined = iso == "und"  # several unrelated varieties share "und": keep their own codes
-        code = source if undetermined else normalised_code(source, iso, " ".join(list(units.values())[:3]))
         by_language.setdefault(code, []).append((source, iso, units))
     corpus_units, sources = {}, {}
     for code, options in by_language.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from neuronxa.stage_one.models import ModelSpec, spec_from_config
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_two import registry, scoring
 from neuronxa.stage_two.correlation import Resampling, compare, correlate
-from neuronxa.tasks import plots, tracking
+from neuronxa.tasks import drawing, tracking
 from neuronxa.tasks.common import Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run, write_csv
 
 log = logging.getLogger(__name__)
@@ -105,32 +106,6 @@ def standin_results(cfg: DictConfig, texts: dict[str, list[str]]) -> pd.DataFram
                                   models_dir=cfg.paths.models)
 
 
-def make_plots(cfg: DictConfig, scores: pd.DataFrame, store: StateStore, *, folder: Path) -> list[Path]:
-    """Layer curves and a heatmap per metric, and a t-SNE of NAS beside hidden states (Figure 1)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    made = []
-    title = f"{scores.model.iloc[0]} · {scores.dataset.iloc[0]} · {cfg.pooling.name}"
-    for metric in scores.metric.unique():
-        if not registry.score(metric).headline:
-            continue
-        made.append(plots.layer_curves(scores, metric, folder / f"{metric}_by_layer.png",
-                                       title=f"{metric} · {title}"))
-        made.append(plots.heatmap(plots.by_layer(scores, metric), folder / f"{metric}_heatmap.png", f"{metric} · {title}"))
-    pivot = scores["pivot"].iloc[0]
-    target = cfg.score.tsne_language or scores.language.iloc[0]
-    layer = cfg.score.tsne_layer if cfg.score.tsne_layer is not None else store.n_layers(pivot) // 2
-    pivot_rows = {unit: row for row, unit in enumerate(store.ids(pivot))}
-    shared = [(pivot_rows[u], row) for row, u in enumerate(store.ids(target)) if u in pivot_rows]
-    panels = {}
-    for kind, label in (("hidden", "hidden states (embedding)"), ("nas", "neuron activation states (NAS)")):
-        X = store.read(pivot, kind, cfg.pooling.name, layer)[[p for p, _ in shared]]
-        Y = store.read(target, kind, cfg.pooling.name, layer)[[t for _, t in shared]]
-        panels[label] = (X, Y)
-    made.append(plots.tsne_pairs(panels, (pivot, target), folder / f"tsne_{target}_layer{layer}.png",
-                                 title=f"{pivot} vs {target}, layer {layer} · {title}"))
-    return made
-
-
 def _interval_cells(frame: pd.DataFrame, value: str) -> pd.Series:
     """'0.958 [0.91, 0.99]' per row."""
     return frame.apply(lambda row: f"{row[value]:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]", axis=1)
@@ -182,7 +157,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
 def prepare(cfg: DictConfig) -> Inputs:
     """What the job reads before a forward pass, so that a mistake in it costs none."""
     settings = resampling(cfg)
-    corpus, rest = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus, rest = load_corpus(cfg.dataset, cfg.dataset.get("max_units"), cache_dir=cfg.cache.dir)
     pivot = pivot_language(cfg, corpus)
     corpus.validate(pivot)
     targets = target_languages(cfg, corpus)
@@ -213,9 +188,9 @@ def align(cfg: DictConfig, folder: Path) -> Logged:
     tables = {"scores": scores, "summary": summary, "differences": differences, "correlations": correlations,
               "comparisons": comparisons, "benchmarks": results}
     files = [write_csv(frame, folder / f"{name}.csv") for name, frame in tables.items() if frame is not None]
-    if cfg.score.plots:
-        files += make_plots(cfg, scores, store, folder=folder / "plots")
-        files += interval_plots(summary, correlations, folder / "plots")
+    if cfg.score.plots == "inline":
+        tables = {"scores": scores, "summary": summary, "correlations": correlations}
+        files += drawing.all_plots(cfg, tables, store, folder / "plots")
     log.info(f"\nrun folder: {folder}")
     values, series = tracking.score_metrics(summary, scores)
     if correlations is not None:
@@ -225,17 +200,5 @@ def align(cfg: DictConfig, folder: Path) -> Logged:
     step = models.training_step(spec_from_config(cfg.model))
     if step is not None:
         tags["step"] = str(step)   # a checkpoint of a training run (experiments/fig3.py plots against it)
-    return Logged(tags, values, series, files=files, corpora={"evaluation": inputs.corpus})
-
-
-def interval_plots(summary: pd.DataFrame, correlations: pd.DataFrame | None, folder: Path) -> list[Path]:
-    """The alignment scores with their intervals per language, and each correlation with its interval."""
-    shares = summary[summary.metric.isin(registry.of_kind("alignment"))]
-    made = []
-    if len(shares) and shares.ci_low.notna().any():
-        made.append(plots.score_intervals(shares, folder / "alignment_intervals.png",
-                                          f"layer-pooled alignment, {summary.model.iloc[0]}"))
-    if correlations is not None and correlations.pearson_ci_low.notna().any():
-        made.append(plots.correlation_intervals(correlations, folder / "correlation_intervals.png",
-                                                f"correlation with downstream results, {summary.model.iloc[0]}"))
-    return made
+    later = partial(drawing.in_background, folder, uri=cfg.tracking.uri) if cfg.score.plots == "background" else None
+    return Logged(tags, values, series, files=files, corpora={"evaluation": inputs.corpus}, then=later)

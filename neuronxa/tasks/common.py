@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
 
 
-def load_corpus(dataset: DictConfig, max_units: int | None = None) -> tuple[ParallelCorpus, ParallelCorpus]:
+def load_corpus(dataset: DictConfig, max_units: int | None = None, *,
+                cache_dir: str | None = None) -> tuple[ParallelCorpus, ParallelCorpus]:
     """The configured corpus with its languages, read once and split into the first ``max_units`` units per
-    language (scored) and the units after them (held out)."""
+    language (scored) and the units after them (held out); the UDHR's parsed declarations are kept in
+    ``cache_dir``."""
     options = {name: dataset[name] for name in _READER_OPTIONS.get(dataset.name, ())}
+    if dataset.name == "udhr" and cache_dir is not None:
+        options["cache_dir"] = cache_dir
     languages = list(dataset.languages) if dataset.get("languages") else None
     return read_corpus(dataset.name, dataset.path, languages, **options).split(max_units)
 
@@ -105,7 +109,9 @@ def tracked_run(cfg: DictConfig, folder: Path, run_name: str, *, job: Callable[[
     with the flattened config as params, and closed with the job's status; the corpora the job read become the
     run's datasets."""
     if not cfg.tracking.enabled:
-        job(cfg, folder)
+        logged = job(cfg, folder)
+        if logged.then is not None:
+            logged.then(None)
         return
     tracking.check_reachable(cfg.tracking.uri)
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -116,6 +122,8 @@ def tracked_run(cfg: DictConfig, folder: Path, run_name: str, *, job: Callable[[
         recorder.record(logged, source=corpus_source(cfg))
     log.info(f"MLflow run {recorder.run_id} in experiment {cfg.tracking.experiment!r} ({cfg.tracking.uri}); "
              "`make ui` to browse")
+    if logged.then is not None:
+        logged.then(recorder.run_id)
 
 
 def corpus_source(cfg: DictConfig) -> str:

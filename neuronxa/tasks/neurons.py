@@ -82,7 +82,7 @@ def task_dataset(cfg: DictConfig) -> DictConfig:
 
 def task_corpus(cfg: DictConfig) -> tuple[ParallelCorpus, ParallelCorpus]:
     """The corpus restricted to the task's languages, and its held-out units (after ``dataset.max_units``)."""
-    corpus, rest = load_corpus(task_dataset(cfg), cfg.dataset.get("max_units"))
+    corpus, rest = load_corpus(task_dataset(cfg), cfg.dataset.get("max_units"), cache_dir=cfg.cache.dir)
     corpus.validate()
     return corpus, rest
 

@@ -27,7 +27,7 @@ def run(cfg: DictConfig, folder: Path) -> None:
 def every_pair(cfg: DictConfig, folder: Path) -> Logged:
     """Corpus, stage one, the pairwise scores; the table and plots in ``folder``; returns what to log."""
     chosen = pairwise.chosen_metrics(list(cfg.metric.names))
-    corpus, _ = load_corpus(cfg.dataset, cfg.dataset.get("max_units"))
+    corpus, _ = load_corpus(cfg.dataset, cfg.dataset.get("max_units"), cache_dir=cfg.cache.dir)
     corpus.validate(None)
     languages = target_languages(cfg, corpus)
     store = stage_one(cfg, cfg.model, corpus)
@@ -52,7 +52,7 @@ def shown(cfg: DictConfig, pairs: pd.DataFrame, folder: Path) -> list[Path]:
             log.info(f"\n{metric}, every language as pivot (rows) against every target (columns), "
                   f"{cfg.score.layer_pool} over layers, n = {int(pairs.n.iloc[0])} shared units:")
             log.info(pairwise.matrix(pairs, metric).to_string(float_format="{:.2f}".format))
-            if cfg.score.plots:
+            if cfg.score.plots != "off":   # drawn here, also for background: a heatmap per metric
                 made.append(plots.clustered_heatmap(pairwise.matrix(pairs, metric), folder / f"{metric}_pairwise.png",
                                                     f"{metric} · {model_name(cfg)} · {pairs.dataset.iloc[0]}"))
     return made

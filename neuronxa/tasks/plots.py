@@ -59,6 +59,7 @@ def _saved(fig, path: Path) -> Path:
     fig.tight_layout()
     if fit_titles(fig):
         fig.tight_layout()
+    fig.set_layout_engine(None)   # laid out: else savefig draws the figure twice (once for a layout engine)
     fig.savefig(path, dpi=120)
     return path
 
@@ -121,11 +122,13 @@ def _tsne(points: bytes, shape: tuple[int, int], seed: int) -> np.ndarray:
     """2-D t-SNE (cosine) of the rows; memoised on their bytes, so the jobs of a sweep that plot the same
     states (one pooling, several metrics) fit it once."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     data = np.frombuffer(points, dtype=np.float64).reshape(shape)
     perplexity = max(2.0, min(30.0, (len(data) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                metric="cosine").fit_transform(data)
+    with threadpool_limits(1):   # a few dozen points: OpenMP threads mostly wait on each other (10× slower on 2 cores)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    metric="cosine").fit_transform(data)
 
 
 def stacked_by_layer(table: pd.DataFrame, path: Path, title: str) -> Path:

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +26,15 @@ EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_deve
 
 @dataclass
 class Logged:
-    """What a job hands to its MLflow run: tags, single values, (name, value, step) series, files, and the corpora
-    it read by what it did with them (``evaluation``, ``training``)."""
+    """What a job hands to its MLflow run: tags, single values, (name, value, step) series, files, the corpora
+    it read by what it did with them (``evaluation``, ``training``), and what to start once the run is recorded
+    and ended (``then``, called with the run's id; None when tracking is off)."""
     tags: dict[str, str]
     values: dict[str, float] = field(default_factory=dict)
     series: list[tuple[str, float, int]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list, kw_only=True)
     corpora: dict[str, ParallelCorpus] = field(default_factory=dict, kw_only=True)
+    then: Callable[[str | None], None] | None = field(default=None, kw_only=True)
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
