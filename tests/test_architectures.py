@@ -455,7 +455,7 @@ def cli_stage_one(folder, tmp_path):
         f"u{i}\t" + "\t".join(SENTENCES[rows[i]] for rows in CLI_LANGUAGES.values()) + "\n" for i in range(2)))
     overrides = ["model=hf", f"model.name_or_path={folder}", "dataset=tsv", f"dataset.path={corpus}",
                  "model.device=cpu", "model.dtype=float32", f"paths.outputs={tmp_path / 'outputs'}",
-                 "benchmark=none", "metric=nasca", "pooling=mean", "score.plots=false", "tracking.enabled=false"]
+                 "benchmark=none", "metric=nasca", "pooling=mean", "score.plots=off", "tracking.enabled=false"]
     check_command_line(overrides)
     cfg = composed(overrides)
     task_function(cfg.task.name)(cfg, tmp_path / "run")
