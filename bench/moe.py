@@ -2,7 +2,8 @@
 module receives, routing weights) ÷ a bare forward pass, on a small random Qwen3-MoE-like model, and the cache's
 bytes per stored value for its E·I-wide layers.
 
-    moe_over_bare: pooled_states ÷ bare forward over the same batches (best of interleaved rounds; target ≤ 1.25)
+    moe_over_bare: pooled_states ÷ bare forward over the same batches (best of interleaved rounds; target ≤ 1.25);
+        moe_over_bare_rounds: each round's ratio
     moe_bytes_per_value: cache bytes on disk per stored value of the MoE model's entries
 """
 
@@ -51,4 +52,6 @@ def moe_figures(tokenizer, texts: list[str], *, quick: bool, batch_size: int, ro
         size = store.fs.du(store.path)
     return {"moe_model": f"qwen3_moe {model.config.num_experts}x{model.config.moe_intermediate_size}",
             "moe_bare_seconds": min(bares), "moe_probed_seconds": min(probed),
-            "moe_over_bare": min(probed) / min(bares), "moe_bytes_per_value": size / values}
+            "moe_over_bare": min(probed) / min(bares),
+            "moe_over_bare_rounds": " ".join(f"{p / b:.3f}" for p, b in zip(probed, bares)),
+            "moe_bytes_per_value": size / values}

@@ -13,6 +13,7 @@ from helpers import POOLS, composed, pool_by_hand, recomputed_experts, tiny_toke
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene, mean_activations
+from neuronxa.stage_one.experts import pooled_rows
 from neuronxa.stage_one.forward import activation_counts, pooled_states
 from neuronxa.stage_one.probes import layer_widths, submodule
 from neuronxa.stage_one.store import StateStore
@@ -102,6 +103,29 @@ def test_pooled_expert_neurons_and_routing_equal_a_recomputation(moe):
             for pooling in POOLS:
                 np.testing.assert_allclose(states[kind][pooling][layer], expected[layer][kind][pooling],
                                            rtol=1e-4, atol=1e-5, err_msg=f"{model_type} {kind} {pooling} {layer}")
+
+
+@pytest.mark.parametrize("implementation", ["eager", "batched_mm"])
+def test_every_experts_implementation_gives_the_recomputed_states(moe, implementation):
+    """a and z read from the rows the model computes (grouped_mm, the default, and batched_mm) or recomputed per
+    expert (eager, which computes them expert by expert) are the same states."""
+    model_type, model, tokenizer = moe
+    model = copy.deepcopy(model)
+    model.set_experts_implementation(implementation)
+    states = pooled_states(model, tokenizer, SENTENCES, batch_size=2)
+    for layer, expected in recomputed_experts(model, tokenizer, SENTENCES).items():
+        for kind in ("nas", "nav"):
+            np.testing.assert_allclose(states[kind]["weighted"][layer], expected[kind]["weighted"], rtol=1e-4,
+                                       atol=1e-5, err_msg=f"{model_type} {implementation} {kind} {layer}")
+
+
+def test_a_token_routed_twice_to_one_expert_counts_once():
+    a = torch.tensor([[1.0, -1.0], [1.0, -1.0], [-2.0, 3.0]])   # rows: (token 0, e1), again (token 0, e1), (1, e0)
+    rows = (a, 2 * a, torch.tensor([0, 0, 1]), torch.tensor([1, 1, 0]))
+    weights = torch.tensor([[[0.25, 0.75]]])   # one pooling, one sentence of two tokens
+    pooled = pooled_rows(weights, rows, 2, ("nas", "nav"))
+    torch.testing.assert_close(pooled["nas"], torch.tensor([[[0.0, 0.75, 0.25, 0.0]]]))
+    torch.testing.assert_close(pooled["nav"], torch.tensor([[[3.0, 4.5, 0.5, 0.5]]]))
 
 
 def chosen_neurons(model, model_type):

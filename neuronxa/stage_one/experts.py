@@ -1,13 +1,14 @@
-"""Mixture-of-experts layers: a neuron is (expert, unit), probed from what the experts module receives.
+"""Mixture-of-experts layers: a neuron is (expert, unit), probed from what the experts module computes.
 
 transformers stores a layer's routed experts in one ``*Experts`` module holding ``gate_up_proj`` (E, 2I, H) and
 ``down_proj`` (E, H, I) (transposed, with biases and gate/up interleaved for gpt_oss); its forward receives the
-flat tokens, ``top_k_index`` and ``top_k_weights``. A forward pre-hook on it recomputes, for the routed (token,
-expert) pairs only, the expert's activation ``a`` and the down projection's input ``z`` from the expert's weights,
-and pools them straight into (poolings, batch, E·I): neuron ``e·I + j`` is unit j of expert e, and is inactive
-(NAS 0, NAV 0) on every token not routed to e. The shared experts' units follow (``E·I + j``), probed like a
-dense FFN. ``z`` does not include the routing weight: the model multiplies the expert's *output* by it, after the
-down projection, so ``z`` is the down projection's input exactly as the model computes it.
+flat tokens, ``top_k_index`` and ``top_k_weights``. Its grouped_mm and batched_mm implementations (the default
+is grouped_mm) pass the gate_up rows of all routed (token, expert) pairs through ``_apply_gate`` once: the
+probe reads a and z there, as the model computes them. Otherwise (eager) a forward pre-hook recomputes them from
+the expert's weights, for the routed pairs only. Either way they are pooled straight into (poolings, batch, E·I)
+by one sparse product: neuron ``e·I + j`` is unit j of expert e, inactive (NAS 0, NAV 0) on every token not
+routed to e. The shared experts' units follow (``E·I + j``), probed like a dense FFN. ``z`` is the down
+projection's input: the model multiplies the expert's *output* by the routing weight, after the down projection.
 
 Routing (kind ``routing``) is the sentence's pooled routing weights over the E experts: per token, the weights
 the model gives its top-k experts (``top_k_weights``), 0 for the others.
@@ -15,94 +16,16 @@ the model gives its top-k experts (``top_k_weights``), 0 for the others.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
+from neuronxa.stage_one.expert_blocks import expert_shape, experts_module, shared_module, shared_sites
 from neuronxa.stage_one.pooling import pool
-from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
-
-
-def experts_module(ffn: nn.Module) -> nn.Module | None:
-    """The routed experts of an FFN block (one module with 3-D ``gate_up_proj``/``down_proj``), or None."""
-    experts = getattr(ffn, "experts", None)
-    weight = getattr(experts, "gate_up_proj", None)
-    return experts if isinstance(weight, torch.Tensor) and weight.dim() == 3 else None
-
-
-def probed(block: nn.Module) -> bool:
-    """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
-    tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``)."""
-    found = experts_module(block)
-    if found is None:
-        return False
-    called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
-    act = getattr(found, "act_fn", None)
-    known = _one_argument(act) if act is not None else hasattr(found, "limit") and hasattr(found, "alpha")
-    return len(called) >= 3 and known and readable_rest(block)
-
-
-def _one_argument(act) -> bool:
-    """Whether ``act`` is an activation (a module or function) of one tensor."""
-    if act is None:
-        return False
-    called = inspect.signature(act.forward if isinstance(act, nn.Module) else act).parameters.values()
-    return len([p for p in called if p.default is p.empty and p.kind <= p.POSITIONAL_OR_KEYWORD]) == 1
-
-
-def hidden_size(experts: nn.Module) -> int:
-    """H: the width of the tokens the experts receive (and give back)."""
-    down = experts.down_proj
-    return down.shape[2] if getattr(experts, "is_transposed", False) else down.shape[1]
-
-
-def shared_module(ffn: nn.Module) -> nn.Module | None:
-    """The shared experts of an MoE block, found by structure: its child besides the routed experts that is a
-    dense FFN (a down projection to the hidden size, input projections from it), or None."""
-    routed = experts_module(ffn)
-    hidden = hidden_size(routed)
-    return next((child for child in ffn.children() if child is not routed and projections(child, hidden)), None)
-
-
-def readable_rest(block: nn.Module) -> bool:
-    """Whether every child of an MoE block besides its routed experts is a router or gate (weights of at most two
-    dimensions, none writing to the hidden size: nothing the block adds to its output) or its shared experts with
-    an activation module of one argument."""
-    routed, shared = experts_module(block), shared_module(block)
-    hidden = hidden_size(routed)
-    for child in block.children():
-        if child is shared:
-            if not _one_argument(getattr(child, act_module(child) or "", None)):
-                return False
-        elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
-                                         for p in child.parameters()):
-            return False
-    return True
-
-
-def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The activation module and the down projection of an MoE block's shared experts."""
-    shared = shared_module(ffn)
-    down = projections(shared, hidden_size(experts_module(ffn)))[0]
-    return submodule(shared, act_module(shared)), submodule(shared, down)
-
-
-def expert_shape(experts: nn.Module) -> tuple[int, int]:
-    """(E, I): experts and units per expert (the down projection's input width)."""
-    down = experts.down_proj
-    return down.shape[0], down.shape[1] if getattr(experts, "is_transposed", False) else down.shape[2]
-
-
-def moe_width(ffn: nn.Module) -> int:
-    """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
-    n_experts, units = expert_shape(experts_module(ffn))
-    shared = shared_module(ffn)
-    return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)
 
 
 def gate_up(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +34,11 @@ def gate_up(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Ten
     out = x @ weight if getattr(experts, "is_transposed", False) else x @ weight.T
     if getattr(experts, "has_bias", False):
         out = out + experts.gate_up_proj_bias[expert]
+    return split_gate_up(experts, out)
+
+
+def split_gate_up(experts: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate, up) halves of gate_up rows: concatenated, or interleaved (gpt_oss)."""
     if getattr(experts, "is_concatenated", True):
         return out.chunk(2, dim=-1)
     return out[..., ::2], out[..., 1::2]
@@ -139,24 +67,63 @@ def routed_pairs(top_k_index: torch.Tensor, n_experts: int) -> list[tuple[int, t
     return pairs
 
 
-def pooled_experts(experts: nn.Module, weights: torch.Tensor, x: torch.Tensor, top_k_index: torch.Tensor,
-                   kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """NAS and NAV of the routed experts pooled by ``weights`` (poolings, batch, tokens) over flat tokens x
-    (batch·tokens, H): ``kind -> (poolings, batch, E·I)``, float32, computed for the routed pairs only."""
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]   # routed pairs' a, z (pairs, I), token, expert
+
+
+def reads_gate(experts: nn.Module) -> bool:
+    """Whether the gate_up rows of all routed pairs pass through ``_apply_gate`` in one call (to be read there)."""
+    implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+    return implementation in ("grouped_mm", "batched_mm") and getattr(experts, "has_gate", False) and hasattr(type(experts), "_apply_gate")
+
+
+def read_rows(experts: nn.Module, gate_up_rows: torch.Tensor, z: torch.Tensor, top_k_index: torch.Tensor,
+              a: torch.Tensor | None = None) -> Rows:
+    """The rows the model computed, sorted by expert (grouped_mm: the model's own ``torch.sort``) or in token order
+    (batched_mm); z as ``_apply_gate`` returned it, a as its activation module gave it (else from the gate half)."""
+    flat = top_k_index.reshape(-1)
+    if experts.config._experts_implementation == "grouped_mm":
+        expert, order = torch.sort(flat)
+    else:
+        expert, order = flat, torch.arange(len(flat), device=flat.device)
+    if a is None or a.shape != z.shape:
+        a, _ = activation(experts, *split_gate_up(experts, gate_up_rows))
+    return a, z, order // top_k_index.shape[1], expert
+
+
+def recomputed_rows(experts: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor) -> Rows:
+    """a and z of the routed pairs recomputed from each expert's weights (any experts implementation)."""
     n_experts, units = expert_shape(experts)
-    poolings, batch, tokens = weights.shape
-    flat = weights.reshape(poolings, batch * tokens).to(torch.float32)
-    out = {kind: torch.zeros(poolings, batch, n_experts, units, device=x.device) for kind in ("nas", "nav")
-           if kind in kinds}
+    none = top_k_index.new_zeros(0)
+    parts = [(x.new_zeros(0, units), x.new_zeros(0, units), none, none)]   # no pair routed: no rows
     for expert, token, _ in routed_pairs(top_k_index, n_experts):
-        token = torch.unique(token)   # a token routed to one expert in two slots (hash routing) has one a
         a, multiplier = activation(experts, *gate_up(experts, expert, x[token]))
-        z = a * multiplier
-        sentence, w = torch.div(token, tokens, rounding_mode="floor"), flat[:, token, None]
-        for kind, value in (("nas", a > 0), ("nav", z.abs())):
-            if kind in kinds:
-                out[kind][:, :, expert].index_add_(1, sentence, w * value.to(torch.float32))
-    return {kind: pooled.reshape(poolings, batch, n_experts * units) for kind, pooled in out.items()}
+        parts.append((a, a * multiplier, token, torch.full_like(token, expert)))
+    return tuple(torch.cat(part) for part in zip(*parts))
+
+
+def first_of_each(key: torch.Tensor) -> torch.Tensor:
+    """True at the first occurrence of each value (a token routed to one expert in two slots has one a)."""
+    order = torch.argsort(key, stable=True)
+    repeated = torch.zeros_like(key, dtype=torch.bool)
+    repeated[order[1:]] = key[order[1:]] == key[order[:-1]]
+    return ~repeated
+
+
+def pooled_rows(weights: torch.Tensor, rows: Rows, n_experts: int, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """NAS and NAV of the routed pairs' rows pooled by ``weights`` (poolings, batch, tokens) into
+    ``kind -> (poolings, batch, E·I)``, float32: one sparse product (a weight per pooling and pair, placed at the
+    pair's sentence and expert) with all the rows, padding slots and repeated pairs left out."""
+    a, z, token, expert = rows
+    poolings, batch, tokens = weights.shape
+    kept = torch.nonzero((expert < n_experts) & first_of_each(token * (n_experts + 1) + expert)).squeeze(1)
+    target = torch.div(token[kept], tokens, rounding_mode="floor") * n_experts + expert[kept]
+    place = torch.arange(poolings, device=a.device)[:, None] * (batch * n_experts) + target
+    spread = torch.sparse_coo_tensor(torch.stack([place.reshape(-1), kept.repeat(poolings)]),
+                                     weights.reshape(poolings, -1)[:, token[kept]].reshape(-1).to(torch.float32),
+                                     (poolings * batch * n_experts, len(token)), check_invariants=False)
+    values = {"nas": lambda: a > 0, "nav": lambda: z.abs()}
+    return {kind: (spread @ values[kind]().to(torch.float32)).reshape(poolings, batch, -1)
+            for kind in ("nas", "nav") if kind in kinds}
 
 
 def pooled_routing(weights: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
@@ -171,35 +138,57 @@ def pooled_routing(weights: torch.Tensor, top_k_index: torch.Tensor, top_k_weigh
 
 def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], store: Store,
               kinds: tuple[str, ...]) -> list:
-    """Hooks that pool one MoE block's NAS, NAV (routed experts, then shared) and routing into ``store``."""
+    """Hooks that pool one MoE block's NAS, NAV (routed experts, then shared) and routing into ``store``; a and z
+    are read in ``_apply_gate`` where all routed rows pass through it, else recomputed for the routed pairs."""
     experts, shared = experts_module(ffn), shared_module(ffn)
-    parts: dict[str, list[torch.Tensor]] = {}
+    routed: dict[str, torch.Tensor] = {}            # kind -> the routed experts' pooled states
+    parts: dict[str, list[torch.Tensor]] = {}       # kind -> the shared experts' pooled states
+    held, n_experts = {}, expert_shape(experts)[0]   # held: what the experts module received, its activation
 
     def on_experts(module, args, kwargs):
         x, index, routing = _experts_inputs(args, kwargs)
-        w = weights(x.device)
-        for kind, pooled in pooled_experts(module, w, x, index, kinds).items():
-            parts.setdefault(kind, []).insert(0, pooled)
+        held.update(weights=weights(x.device), index=index)
+        if not reads_gate(module):
+            routed.update(pooled_rows(held["weights"], recomputed_rows(module, x, index), n_experts, kinds))
         if "routing" in kinds:
-            store("routing", pooled_routing(w, index, routing, expert_shape(module)[0]))
+            store("routing", pooled_routing(held["weights"], index, routing, n_experts))
 
+    def on_gate(gate_up_rows: torch.Tensor) -> torch.Tensor:
+        held.pop("a", None)
+        z = type(experts)._apply_gate(experts, gate_up_rows)
+        if reads_gate(experts):
+            rows = read_rows(experts, gate_up_rows, z, held["index"], held.pop("a", None))
+            routed.update(pooled_rows(held["weights"], rows, n_experts, kinds))
+        return z
+
+    def on_block(module, inputs, output):
+        for kind, pooled in routed.items():
+            store(kind, torch.cat([pooled, *parts.get(kind, [])], dim=-1))
+
+    handles = [ffn.register_forward_pre_hook(lambda module, inputs: parts.clear() or routed.clear()),  # none left
+               experts.register_forward_pre_hook(on_experts, with_kwargs=True)]
+    if hasattr(type(experts), "_apply_gate"):
+        experts.__dict__["_apply_gate"] = on_gate   # over the class's, while the probe is attached
+        handles.append(SimpleNamespace(remove=lambda: experts.__dict__.pop("_apply_gate", None)))
+        if isinstance(getattr(experts, "act_fn", None), nn.Module):   # a as the model computes it in _apply_gate
+            handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
+    if shared is not None:
+        handles += _shared_hooks(ffn, weights, parts, kinds)
+    handles.append(ffn.register_forward_hook(on_block))
+    return handles
+
+
+def _shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
+                  parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
+    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts')."""
     def on_shared(kind: str, value: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor) -> None:
         if kind in kinds:
             w = weights(states.device)
             parts.setdefault(kind, []).append(pool(w, value(states).reshape(*w.shape[1:], -1)))
 
-    def on_block(module, inputs, output):
-        for kind, pooled in parts.items():
-            store(kind, torch.cat(pooled, dim=-1))
-
-    handles = [ffn.register_forward_pre_hook(lambda module, inputs: parts.clear()),   # nothing left from a failed pass
-               experts.register_forward_pre_hook(on_experts, with_kwargs=True)]
-    if shared is not None:
-        act, down = shared_sites(ffn)
-        handles.append(act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: s > 0, out)))
-        handles.append(down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0])))
-    handles.append(ffn.register_forward_hook(on_block))
-    return handles
+    act, down = shared_sites(ffn)
+    return [act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: s > 0, out)),
+            down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
 
 
 def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

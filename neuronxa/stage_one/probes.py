@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import experts
+from neuronxa.stage_one import expert_blocks, experts
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
     Sites,
@@ -97,7 +97,7 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
         if not len(neurons):
             continue
         ffn = submodule(layer, found.ffn)
-        if experts.probed(ffn):
+        if expert_blocks.probed(ffn):
             handles += experts.edit_hooks(ffn, neurons, edit)
         else:
             handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
@@ -149,7 +149,7 @@ class PoolingProbe:
 
     def _hooks(self, index: int, layer: nn.Module) -> list:
         ffn = submodule(layer, self.arch.ffn)
-        if experts.probed(ffn):
+        if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
             return experts.moe_hooks(ffn, self._weights_on, store, self.kinds) + self._layer_hooks(index, layer)
         a_is_z = not self.arch.gated

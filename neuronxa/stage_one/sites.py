@@ -12,7 +12,7 @@ neuron count. Found by structure:
 - the activation: an activation module of the FFN (parameter-free or not, e.g. xIELU); where ``a`` is computed by a
   plain function, it is the gate projection's output through the config's activation (``hidden_act``), or, when
   not gated, the down projection's input;
-- mixture-of-experts layers: an FFN block with routed experts that experts.py reads (``experts.probed``); dense
+- mixture-of-experts layers: an FFN block with routed experts that experts.py reads (``expert_blocks.probed``); dense
   and MoE layers may mix at one FFN path, the dense fields of ``Sites`` describing the first dense layer (all-MoE:
   the experts module's). Other MoE blocks (e.g. a list of per-expert modules) are refused in one line.
 """
@@ -26,7 +26,7 @@ from weakref import WeakKeyDictionary
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import experts
+from neuronxa.stage_one import expert_blocks
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 
 __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
@@ -95,7 +95,7 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if name and experts.experts_module(module) is not None:
+        if name and expert_blocks.experts_module(module) is not None:
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
                 and projections(module, hidden):
@@ -106,7 +106,7 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
     """One line for a mixture-of-experts block that experts.py cannot probe."""
     for index, layer in enumerate(layers):
-        probed = [module for module in layer.modules() if experts.probed(module)]
+        probed = [module for module in layer.modules() if expert_blocks.probed(module)]
         inside = {id(sub) for module in probed for sub in module.modules()}
         for name, module in layer.named_modules():
             if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside:
@@ -163,7 +163,7 @@ def _search(model: nn.Module) -> Sites:
     _refuse_moe(model, layers, path)
     hidden = _hidden_size(model)
     ffn_path = _ffn_of_every_layer(model, layers, path, hidden)
-    ffns = [ffn for ffn in (submodule(layer, ffn_path) for layer in layers) if not experts.probed(ffn)]
+    ffns = [ffn for ffn in (submodule(layer, ffn_path) for layer in layers) if not expert_blocks.probed(ffn)]
     if not ffns:
         return _moe_sites(path, ffn_path, submodule(layers[0], ffn_path))
     down, inputs, width = projections(ffns[0], hidden)
@@ -181,7 +181,7 @@ def _search(model: nn.Module) -> Sites:
 def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
     """The sites of a model whose every layer is a mixture of experts: those of the experts module (its a, where
     an activation module computes it, and its 3-D projections)."""
-    act = "experts.act_fn" if hasattr(experts.experts_module(block), "act_fn") else None
+    act = "experts.act_fn" if hasattr(expert_blocks.experts_module(block), "act_fn") else None
     return Sites(path, ffn_path, act, "experts.down_proj", True, "experts.gate_up_proj", "experts.gate_up_proj")
 
 
@@ -212,7 +212,7 @@ def layer_widths(model: nn.Module) -> list[int]:
     """Neurons per layer: the input width of a dense layer's down projection, E·I (+ shared units) of a
     mixture-of-experts one."""
     down = architecture(model).down
-    return [experts.moe_width(ffn) if experts.probed(ffn) else widths(submodule(ffn, down))[0]
+    return [expert_blocks.moe_width(ffn) if expert_blocks.probed(ffn) else widths(submodule(ffn, down))[0]
             for ffn in ffns(model)]
 
 
@@ -223,7 +223,7 @@ def ffn_width(model: nn.Module) -> int:
 
 def has_experts(model: nn.Module) -> bool:
     """Whether some decoder layer is a mixture of experts."""
-    return any(experts.probed(ffn) for ffn in ffns(model))
+    return any(expert_blocks.probed(ffn) for ffn in ffns(model))
 
 
 def module_paths(model: nn.Module) -> dict[str, str]:
@@ -238,7 +238,7 @@ def module_paths(model: nn.Module) -> dict[str, str]:
     else:
         nas = down
     paths = {"nas": nas, "nav": down if found.gated or found.act is None else nas}
-    moe = [experts.probed(block) for block in ffns(model)]
+    moe = [expert_blocks.probed(block) for block in ffns(model)]
     if any(moe):
         routed = f"a and z of the routed experts from {ffn}.experts (input), then the shared experts'"
         paths = {kind: routed if all(moe) else f"{path}; MoE layers: {routed}" for kind, path in paths.items()}

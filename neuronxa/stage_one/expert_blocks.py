@@ -1,0 +1,90 @@
+"""What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights),
+its shared experts (a dense FFN beside them), whether the rest is only routers (so that the block can be read),
+and its neurons' count (E·I routed units, then the shared experts')."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from neuronxa.stage_one.structure import act_module, projections, submodule, widths
+
+
+def experts_module(ffn: nn.Module) -> nn.Module | None:
+    """The routed experts of an FFN block (one module with 3-D ``gate_up_proj``/``down_proj``), or None."""
+    experts = getattr(ffn, "experts", None)
+    weight = getattr(experts, "gate_up_proj", None)
+    return experts if isinstance(weight, torch.Tensor) and weight.dim() == 3 else None
+
+
+def probed(block: nn.Module) -> bool:
+    """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
+    tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
+    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``)."""
+    found = experts_module(block)
+    if found is None:
+        return False
+    called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
+    act = getattr(found, "act_fn", None)
+    known = _one_argument(act) if act is not None else hasattr(found, "limit") and hasattr(found, "alpha")
+    return len(called) >= 3 and known and readable_rest(block)
+
+
+def _one_argument(act) -> bool:
+    """Whether ``act`` is an activation (a module or function) of one tensor."""
+    if act is None:
+        return False
+    called = inspect.signature(act.forward if isinstance(act, nn.Module) else act).parameters.values()
+    return len([p for p in called if p.default is p.empty and p.kind <= p.POSITIONAL_OR_KEYWORD]) == 1
+
+
+def hidden_size(experts: nn.Module) -> int:
+    """H: the width of the tokens the experts receive (and give back)."""
+    down = experts.down_proj
+    return down.shape[2] if getattr(experts, "is_transposed", False) else down.shape[1]
+
+
+def shared_module(ffn: nn.Module) -> nn.Module | None:
+    """The shared experts of an MoE block, found by structure: its child besides the routed experts that is a
+    dense FFN (a down projection to the hidden size, input projections from it), or None."""
+    routed = experts_module(ffn)
+    hidden = hidden_size(routed)
+    return next((child for child in ffn.children() if child is not routed and projections(child, hidden)), None)
+
+
+def readable_rest(block: nn.Module) -> bool:
+    """Whether every child of an MoE block besides its routed experts is a router or gate (weights of at most two
+    dimensions, none writing to the hidden size: nothing the block adds to its output) or its shared experts with
+    an activation module of one argument."""
+    routed, shared = experts_module(block), shared_module(block)
+    hidden = hidden_size(routed)
+    for child in block.children():
+        if child is shared:
+            if not _one_argument(getattr(child, act_module(child) or "", None)):
+                return False
+        elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
+                                         for p in child.parameters()):
+            return False
+    return True
+
+
+def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The activation module and the down projection of an MoE block's shared experts."""
+    shared = shared_module(ffn)
+    down = projections(shared, hidden_size(experts_module(ffn)))[0]
+    return submodule(shared, act_module(shared)), submodule(shared, down)
+
+
+def expert_shape(experts: nn.Module) -> tuple[int, int]:
+    """(E, I): experts and units per expert (the down projection's input width)."""
+    down = experts.down_proj
+    return down.shape[0], down.shape[1] if getattr(experts, "is_transposed", False) else down.shape[2]
+
+
+def moe_width(ffn: nn.Module) -> int:
+    """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
+    n_experts, units = expert_shape(experts_module(ffn))
+    shared = shared_module(ffn)
+    return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)
