@@ -96,3 +96,20 @@ def test_the_best_layer_is_the_first_best_defined_one_as_pandas_idxmax_gives():
         best = series.idxmax() if series.notna().any() else -1
         assert summary.loc[language, "best_layer"] == best
         np.testing.assert_equal(summary.loc[language, "best_value"], series.get(best, np.nan))
+
+
+def test_layers_scored_on_threads_equal_one_at_a_time(store, monkeypatch):
+    """A target's layers are scored side by side on threads: the same values and half-samples, bit for bit,
+    in the same order as on one thread."""
+    from neuronxa.stage_two import scoring
+
+    wanted = [name for name in METRICS if name != "routing"]
+    runs = []
+    for workers in (1, 4):
+        monkeypatch.setattr(scoring.os, "cpu_count", lambda workers=workers: workers)
+        runs.append(score(store, wanted, "weighted", pivot="eng_Latn", progress=False, resamples=30))
+    (one, one_halves), (many, many_halves) = runs
+    pd.testing.assert_frame_equal(one, many, check_exact=True)
+    assert one_halves.keys() == many_halves.keys()
+    for key in one_halves:
+        np.testing.assert_array_equal(one_halves[key], many_halves[key])

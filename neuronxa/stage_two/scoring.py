@@ -5,7 +5,9 @@ layer is the registry's (``registry``).
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -88,28 +90,30 @@ def score(store: States, wanted: list[str], pooling: str, *, pivot: str, languag
           progress: bool = True, resamples: int = 0, seed: int = 0) -> tuple[pd.DataFrame, Resampled]:
     """Long table (metric, pivot, language, layer, value, n) for every target language and layer (for routing,
     the mixture-of-experts layers), and per (metric, language) the values on ``resamples`` half-samples of the
-    units as a (layers, resamples) array. BLAS runs on one thread here (only here): the matrices are units ×
-    units, and on shared cores BLAS threads cost more in waiting than they save."""
+    units as a (layers, resamples) array. A target's layers are scored side by side on threads (numpy's work
+    releases the interpreter; each layer's arithmetic is the same as alone), and BLAS runs on one thread here
+    (only here): the matrices are units × units, and BLAS threads would mostly wait on each other."""
     targets = check_targets(store, pivot, languages)
     kinds = registry.representations(wanted)
     pivot_ids = {unit: row for row, unit in enumerate(store.ids(pivot))}
     pivot_states = {kind: store.layers(pivot, kind, pooling) for kind in kinds}
     rows, resampled, last = [], {}, {}
-    for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
-        pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
-        subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
-        halves: dict[str, list[np.ndarray]] = {}
-        sides = _pivot_sides(pivot_states, pivot_rows, subsets, last)
-        for kind in kinds:
-            for layer, (side, target) in enumerate(zip(sides[kind], store.layers(language, kind, pooling))):
-                if side.states.shape[1] == 0:
-                    continue   # routing on a dense layer of a mixture-of-experts model: nothing to score
-                values, half = layer_values(side.states, target[target_rows], kind, wanted=wanted,
-                                            subsets=subsets, pivot=side)
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        for language in tqdm(targets, desc=f"stage two: {pooling}", unit="language", disable=not progress):
+            pivot_rows, target_rows = _shared_rows(store, pivot, language, pivot_ids=pivot_ids)
+            subsets = uncertainty.half_samples(len(target_rows), resamples, seed)
+            sides = _pivot_sides(pivot_states, pivot_rows, subsets, last)
+            layers = [(kind, layer, side, target[target_rows]) for kind in kinds
+                      for layer, (side, target) in enumerate(zip(sides[kind], store.layers(language, kind, pooling)))
+                      if side.states.shape[1]]   # routing on a dense layer of a mixture-of-experts model: none
+            scored = pool.map(lambda job: layer_values(job[2].states, job[3], job[0], wanted=wanted,
+                                                       subsets=subsets, pivot=job[2]), layers)
+            halves: dict[str, list[np.ndarray]] = {}
+            for (_, layer, _, _), (values, half) in zip(layers, scored):
                 for metric, value in values.items():
                     rows.append((metric, pivot, language, layer, value, len(target_rows)))
                     halves.setdefault(metric, []).append(half[metric])
-        resampled.update({(metric, language): np.stack(by_layer) for metric, by_layer in halves.items()})
+            resampled.update({(metric, language): np.stack(by_layer) for metric, by_layer in halves.items()})
     return pd.DataFrame(rows, columns=["metric", "pivot", "language", "layer", "value", "n"]), resampled
 
 
