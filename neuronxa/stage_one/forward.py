@@ -146,13 +146,12 @@ def _holding_device(pooled_by_kind: dict, n_sentences: int) -> torch.device:
     """Where a pass's pooled states are gathered: where they are pooled, unless a GPU lacks the memory for them
     (more than half of what is free), then the host."""
     first = next(iter(pooled_by_kind.values()))
-    device = (first if isinstance(first, torch.Tensor) else first[0]).device
-    if device.type != "cuda":
-        return device if device.type == "cpu" else torch.device("cpu")
+    sample = first if isinstance(first, torch.Tensor) else first[0]   # (…, batch, width)
+    if sample.device.type != "cuda":
+        return sample.device if sample.device.type == "cpu" else torch.device("cpu")
     per_batch = sum(sum(t.numel() for t in (p if isinstance(p, list) else [p])) for p in pooled_by_kind.values())
-    batch = (first if isinstance(first, torch.Tensor) else first[0]).shape[-2]
-    needed = 4 * per_batch * n_sentences / max(batch, 1)
-    return device if needed < torch.cuda.mem_get_info(device)[0] / 2 else torch.device("cpu")
+    needed = 4 * per_batch * n_sentences / max(sample.shape[-2], 1)
+    return sample.device if needed < torch.cuda.mem_get_info(sample.device)[0] / 2 else torch.device("cpu")
 
 
 def _allocated(pooled: torch.Tensor | list[torch.Tensor], n_sentences: int, place: torch.device):

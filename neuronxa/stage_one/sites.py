@@ -106,12 +106,13 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
     """One line for a mixture-of-experts block that experts.py cannot probe, or one with a dense FFN beside it
     in the layer (shared experts outside the block, whose units would be left out)."""
+    hidden = _hidden_size(model)
     for index, layer in enumerate(layers):
         probed = [module for module in layer.modules() if expert_blocks.probed(module)]
         inside = {id(sub) for module in probed for sub in module.modules()}
         beside = [name for name, child in layer.named_children() if probed and id(child) not in inside
                   and (_FFN_NAME.search(name) or _FFN_NAME.search(type(child).__name__))
-                  and projections(child, _hidden_size(model))]
+                  and projections(child, hidden)]
         if beside:
             raise NeuronXAError(f"model type {model_type(model)!r} adds a dense FFN ({path}.{index}.{beside[0]}) "
                                 "beside its mixture-of-experts block: its units are not read: not supported")
