@@ -275,8 +275,8 @@ runpy.run_module("neuronxa.run", run_name="__main__")
 
 
 @pytest.mark.cli
-def test_a_job_whose_states_are_all_cached_imports_neither_transformers_nor_mlflow_nor_matplotlib(tiny_folder,
-                                                                                                 tmp_path):
+def test_a_job_whose_states_are_all_cached_imports_neither_torch_nor_transformers_nor_mlflow_nor_matplotlib(
+        tiny_folder, tmp_path):
     overrides = tiny_overrides(tiny_folder, tmp_path) + ["tracking.enabled=false", "score.plots=off"]
     said = []
     for attempt, plots in (("cold", "off"), ("warm", "background")):   # background: drawn by another process
@@ -286,4 +286,4 @@ def test_a_job_whose_states_are_all_cached_imports_neither_transformers_nor_mlfl
         assert result.returncode == 0, result.stderr[-3000:]
         said.append(result.stderr.split("imported:")[1].split())
     assert "transformers" in said[0]
-    assert not {"transformers", "peft", "mlflow", "matplotlib"} & set(said[1])
+    assert not {"torch", "transformers", "peft", "mlflow", "matplotlib"} & set(said[1])

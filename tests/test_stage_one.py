@@ -15,6 +15,7 @@ from neuronxa.stage_one import forward, models
 from neuronxa.stage_one.cache import extract_corpus, language_groups
 from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.models import ModelSpec
+from neuronxa.stage_one.models.loading import dtype_name, resolve_device, resolve_dtype
 from neuronxa.stage_one.options import StageOneOptions
 
 
@@ -324,3 +325,26 @@ def test_model_names_come_from_the_composed_model_group(tmp_path):
     assert models.named_config("hf") is None and models.named_config("no_such_model") is None
     assert models.model_spec("org/model") == ModelSpec("org/model", "org/model")
     assert models.composed().paths.models == f"{tmp_path / 'outputs'}/models"   # NEURONXA_OUTPUTS moves it too
+
+
+def test_auto_resolves_to_the_cpu_in_float32_without_asking_torch_where_no_gpu_driver_is_there(monkeypatch):
+    import torch
+
+    from neuronxa.stage_one.models import loading
+
+    monkeypatch.setattr(loading.sys, "platform", "linux")
+    monkeypatch.setattr(loading.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("asked torch"))
+    assert resolve_device("auto") == "cpu" and dtype_name("auto", "cpu") == "float32"
+    assert resolve_device("cuda:1") == "cuda:1"
+    seen = []
+    monkeypatch.setattr(loading.os.path, "exists", lambda path: seen.append(path) or path == "/dev/kfd")
+    for visible in (True, False):   # a driver's device node: torch decides
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: visible)
+        assert resolve_device("auto") == ("cuda" if visible else "cpu")
+    assert {"/proc/driver/nvidia", "/dev/dxg", "/dev/kfd"} <= set(seen)   # NVIDIA, WSL and ROCm looked for
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert dtype_name("auto", "cuda") == "float16" and resolve_dtype("auto", "cuda") is torch.float16
+    assert [resolve_dtype(name, "cpu") for name in ("float32", "bfloat16")] == [torch.float32, torch.bfloat16]
+    with pytest.raises(NeuronXAError, match="unknown dtype 'half': use auto, float32, float16, bfloat16"):
+        dtype_name("half", "cpu")

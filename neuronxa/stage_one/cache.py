@@ -16,11 +16,9 @@ from tqdm.auto import tqdm
 
 from neuronxa.data.corpus import ParallelCorpus
 from neuronxa.errors import Interrupted, check_creatable
-from neuronxa.stage_one import forward, models
+from neuronxa.stage_one import models
 from neuronxa.stage_one.models import ModelSpec
-from neuronxa.stage_one.options import StageOneOptions
-from neuronxa.stage_one.probes import SITE_NAMES, module_paths
-from neuronxa.stage_one.sites import checked_sites, name_sites
+from neuronxa.stage_one.options import SITE_NAMES, StageOneOptions
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_one.writer import GroupWriter
 
@@ -50,6 +48,8 @@ class Loader:
     loaded: tuple | None = None
 
     def __call__(self) -> tuple:
+        from neuronxa.stage_one.sites import checked_sites, name_sites   # torch: only once a model is needed
+
         if self.loaded is None:
             options = self.options
             # the probe sites, found (or the named ones checked) on the model built without weights: fails fast
@@ -168,6 +168,8 @@ def report(corpus: ParallelCorpus, store: StateStore, *, status: dict[str, str],
 
 def metadata(corpus: ParallelCorpus, language: str, model) -> dict:
     """What an entry records beside its arrays: the source's language code and the probe sites."""
+    from neuronxa.stage_one.sites import module_paths
+
     sites = {kind: f"{SITE_NAMES[kind]} = {path}" for kind, path in module_paths(model).items()}
     return {"source_code": corpus.source_codes.get(language, language), "sites": sites}
 
@@ -176,6 +178,8 @@ def state_writes(corpus: ParallelCorpus, languages: list[str], loaded: tuple, *,
                  options: StageOneOptions) -> list:
     """Pooled states of some languages (one batched pass over all their units); one cache write per language,
     to run when convenient (its arrays already on the host, in the store's precision)."""
+    from neuronxa.stage_one import forward   # torch: imported by the jobs that run a model, not the warm ones
+
     texts = [text for language in languages for text in corpus.texts(language)]
     held = forward.pooled_tensors(*loaded, texts, batch_size=options.batch_size, max_length=options.max_length,
                                   skip_bos=options.skip_bos, progress=True, layers=options.layers,
@@ -190,6 +194,8 @@ def state_writes(corpus: ParallelCorpus, languages: list[str], loaded: tuple, *,
 def count_writes(corpus: ParallelCorpus, languages: list[str], loaded: tuple, *, store: StateStore, prompt: str,
                  options: StageOneOptions) -> list:
     """Activation counts of some languages, one at a time; one cache write per language."""
+    from neuronxa.stage_one import forward
+
     writes = []
     for language in languages:
         active, tokens, n_truncated = forward.activation_counts(

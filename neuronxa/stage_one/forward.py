@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from neuronxa.errors import NeuronXAError, check_whole
+from neuronxa.stage_one.options import check_max_length
 from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
 from neuronxa.stage_one.probes import PoolingProbe, kinds_of
 from neuronxa.stage_one.store import FLOAT16_MAX
@@ -34,11 +35,6 @@ class PooledStates(dict):
     @property
     def n_truncated(self) -> int:
         return int(self.truncated.sum())
-
-
-def check_max_length(max_length: int) -> None:
-    if max_length < 2:
-        raise NeuronXAError(f"max_length must be at least 2 tokens, not {max_length}")
 
 
 def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from neuronxa.stage_one.forward import check_max_length, model_device
+from neuronxa.stage_one.forward import model_device
+from neuronxa.stage_one.options import check_max_length
 
 
 def windows(n_tokens: int, max_length: int) -> list[tuple[int, int]]:

@@ -4,13 +4,26 @@ how the pass runs (batching, grouping, device placement), which never changes wh
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models
-from neuronxa.stage_one.forward import check_max_length
 from neuronxa.stage_one.models import ModelSpec
-from neuronxa.stage_one.probes import SITE_NAMES
-from neuronxa.stage_one.sites import Sites
+
+if TYPE_CHECKING:
+    from neuronxa.stage_one.sites import Sites
+
+# the probe sites as TransformerLens names them (see ``probes``), recorded in every cache key
+SITE_NAMES = {
+    "nas": "blocks.{layer}.mlp.hook_act > 0",
+    "nav": "|blocks.{layer}.mlp.hook_post|",
+    "hidden": "blocks.{layer}.hook_resid_post",
+}
+
+
+def check_max_length(max_length: int) -> None:
+    if max_length < 2:
+        raise NeuronXAError(f"max_length must be at least 2 tokens, not {max_length}")
 
 
 @dataclass(frozen=True)
@@ -32,8 +45,7 @@ class StageOneOptions:
 
     def torch_dtype(self) -> str:
         """The dtype the forward pass runs in, as torch names it (``auto`` resolved for the device)."""
-        device = models.resolve_device(self.device)
-        return str(models.resolve_dtype(self.dtype, device)).removeprefix("torch.")
+        return models.dtype_name(self.dtype, models.resolve_device(self.device))
 
     def cache_key(self, identity: dict, corpus_name: str) -> dict:
         """Everything that changes the forward pass's pooled states, and nothing else."""

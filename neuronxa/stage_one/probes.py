@@ -21,6 +21,7 @@ from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, experts
+from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
     Sites,
@@ -41,11 +42,6 @@ __all__ = ["KINDS", "MOE_KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "a
 
 KINDS = ("nas", "nav", "hidden")
 MOE_KINDS = (*KINDS, "routing")   # mixture-of-experts models add their layers' pooled routing weights
-SITE_NAMES = {
-    "nas": "blocks.{layer}.mlp.hook_act > 0",
-    "nav": "|blocks.{layer}.mlp.hook_post|",
-    "hidden": "blocks.{layer}.hook_resid_post",
-}
 
 
 def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Tensor | None]) -> list:

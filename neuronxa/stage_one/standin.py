@@ -15,7 +15,6 @@ import pandas as pd
 from neuronxa import files
 from neuronxa.data.benchmarks import COLUMNS
 from neuronxa.stage_one import models
-from neuronxa.stage_one.likelihood import negative_bits_per_byte
 from neuronxa.stage_one.models import ModelSpec
 
 STANDIN = "standin:neg_bits_per_byte"
@@ -23,6 +22,8 @@ LIKELIHOOD = "rolling windows"  # part of the stand-in's cache key: values from 
 
 def standin(model, tokenizer, held_out: dict[str, list[str]], model_name: str, max_length: int = 512) -> pd.DataFrame:
     """The offline stand-in benchmark: per-language negative bits per byte on held-out units."""
+    from neuronxa.stage_one.likelihood import negative_bits_per_byte   # torch: only when computed
+
     rows = [(model_name, STANDIN, language, negative_bits_per_byte(model, tokenizer, texts, max_length))
             for language, texts in held_out.items()]
     return pd.DataFrame(rows, columns=COLUMNS)

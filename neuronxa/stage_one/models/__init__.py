@@ -7,7 +7,7 @@ weights (``identity``), embedded GGUF models converted once (``gguf``) and loadi
 
 from neuronxa.stage_one.models.gguf import converted_folder, save_model
 from neuronxa.stage_one.models.identity import adapter_base, identity, local_path, model_config, n_layers
-from neuronxa.stage_one.models.loading import load, meta_model, resolve_device, resolve_dtype
+from neuronxa.stage_one.models.loading import dtype_name, load, meta_model, resolve_device, resolve_dtype
 from neuronxa.stage_one.models.spec import (
     ModelSpec,
     composed,
@@ -18,6 +18,6 @@ from neuronxa.stage_one.models.spec import (
     training_step,
 )
 
-__all__ = ["ModelSpec", "adapter_base", "composed", "converted_folder", "identity", "load", "local_path",
+__all__ = ["ModelSpec", "adapter_base", "composed", "converted_folder", "dtype_name", "identity", "load", "local_path",
            "meta_model", "model_conf", "model_config", "model_spec", "n_layers", "named_config", "resolve_device",
            "resolve_dtype", "save_model", "spec_from_config", "training_step"]

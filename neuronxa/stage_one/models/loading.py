@@ -1,35 +1,52 @@
-"""Loading a causal LM and its tokenizer (a config name, a hub id or a folder) on a device, in a dtype."""
+"""Loading a causal LM and its tokenizer (a config name, a hub id or a folder) on a device, in a dtype.
+
+Resolving ``auto`` on a machine without a GPU imports no torch (a job whose states are all cached needs none)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-
-import torch
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.models.identity import local_path, model_config
 from neuronxa.stage_one.models.spec import ModelSpec, model_spec
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")
+# the device nodes of every GPU driver torch can use on Linux (NVIDIA, WSL, Jetson, ROCm): without any of them no
+# GPU is visible, and ``auto`` is the CPU without asking torch
+GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def dtype_name(dtype: str, device: str) -> str:
     """``auto`` is bfloat16 on a GPU that supports it, float16 on other GPUs, float32 on the CPU."""
     if dtype == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise NeuronXAError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}") from None
+            import torch
+
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if dtype not in DTYPES:
+        raise NeuronXAError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+    return dtype
+
+
+def resolve_dtype(dtype: str, device: str):
+    """The ``torch.dtype`` of ``dtype_name``."""
+    import torch
+
+    return getattr(torch, dtype_name(dtype, device))
 
 
 def resolve_device(device: str) -> str:
     """``auto`` is ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    if device != "auto":
+        return device
+    if sys.platform == "linux" and not any(os.path.exists(node) for node in GPU_NODES):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
@@ -38,6 +55,8 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
 
     config = dict(model_config(spec, models_dir=models_dir))
     kind = config.pop("model_type")
+    import torch
+
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **config))
