@@ -152,7 +152,7 @@ def test_half_sample_anc_in_chunks_is_bitwise_the_former_computation(rng, n):
     X[:, 3], Y[:, 7] = 2.0, 0.0                               # constant neurons, left out
     subsets = half_samples(n, 37, seed=3)
     expected = former_neuron_correlations(X[subsets], Y[subsets])
-    for chunk in (1, 16, 37, 100):
+    for chunk in (None, 1, 16, 37, 100):   # None: as many as fit the cache (here all 37)
         np.testing.assert_array_equal(subset_neuron_correlations(X, Y, subsets, chunk), expected)
     np.testing.assert_array_equal(neuron_correlations(X, Y), former_neuron_correlations(X, Y))
     assert subset_neuron_correlations(X, Y, half_samples(n, 0)).shape == (0,)

@@ -135,10 +135,16 @@ def neuron_correlations(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return _correlations_in_place(np.array(X, np.float64), np.array(Y, np.float64))
 
 
-def subset_neuron_correlations(X: np.ndarray, Y: np.ndarray, subsets: np.ndarray, chunk: int = 16) -> np.ndarray:
+CACHED_VALUES = 32768   # float64 values (256 KiB) per working array: what a core's L2 cache holds
+
+
+def subset_neuron_correlations(X: np.ndarray, Y: np.ndarray, subsets: np.ndarray, chunk: int | None = None
+                               ) -> np.ndarray:
     """``neuron_correlations`` of X and Y restricted to each subset of their rows (units): (resamples,). A few
-    subsets at a time, gathered straight into float64, so that the working arrays stay in the CPU's cache."""
+    subsets at a time (``chunk``; None: as many as keep each working array within ``CACHED_VALUES``), gathered
+    straight into float64, so that the working arrays stay in the CPU's cache."""
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    chunk = chunk or max(1, CACHED_VALUES // max(1, subsets.shape[-1] * X.shape[-1]))
     values = np.empty(len(subsets))
     for start in range(0, len(subsets), chunk):
         part = subsets[start:start + chunk]
