@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from neuronxa.config.help import app_help
-from neuronxa.config.jobs import CONFIG_MODULE, CONFIG_NAME, check_command_line
+from neuronxa.config.jobs import CONFIG_MODULE, CONFIG_NAME, check_command_line, known_mode
 from neuronxa.config.schema import TASKS, register
 from neuronxa.errors import Interrupted, NeuronXAError
 
@@ -57,11 +57,12 @@ def main() -> None:
         if args.help:   # Hydra's help, composed once (Hydra's own takes seconds listing the groups)
             print(app_help(args, CONFIG_MODULE, args.config_name or CONFIG_NAME, job=Path(__file__).stem))
             return
-        check_command_line(sys.argv[1:])
+        checked = check_command_line(sys.argv[1:])
     except NeuronXAError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    run_job()
+    with known_mode(checked):
+        run_job()
 
 
 if __name__ == "__main__":

@@ -28,8 +28,23 @@ def base(tmp_path):
             "benchmark=none", "tracking.enabled=false", f"paths.outputs={tmp_path / 'outputs'}"]
 
 
-def test_a_run_with_good_options_passes(base):
-    check_command_line(base)
+def test_a_run_with_good_options_passes_and_hydra_is_told_its_mode_instead_of_composing_it_again(base,
+                                                                                                  monkeypatch):
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    from neuronxa.config.jobs import Checked, known_mode
+
+    assert check_command_line(base) == Checked(None)   # the command line's -m decides
+    assert check_command_line([*base, "experiment=table3"]) == Checked(RunMode.MULTIRUN)
+    assert check_command_line(["--help"]) is None
+    original = Hydra.get_mode
+    with known_mode(Checked(RunMode.MULTIRUN)):
+        monkeypatch.setattr(Hydra, "compose_config", lambda *a, **k: pytest.fail("composed again"))
+        assert Hydra.get_mode(None, "config", base) == RunMode.MULTIRUN
+    assert Hydra.get_mode is original
+    with known_mode(None):
+        assert Hydra.get_mode is original
 
 
 @pytest.mark.parametrize("overrides, line", [

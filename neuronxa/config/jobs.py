@@ -8,10 +8,12 @@ import argparse
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from hydra import initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.hydra import Hydra
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -33,15 +35,23 @@ TYPES = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or f
          "not Optional": "a value (this option cannot be null)"}
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Compose and validate every job that ``argv`` asks for; raise ``ConfigError`` at the first mistake."""
+@dataclass(frozen=True)
+class Checked:
+    """What the check found of the run: its ``hydra.mode`` (None: as the command line's ``-m`` says)."""
+    mode: RunMode | None
+
+
+def check_command_line(argv: list[str]) -> Checked | None:
+    """Compose and validate every job that ``argv`` asks for; raise ``ConfigError`` at the first mistake. Returns
+    what it found of the run (None where nothing was composed)."""
     args, _ = get_args_parser().parse_known_args(argv)
     if any(getattr(args, flag, None) for flag in UNCHECKED):
-        return
+        return None
     name = args.config_name or CONFIG_NAME
     with loader() as load:
         master = composition(lambda: load(name, args.overrides, RunMode.MULTIRUN))
-        if args.multirun or master.hydra.mode == RunMode.MULTIRUN:
+        mode = master.hydra.mode
+        if args.multirun or mode == RunMode.MULTIRUN:
             configs = (composition(lambda: load(name, job, RunMode.RUN)) for job in job_overrides(master, args))
         else:   # one job: the config just composed, unless a sweep is given without -m (Hydra's error then)
             swept = any(override.is_sweep_override() for override in parsed(args.overrides))
@@ -52,6 +62,22 @@ def check_command_line(argv: list[str]) -> None:
             validate(cfg)
         for cfg in jobs:
             check_world(cfg)
+    return Checked(mode)
+
+
+@contextmanager
+def known_mode(checked: Checked | None) -> Iterator[None]:
+    """Hydra composes the whole config once more only to read ``hydra.mode`` (``Hydra.get_mode``, the same
+    composition as the check's first): within this, it is told the mode the check found instead."""
+    if checked is None:
+        yield
+        return
+    original = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: checked.mode
+    try:
+        yield
+    finally:
+        Hydra.get_mode = original
 
 
 @contextmanager
