@@ -223,8 +223,17 @@ def expert_states(experts, x, index, weights):
 
 
 def shared_states(mlp, x):
+    """a and z of a dense shared expert: gate and up projections, or one fused projection (gate half first)."""
+    if hasattr(mlp, "input_linear"):   # Granite-MoE-Shared's shared_mlp
+        gate, up = mlp.input_linear(x).chunk(2, dim=-1)
+        a = mlp.activation(gate)
+        return a, a * up
     a = mlp.act_fn(mlp.gate_proj(x)) if hasattr(mlp, "act_fn") else mlp.activation_fn(mlp.gate_proj(x))
     return a, a * mlp.up_proj(x)
+
+
+def shared_down(mlp):
+    return mlp.down_proj if hasattr(mlp, "down_proj") else mlp.output_linear
 
 
 def pool_by_hand(states, mask):
@@ -269,8 +278,11 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
             torch.testing.assert_close(out, output, atol=1e-4, rtol=1e-4)   # the recomputation is the module's
             shared = next((getattr(ffn, name) for name in ("shared_expert", "shared_experts", "shared_mlp")
                            if hasattr(ffn, name)), None)   # Hunyuan-MoE's shared expert is its shared_mlp
+            # Granite-MoE-Shared's shared_mlp runs beside the block, in the layer, on the block's input
+            shared = shared or getattr(model.base_model.layers[layer], "shared_mlp", None)
             if shared is not None:
                 a_shared, z_shared = shared_states(shared, x)
+                torch.testing.assert_close(shared_down(shared)(z_shared), shared(x), atol=1e-5, rtol=1e-4)
                 a, z = torch.cat([a, a_shared], 1), torch.cat([z, z_shared], 1)
             per_token = {"nas": (a > 0).float(), "nav": z.abs(), "routing": routing}
             shape = (*ids["input_ids"].shape, -1)

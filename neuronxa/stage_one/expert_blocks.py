@@ -1,10 +1,11 @@
 """What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights),
-its shared experts (a dense FFN beside them), whether the rest is only routers (so that the block can be read),
+its shared experts (a dense FFN beside them in the block, or beside the block in the layer), whether the rest is only routers (so that the block can be read),
 and its neurons' count (E·I routed units, then the shared experts')."""
 
 from __future__ import annotations
 
 import inspect
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -46,12 +47,33 @@ def hidden_size(experts: nn.Module) -> int:
     return down.shape[2] if getattr(experts, "is_transposed", False) else down.shape[1]
 
 
-def shared_module(ffn: nn.Module) -> nn.Module | None:
-    """The shared experts of an MoE block, found by structure: its child besides the routed experts that is a
-    dense FFN (a down projection to the hidden size, input projections from it), or None."""
+# MoE block -> the dense FFN that its decoder layer runs beside it on the same input (Granite-MoE-Shared's
+# shared_mlp), placed by the search for a model's sites (``sites.find_sites``)
+_BESIDE: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def own_shared(ffn: nn.Module) -> nn.Module | None:
+    """The shared experts inside an MoE block, found by structure: its child besides the routed experts that is
+    a dense FFN (a down projection to the hidden size, input projections from it), or None."""
     routed = experts_module(ffn)
     hidden = hidden_size(routed)
     return next((child for child in ffn.children() if child is not routed and projections(child, hidden)), None)
+
+
+def place_beside(ffn: nn.Module, shared: nn.Module) -> None:
+    """Read ``shared``, a dense FFN that the layer adds beside the MoE block ``ffn``, as the block's shared
+    experts."""
+    _BESIDE[ffn] = shared
+
+
+def beside(ffn: nn.Module) -> nn.Module | None:
+    """The dense FFN placed beside the MoE block ``ffn`` (it runs after the block), or None."""
+    return _BESIDE.get(ffn)
+
+
+def shared_module(ffn: nn.Module) -> nn.Module | None:
+    """The shared experts of an MoE block: inside it, else placed beside it in its layer, or None."""
+    return own_shared(ffn) or beside(ffn)
 
 
 def readable_rest(block: nn.Module) -> bool:
@@ -62,12 +84,17 @@ def readable_rest(block: nn.Module) -> bool:
     hidden = hidden_size(routed)
     for child in block.children():
         if child is shared:
-            if not _one_argument(getattr(child, act_module(child) or "", None)):
+            if not readable_shared(child):
                 return False
         elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
                                          for p in child.parameters()):
             return False
     return True
+
+
+def readable_shared(shared: nn.Module) -> bool:
+    """Whether the shared experts' a can be read: they have an activation module of one argument."""
+    return _one_argument(getattr(shared, act_module(shared) or "", None))
 
 
 def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from neuronxa.stage_one.expert_blocks import expert_shape, experts_module, shared_module, shared_sites
+from neuronxa.stage_one.expert_blocks import beside, expert_shape, experts_module, shared_module, shared_sites
 from neuronxa.stage_one.pooling import pool
 
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
@@ -174,7 +174,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
     if shared is not None:
         handles += _shared_hooks(ffn, weights, parts, kinds)
-    handles.append(ffn.register_forward_hook(on_block))
+    handles.append((beside(ffn) or ffn).register_forward_hook(on_block))   # once the shared experts ran too
     return handles
 
 
