@@ -210,10 +210,9 @@ def expert_states(experts, x, index, weights):
                 gate, up = h[:units], h[units:]
                 a = experts.act_fn(gate)
                 z = a * up
-            else:                            # gpt_oss: gate and up interleaved, clamped SwiGLU
-                gate, up = h[0::2].clamp(max=experts.limit), h[1::2].clamp(-experts.limit, experts.limit)
-                a = gate * torch.sigmoid(experts.alpha * gate)
-                z = (up + 1) * a
+            else:                            # clamped SwiGLU: gpt_oss (gate and up interleaved), MiniMax-M3
+                a, z = clamped_swiglu(experts, *((h[0::2], h[1::2]) if hasattr(experts, "alpha")
+                                                 else (h[:units], h[units:])))
             down = z @ experts.down_proj[e] if transposed else experts.down_proj[e] @ z
             if hasattr(experts, "down_proj_bias"):
                 down = down + experts.down_proj_bias[e]
@@ -222,8 +221,19 @@ def expert_states(experts, x, index, weights):
     return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out
 
 
+def clamped_swiglu(module, gate, up):
+    """a and z of the clamped SwiGLU: gpt_oss's alpha and limit, or MiniMax-M3's swiglu_alpha and swiglu_limit."""
+    alpha = module.alpha if hasattr(module, "alpha") else module.swiglu_alpha
+    limit = module.limit if hasattr(module, "limit") else module.swiglu_limit
+    gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+    a = gate * torch.sigmoid(alpha * gate)
+    return a, (up + 1) * a
+
+
 def shared_states(mlp, x):
     """a and z of a dense shared expert: gate and up projections, or one fused projection (gate half first)."""
+    if hasattr(mlp, "swiglu_alpha"):   # MiniMax-M3's shared experts: one fused projection, a clamped SwiGLU
+        return clamped_swiglu(mlp, *mlp.gate_up_proj(x).chunk(2, dim=-1))
     if hasattr(mlp, "input_linear"):   # Granite-MoE-Shared's shared_mlp
         gate, up = mlp.input_linear(x).chunk(2, dim=-1)
         a = mlp.activation(gate)

@@ -41,7 +41,8 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
             num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24)
 # Falcon-H1's default time_step_limit (0, inf) does not survive save_pretrained's JSON (transformers 5.23)
 EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
-         "granitemoeshared": dict(shared_intermediate_size=20)}   # its shared_mlp, beside the MoE block
+         "granitemoeshared": dict(shared_intermediate_size=20),   # its shared_mlp, beside the MoE block
+         "minimax_m3_vl_text": dict(shared_intermediate_size=20)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
@@ -51,14 +52,14 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
 MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exaone_moe", "flex_olmo",
        "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
        "jamba", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
-       "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next",
-       "qwen4_exp_text", "solar_open"}
+       "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text",
+       "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open"}
 # refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
 # llama4: its experts module receives every token, scaled by its routing weight before the activation; jetmoe:
 # two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up together;
-# inkling: shared experts kept as 3-D weights; minimax_m3_vl_text: shared experts without an activation module;
+# inkling: shared experts kept as 3-D weights;
 # nemotron_h: ungated experts, and most layers have no FFN)
-MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "llama4_text", "minimax_m3_vl_text", "nemotron_h"}
+MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "llama4_text", "nemotron_h"}
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "falcon_mamba", "xlm"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites

@@ -1,16 +1,20 @@
 """Mixture-of-experts blocks of unusual shape (their states are checked against the recomputation of
-tests/helpers.py by tests/test_architectures.py): Granite-MoE-Shared's shared_mlp beside the block in the layer;
-deactivating and scaling their expert and shared neurons against zeroed and scaled down-projection slices."""
+tests/helpers.py by tests/test_architectures.py): Granite-MoE-Shared's shared_mlp beside the block in the layer,
+MiniMax-M3's clamped SwiGLU in its shared experts and dense layers (no activation module); deactivating and
+scaling their expert, shared and dense neurons against zeroed and scaled down-projection slices."""
 
 import copy
 
 import pytest
 import torch
 
-from helpers import moe_blocks, shared_down, tiny_tokenizer
+import numpy as np
+
+from helpers import POOLS, moe_blocks, pool_by_hand, recomputed_experts, shared_down, shared_states, tiny_tokenizer
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
+from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.probes import layer_widths
 from neuronxa.stage_one.sites import find_sites
 
@@ -20,6 +24,8 @@ COMMON = dict(vocab_size=128, hidden_size=HIDDEN, num_hidden_layers=2, num_atten
               intermediate_size=12, num_local_experts=4, num_experts_per_tok=2)
 CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2, and shared experts
     "granitemoeshared": dict(shared_intermediate_size=20),
+    "minimax_m3_vl_text": dict(shared_intermediate_size=20, dense_intermediate_size=24,
+                               mlp_layer_types=["dense", "sparse"]),   # a dense layer, a clamped SwiGLU too
 }
 SENTENCES = ["all human beings are born free and equal", "tous les", "alle menschen sind frei", "everyone has"]
 
@@ -40,6 +46,40 @@ def block(request):
     return request.param, block_model(request.param), tiny_tokenizer()
 
 
+def recomputed_dense(model, tokenizer, layers: list[int]) -> dict:
+    """Pooled NAS and NAV of dense layers from each FFN's input x (one padded batch) and weights: a and z as for
+    a shared expert (tests/helpers.py), z checked to give the FFN's real output through its down projection."""
+    ids = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    mlps, seen = {layer: model.base_model.layers[layer].mlp for layer in layers}, {}
+    handles = [mlp.register_forward_hook(lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0], out)))
+               for layer, mlp in mlps.items()]
+    with torch.no_grad():
+        model.base_model(**ids, use_cache=False)
+        for handle in handles:
+            handle.remove()
+        expected = {}
+        for layer, (x, output) in seen.items():
+            a, z = shared_states(mlps[layer], x)
+            torch.testing.assert_close(shared_down(mlps[layer])(z), output)
+            expected[layer] = {kind: pool_by_hand(value, ids["attention_mask"])
+                               for kind, value in (("nas", (a > 0).float()), ("nav", z.abs()))}
+    return expected
+
+
+def test_states_of_every_layer_equal_a_recomputation(block):
+    """MoE layers (experts, then shared experts) and dense layers, in padded batches."""
+    model_type, model, tokenizer = block
+    states = pooled_states(model, tokenizer, SENTENCES, batch_size=3)
+    expected = recomputed_experts(model, tokenizer, SENTENCES)
+    expected.update(recomputed_dense(model, tokenizer, [n for n in range(len(layer_widths(model))) if n not in expected]))
+    assert len(expected) == len(layer_widths(model))
+    for layer, by_kind in expected.items():
+        for kind, by in by_kind.items():
+            for pooling in POOLS:
+                np.testing.assert_allclose(states[kind][pooling][layer], by[pooling], rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{model_type} {kind} {pooling} {layer}")
+
+
 def shared_of(model, layer: int):
     """The shared experts of a layer's MoE block: inside it, else beside it in the layer (shared_mlp)."""
     ffn, decoder_layer = moe_blocks(model)[layer], model.base_model.layers[layer]
@@ -52,8 +92,13 @@ def scaled_copy(model, factors: dict):
     ``down_proj[e, :, j]`` of expert neuron e·I + j ((e, j, :) where stored transposed), then the shared
     experts' down projection's columns."""
     copied = copy.deepcopy(model)
-    for layer, ffn in moe_blocks(copied).items():
-        experts = ffn.experts
+    blocks = moe_blocks(copied)
+    for layer, decoder_layer in enumerate(copied.base_model.layers):
+        if layer not in blocks:   # a dense layer
+            for neuron, factor in factors.get(layer, {}).items():
+                decoder_layer.mlp.down_proj.weight.data[:, neuron] *= factor
+            continue
+        experts = blocks[layer].experts
         n_experts, transposed = experts.down_proj.shape[0], experts.down_proj.shape[2] == HIDDEN
         units = experts.down_proj.shape[1] if transposed else experts.down_proj.shape[2]
         for neuron, factor in factors.get(layer, {}).items():
@@ -66,8 +111,10 @@ def scaled_copy(model, factors: dict):
 
 
 def chosen_neurons(model) -> dict:
-    """Units of two experts and of the shared experts, in every MoE layer."""
-    return {layer: [1, 12 + 5, 36, layer_widths(model)[layer] - 1] for layer in moe_blocks(model)}
+    """Units of two experts and of the shared experts in every MoE layer, three units of a dense one."""
+    widths, blocks = layer_widths(model), moe_blocks(model)
+    return {layer: [1, 12 + 5, 36, width - 1] if layer in blocks else [0, 3, width - 1]
+            for layer, width in enumerate(widths)}
 
 
 def test_deactivating_expert_and_shared_neurons_equals_zeroing_down_projection_slices(block):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
+from neuronxa.stage_one.swiglu import swiglu_parameters
 
 
 def experts_module(ffn: nn.Module) -> nn.Module | None:
@@ -23,13 +24,13 @@ def experts_module(ffn: nn.Module) -> nn.Module | None:
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``)."""
+    argument, or a clamped SwiGLU: gpt_oss, MiniMax-M3), beside only routers and shared experts it reads (``readable_rest``)."""
     found = experts_module(block)
     if found is None:
         return False
     called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
     act = getattr(found, "act_fn", None)
-    known = _one_argument(act) if act is not None else hasattr(found, "limit") and hasattr(found, "alpha")
+    known = _one_argument(act) if act is not None else swiglu_parameters(found) is not None
     return len(called) >= 3 and known and readable_rest(block)
 
 
@@ -93,15 +94,25 @@ def readable_rest(block: nn.Module) -> bool:
 
 
 def readable_shared(shared: nn.Module) -> bool:
-    """Whether the shared experts' a can be read: they have an activation module of one argument."""
-    return _one_argument(getattr(shared, act_module(shared) or "", None))
+    """Whether the shared experts' a can be read: they have an activation module of one argument, or compute a
+    clamped SwiGLU (``swiglu_ffn``)."""
+    return _one_argument(getattr(shared, act_module(shared) or "", None)) or swiglu_ffn(shared)
+
+
+def swiglu_ffn(ffn: nn.Module) -> bool:
+    """Whether a dense FFN (shared experts, or a dense layer) computes a clamped SwiGLU of one fused gate_up
+    projection, with no activation module (MiniMax-M3)."""
+    linear = [child for child in ffn.children() if widths(child)]
+    fused = len(linear) == 2 and widths(linear[0])[1] == 2 * widths(linear[1])[0]
+    return act_module(ffn) is None and swiglu_parameters(ffn) is not None and fused
 
 
 def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The activation module and the down projection of an MoE block's shared experts."""
+    """Where an MoE block's shared experts' a is read (their activation module's output, or for a clamped
+    SwiGLU their fused gate_up projection's output), and their down projection."""
     shared = shared_module(ffn)
-    down = projections(shared, hidden_size(experts_module(ffn)))[0]
-    return submodule(shared, act_module(shared)), submodule(shared, down)
+    down, inputs, _ = projections(shared, hidden_size(experts_module(ffn)))
+    return submodule(shared, inputs[0] if swiglu_ffn(shared) else act_module(shared)), submodule(shared, down)
 
 
 def expert_shape(experts: nn.Module) -> tuple[int, int]:

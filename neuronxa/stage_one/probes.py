@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks, experts
+from neuronxa.stage_one import expert_blocks, experts, swiglu
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
     Sites,
@@ -64,6 +64,8 @@ def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Te
             edited = edit(inputs[0])
             return None if edited is None else (edited, *inputs[1:])
         return [down.register_forward_pre_hook(edit_z)]
+    if expert_blocks.swiglu_ffn(ffn):   # a clamped SwiGLU computed in the forward (MiniMax-M3's dense layers)
+        return swiglu.on_a(ffn, submodule(ffn, found.gate), down, edit)
     from transformers.activations import ACT2FN
 
     width, activation, held = widths(down)[0], ACT2FN[found.activation], {}
