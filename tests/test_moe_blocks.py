@@ -1,7 +1,9 @@
 """Mixture-of-experts blocks of unusual shape (their states are checked against the recomputation of
 tests/helpers.py by tests/test_architectures.py): Granite-MoE-Shared's shared_mlp beside the block in the layer,
-MiniMax-M3's clamped SwiGLU in its shared experts and dense layers (no activation module); deactivating and
-scaling their expert, shared and dense neurons against zeroed and scaled down-projection slices."""
+MiniMax-M3's clamped SwiGLU in its shared experts and dense layers (no activation module), Llama 4's experts
+called with every token for every expert; their states in models that mix dense and MoE layers, and
+deactivating and scaling their expert, shared and dense neurons against zeroed and scaled down-projection
+slices."""
 
 import copy
 
@@ -15,7 +17,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one.forward import pooled_states
-from neuronxa.stage_one.probes import layer_widths
+from neuronxa.stage_one.probes import decoder_layers, layer_widths
 from neuronxa.stage_one.sites import find_sites
 
 HIDDEN = 16
@@ -26,6 +28,7 @@ CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2, and 
     "granitemoeshared": dict(shared_intermediate_size=20),
     "minimax_m3_vl_text": dict(shared_intermediate_size=20, dense_intermediate_size=24,
                                mlp_layer_types=["dense", "sparse"]),   # a dense layer, a clamped SwiGLU too
+    "llama4_text": dict(moe_layers=[1], intermediate_size_mlp=20),      # a dense layer, then an MoE one
 }
 SENTENCES = ["all human beings are born free and equal", "tous les", "alle menschen sind frei", "everyone has"]
 
@@ -50,7 +53,7 @@ def recomputed_dense(model, tokenizer, layers: list[int]) -> dict:
     """Pooled NAS and NAV of dense layers from each FFN's input x (one padded batch) and weights: a and z as for
     a shared expert (tests/helpers.py), z checked to give the FFN's real output through its down projection."""
     ids = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    mlps, seen = {layer: model.base_model.layers[layer].mlp for layer in layers}, {}
+    mlps, seen = {layer: ffn_of(decoder_layers(model)[layer]) for layer in layers}, {}
     handles = [mlp.register_forward_hook(lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0], out)))
                for layer, mlp in mlps.items()]
     with torch.no_grad():
@@ -80,9 +83,13 @@ def test_states_of_every_layer_equal_a_recomputation(block):
                                            err_msg=f"{model_type} {kind} {pooling} {layer}")
 
 
+def ffn_of(decoder_layer):
+    return decoder_layer.mlp if hasattr(decoder_layer, "mlp") else decoder_layer.feed_forward
+
+
 def shared_of(model, layer: int):
     """The shared experts of a layer's MoE block: inside it, else beside it in the layer (shared_mlp)."""
-    ffn, decoder_layer = moe_blocks(model)[layer], model.base_model.layers[layer]
+    ffn, decoder_layer = moe_blocks(model)[layer], decoder_layers(model)[layer]
     return next(getattr(module, name) for module in (ffn, decoder_layer)
                 for name in ("shared_expert", "shared_experts", "shared_mlp") if getattr(module, name, None))
 
@@ -93,10 +100,10 @@ def scaled_copy(model, factors: dict):
     experts' down projection's columns."""
     copied = copy.deepcopy(model)
     blocks = moe_blocks(copied)
-    for layer, decoder_layer in enumerate(copied.base_model.layers):
+    for layer, decoder_layer in enumerate(decoder_layers(copied)):
         if layer not in blocks:   # a dense layer
             for neuron, factor in factors.get(layer, {}).items():
-                decoder_layer.mlp.down_proj.weight.data[:, neuron] *= factor
+                ffn_of(decoder_layer).down_proj.weight.data[:, neuron] *= factor
             continue
         experts = blocks[layer].experts
         n_experts, transposed = experts.down_proj.shape[0], experts.down_proj.shape[2] == HIDDEN

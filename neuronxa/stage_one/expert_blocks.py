@@ -24,14 +24,31 @@ def experts_module(ffn: nn.Module) -> nn.Module | None:
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or a clamped SwiGLU: gpt_oss, MiniMax-M3), beside only routers and shared experts it reads (``readable_rest``)."""
+    argument, or a clamped SwiGLU: gpt_oss, MiniMax-M3), or called with every token for every expert (``scaled``),
+    beside only routers and shared experts it reads (``readable_rest``)."""
     found = experts_module(block)
     if found is None:
         return False
     called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
     act = getattr(found, "act_fn", None)
     known = _one_argument(act) if act is not None else swiglu_parameters(found) is not None
-    return len(called) >= 3 and known and readable_rest(block)
+    return (len(called) >= 3 or scaled(block)) and known and readable_rest(block)
+
+
+def scaled(block: nn.Module) -> bool:
+    """Whether the block calls its experts with the tokens alone: every token for every expert (E copies, each
+    scaled by its routing weight before the experts' activation module), routed by a router Linear (Llama 4)."""
+    found = experts_module(block)
+    called = list(inspect.signature(type(found).forward).parameters)[1:]
+    return len(called) == 1 and isinstance(getattr(found, "act_fn", None), nn.Module) and router(block) is not None
+
+
+def router(block: nn.Module) -> nn.Module | None:
+    """The block's router: its Linear child from the hidden size to one logit per expert, or None."""
+    found = experts_module(block)
+    shape = (hidden_size(found), expert_shape(found)[0])
+    return next((child for child in block.children() if isinstance(child, nn.Linear) and widths(child) == shape),
+                None)
 
 
 def _one_argument(act) -> bool:
@@ -42,10 +59,19 @@ def _one_argument(act) -> bool:
     return len([p for p in called if p.default is p.empty and p.kind <= p.POSITIONAL_OR_KEYWORD]) == 1
 
 
+def transposed(experts: nn.Module) -> bool:
+    """Whether the experts' weights are stored (E, in, out): ``is_transposed``, else from the shapes (gate_up
+    (E, H, 2I) and down (E, I, H), as Llama 4's, against (E, 2I, H) and (E, H, I))."""
+    if hasattr(experts, "is_transposed"):
+        return experts.is_transposed
+    gate_up, down = experts.gate_up_proj.shape, experts.down_proj.shape
+    return gate_up[1] == down[2] and gate_up[2] == 2 * down[1]
+
+
 def hidden_size(experts: nn.Module) -> int:
     """H: the width of the tokens the experts receive (and give back)."""
     down = experts.down_proj
-    return down.shape[2] if getattr(experts, "is_transposed", False) else down.shape[1]
+    return down.shape[2] if transposed(experts) else down.shape[1]
 
 
 # MoE block -> the dense FFN that its decoder layer runs beside it on the same input (Granite-MoE-Shared's
@@ -118,7 +144,7 @@ def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
 def expert_shape(experts: nn.Module) -> tuple[int, int]:
     """(E, I): experts and units per expert (the down projection's input width)."""
     down = experts.down_proj
-    return down.shape[0], down.shape[1] if getattr(experts, "is_transposed", False) else down.shape[2]
+    return down.shape[0], down.shape[1] if transposed(experts) else down.shape[2]
 
 
 def moe_width(ffn: nn.Module) -> int:

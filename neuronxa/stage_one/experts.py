@@ -174,12 +174,12 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
         if isinstance(getattr(experts, "act_fn", None), nn.Module):   # a as the model computes it in _apply_gate
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
     if shared is not None:
-        handles += _shared_hooks(ffn, weights, parts, kinds)
+        handles += shared_hooks(ffn, weights, parts, kinds)
     handles.append((beside(ffn) or ffn).register_forward_hook(on_block))   # once the shared experts ran too
     return handles
 
 
-def _shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
+def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
                   parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
     """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts')."""
     def on_shared(kind: str, value: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor) -> None:

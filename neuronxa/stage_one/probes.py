@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks, experts, swiglu
+from neuronxa.stage_one import expert_blocks, experts, scaled_experts, swiglu
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
     Sites,
@@ -100,10 +100,16 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
             continue
         ffn = submodule(layer, found.ffn)
         if expert_blocks.probed(ffn):
-            handles += experts.edit_hooks(ffn, neurons, edit)
+            handles += _moe_probes(ffn).edit_hooks(ffn, neurons, edit)
         else:
             handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
     return handles
+
+
+def _moe_probes(ffn: nn.Module):
+    """The module whose ``moe_hooks`` and ``edit_hooks`` read an MoE block: experts called with every token for
+    every expert (Llama 4), else with the routed tokens."""
+    return scaled_experts if expert_blocks.scaled(ffn) else experts
 
 
 class StopForward(Exception):
@@ -153,7 +159,8 @@ class PoolingProbe:
         ffn = submodule(layer, self.arch.ffn)
         if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
-            return experts.moe_hooks(ffn, self._weights_on, store, self.kinds) + self._layer_hooks(index, layer)
+            return _moe_probes(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds) \
+                + self._layer_hooks(index, layer)
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:
