@@ -87,6 +87,19 @@ def ffn_of(decoder_layer):
     return decoder_layer.mlp if hasattr(decoder_layer, "mlp") else decoder_layer.feed_forward
 
 
+@pytest.mark.parametrize("implementation", ["eager", "batched_mm"])
+@pytest.mark.parametrize("model_type", ["granitemoeshared", "minimax_m3_vl_text"])
+def test_every_experts_implementation_gives_the_recomputed_states(model_type, implementation):
+    """a and z read where grouped_mm (the default) and batched_mm compute them, or recomputed per expert (eager)."""
+    model = block_model(model_type)
+    model.set_experts_implementation(implementation)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=2)
+    for layer, by_kind in recomputed_experts(model, tiny_tokenizer(), SENTENCES).items():
+        for kind in ("nas", "nav"):
+            np.testing.assert_allclose(states[kind]["weighted"][layer], by_kind[kind]["weighted"], rtol=1e-4,
+                                       atol=1e-5, err_msg=f"{model_type} {implementation} {kind} {layer}")
+
+
 def shared_of(model, layer: int):
     """The shared experts of a layer's MoE block: inside it, else beside it in the layer (shared_mlp)."""
     ffn, decoder_layer = moe_blocks(model)[layer], decoder_layers(model)[layer]

@@ -188,7 +188,9 @@ def _search(model: nn.Module) -> Sites:
         return Sites(path, ffn_path, act, down, False)
     gate = next((name for name in inputs if "gate" in name or name == "w1"), inputs[0])
     up = next((name for name in inputs if name != gate), gate)
-    return Sites(path, ffn_path, act, down, True, gate, up, None if act else _activation(model))
+    swiglu = expert_blocks.swiglu_ffn(ffns[0])   # computed in the forward, whatever the config names (MiniMax-M3)
+    return Sites(path, ffn_path, act, down, True, gate, up,
+                 None if act else "clamped_swiglu" if swiglu else _activation(model))
 
 
 def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
