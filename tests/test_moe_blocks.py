@@ -7,10 +7,9 @@ slices."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 
 from helpers import POOLS, moe_blocks, pool_by_hand, recomputed_experts, shared_down, shared_states, tiny_tokenizer
 from neuronxa.errors import NeuronXAError
