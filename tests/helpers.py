@@ -3,6 +3,7 @@ synthetic cache's states, slow loop restatements of the metrics, μ and retrieva
 forward pass, small corpora, composed configs, and mixture-of-experts layers' states recomputed from their
 experts' inputs and weights. (Fixtures live in conftest.py, which builds them from these.)"""
 
+import inspect
 import math
 from pathlib import Path
 
@@ -210,10 +211,9 @@ def expert_states(experts, x, index, weights):
                 gate, up = h[:units], h[units:]
                 a = experts.act_fn(gate)
                 z = a * up
-            else:                            # gpt_oss: gate and up interleaved, clamped SwiGLU
-                gate, up = h[0::2].clamp(max=experts.limit), h[1::2].clamp(-experts.limit, experts.limit)
-                a = gate * torch.sigmoid(experts.alpha * gate)
-                z = (up + 1) * a
+            else:                            # clamped SwiGLU: gpt_oss (gate and up interleaved), MiniMax-M3
+                a, z = clamped_swiglu(experts, *((h[0::2], h[1::2]) if hasattr(experts, "alpha")
+                                                 else (h[:units], h[units:])))
             down = z @ experts.down_proj[e] if transposed else experts.down_proj[e] @ z
             if hasattr(experts, "down_proj_bias"):
                 down = down + experts.down_proj_bias[e]
@@ -222,9 +222,29 @@ def expert_states(experts, x, index, weights):
     return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out
 
 
+def clamped_swiglu(module, gate, up):
+    """a and z of the clamped SwiGLU: gpt_oss's alpha and limit, or MiniMax-M3's swiglu_alpha and swiglu_limit."""
+    alpha = module.alpha if hasattr(module, "alpha") else module.swiglu_alpha
+    limit = module.limit if hasattr(module, "limit") else module.swiglu_limit
+    gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+    a = gate * torch.sigmoid(alpha * gate)
+    return a, (up + 1) * a
+
+
 def shared_states(mlp, x):
+    """a and z of a dense shared expert: gate and up projections, or one fused projection (gate half first)."""
+    if hasattr(mlp, "swiglu_alpha"):   # MiniMax-M3's shared experts: one fused projection, a clamped SwiGLU
+        return clamped_swiglu(mlp, *mlp.gate_up_proj(x).chunk(2, dim=-1))
+    if hasattr(mlp, "input_linear"):   # Granite-MoE-Shared's shared_mlp
+        gate, up = mlp.input_linear(x).chunk(2, dim=-1)
+        a = mlp.activation(gate)
+        return a, a * up
     a = mlp.act_fn(mlp.gate_proj(x)) if hasattr(mlp, "act_fn") else mlp.activation_fn(mlp.gate_proj(x))
     return a, a * mlp.up_proj(x)
+
+
+def shared_down(mlp):
+    return mlp.down_proj if hasattr(mlp, "down_proj") else mlp.output_linear
 
 
 def pool_by_hand(states, mask):
@@ -242,11 +262,46 @@ def pool_by_hand(states, mask):
 def moe_blocks(model) -> dict:
     """Decoder layer -> its block of routed experts (the module whose ``experts`` hold 3-D weights)."""
     blocks = {}
-    for index, layer in enumerate(model.base_model.layers):
+    for index, layer in enumerate(decoder_layers(model)):
         found = [m for m in layer.modules() if getattr(getattr(m, "experts", None), "gate_up_proj", None) is not None]
         if found:
             blocks[index] = found[0]
     return blocks
+
+
+def captured(block, layer: int, seen: dict):
+    """A hook keeping, per layer, what the experts module received and gave (x, top_k_index, top_k_weights,
+    output); where the experts receive the tokens alone (Llama 4), the block's flat input and output (x, None,
+    None, output)."""
+    if len(inspect.signature(type(block.experts).forward).parameters) == 2:
+        return block.register_forward_hook(lambda m, args, out: seen.__setitem__(
+            layer, (args[0].reshape(-1, args[0].shape[-1]), None, None, out[0].reshape(-1, args[0].shape[-1]))))
+    return block.experts.register_forward_hook(
+        lambda m, args, kwargs, out: seen.__setitem__(layer, (*(list(args) + list(kwargs.values()))[:3], out)),
+        with_kwargs=True)
+
+
+def scaled_expert_states(block, x):
+    """Llama 4, from the block's input x (tokens, H), its router and its weights: per token, a and z of every
+    expert unit (0 where the router did not choose the expert), the routing weights over E (σ of the top-k
+    logits, 0 elsewhere), and the block's output: the shared expert's plus, over the chosen experts, down(z) of
+    the token scaled by its routing weight before the gate and up projections."""
+    experts = block.experts
+    n_experts, units = experts.down_proj.shape[:2]
+    top = torch.topk(x @ block.router.weight.T, block.top_k, dim=1)
+    a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
+    routing = torch.zeros(len(x), n_experts)
+    a_shared, z_shared = shared_states(block.shared_expert, x)
+    out = z_shared @ block.shared_expert.down_proj.weight.T
+    for n in range(len(x)):
+        for logit, e in zip(top.values[n], top.indices[n].tolist()):
+            weight = torch.sigmoid(logit)
+            gate, up = ((weight * x[n]) @ experts.gate_up_proj[e]).chunk(2)
+            a = experts.act_fn(gate)
+            z = a * up
+            out[n] += z @ experts.down_proj[e]
+            a_all[n, e], z_all[n, e], routing[n, e] = a, z, weight
+    return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out
 
 
 def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
@@ -254,10 +309,7 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
     inputs each experts module received (in one padded batch) and its weights."""
     ids = tokenizer(sentences, padding=True, return_tensors="pt")
     seen, blocks = {}, moe_blocks(model)
-    handles = [block.experts.register_forward_hook(
-        lambda m, args, kwargs, out, layer=layer: seen.__setitem__(
-            layer, (*(list(args) + list(kwargs.values()))[:3], out)), with_kwargs=True)
-        for layer, block in blocks.items()]
+    handles = [captured(block, layer, seen) for layer, block in blocks.items()]
     with torch.no_grad():
         model.base_model(**ids, use_cache=False)
         for handle in handles:
@@ -265,12 +317,18 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
         expected = {}
         for layer, (x, index, weights, output) in seen.items():
             ffn = blocks[layer]
-            a, z, routing, out = expert_states(ffn.experts, x, index, weights)
+            if index is None:   # Llama 4: the block's output recomputed from its input
+                a, z, routing, out = scaled_expert_states(ffn, x)
+            else:
+                a, z, routing, out = expert_states(ffn.experts, x, index, weights)
             torch.testing.assert_close(out, output, atol=1e-4, rtol=1e-4)   # the recomputation is the module's
             shared = next((getattr(ffn, name) for name in ("shared_expert", "shared_experts", "shared_mlp")
                            if hasattr(ffn, name)), None)   # Hunyuan-MoE's shared expert is its shared_mlp
+            # Granite-MoE-Shared's shared_mlp runs beside the block, in the layer, on the block's input
+            shared = shared or getattr(decoder_layers(model)[layer], "shared_mlp", None)
             if shared is not None:
                 a_shared, z_shared = shared_states(shared, x)
+                torch.testing.assert_close(shared_down(shared)(z_shared), shared(x), atol=1e-5, rtol=1e-4)
                 a, z = torch.cat([a, a_shared], 1), torch.cat([z, z_shared], 1)
             per_token = {"nas": (a > 0).float(), "nav": z.abs(), "routing": routing}
             shape = (*ids["input_ids"].shape, -1)

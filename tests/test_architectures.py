@@ -40,7 +40,9 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
             pad_token_id=0, bos_token_id=1, eos_token_id=2, num_experts=4, num_local_experts=4, n_routed_experts=4,
             num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24)
 # Falcon-H1's default time_step_limit (0, inf) does not survive save_pretrained's JSON (transformers 5.23)
-EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9))}
+EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
+         "granitemoeshared": dict(shared_intermediate_size=20),   # its shared_mlp, beside the MoE block
+         "minimax_m3_vl_text": dict(shared_intermediate_size=20)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
@@ -49,17 +51,13 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
 MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exaone_moe", "flex_olmo",
        "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
-       "jamba", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
-       "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next",
-       "qwen4_exp_text", "solar_open"}
+       "jamba", "kolibri1", "laguna", "llama4_text", "mellum", "mimo_v2_flash", "minimax",
+       "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text",
+       "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open"}
 # refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
-# llama4: its experts module receives every token, scaled by its routing weight before the activation; jetmoe:
-# two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up together;
-# inkling: shared experts kept as 3-D weights; minimax_m3_vl_text: shared experts without an activation module;
-# nemotron_h: ungated experts, and most layers have no FFN)
-MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "llama4_text", "minimax_m3_vl_text", "nemotron_h"}
-# refused with one line: a dense FFN beside the MoE block in the layer (shared experts outside the block)
-DENSE_BESIDE = {"granitemoeshared"}   # with shared_intermediate_size > 0; without, tested as MoE below
+# jetmoe: two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up
+# together; inkling: shared experts kept as 3-D weights; nemotron_h: ungated experts, and most layers have no FFN)
+MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "nemotron_h"}
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "falcon_mamba", "xlm"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
@@ -265,16 +263,6 @@ def test_mixture_of_experts_that_cannot_be_read_is_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' is a mixture-of-experts model \(\w+ at [\w.]+\): "
                                             r"expert neurons are read from .*: not supported$"):
         find_sites(tiny(kind))
-
-
-@pytest.mark.parametrize("kind", sorted(DENSE_BESIDE))
-def test_a_dense_ffn_beside_the_experts_is_refused_in_one_line(kind):
-    """Granite-MoE-Shared with a shared expert (shared_intermediate_size > 0; without one it is an ordinary MoE
-    model) adds its shared_mlp beside the MoE block, in the layer: reading only the block would leave its units
-    out silently."""
-    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' adds a dense FFN \([\w.]+shared_mlp\) beside "
-                                            r"its mixture-of-experts block: its units are not read: not supported$"):
-        find_sites(tiny(kind, shared_intermediate_size=20))
 
 
 @pytest.mark.parametrize("kind", sorted(NO_FFN | SPLIT_FFN))

@@ -1,15 +1,17 @@
 """What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights),
-its shared experts (a dense FFN beside them), whether the rest is only routers (so that the block can be read),
+its shared experts (a dense FFN beside them in the block, or beside the block in the layer), whether the rest is only routers (so that the block can be read),
 and its neurons' count (E·I routed units, then the shared experts')."""
 
 from __future__ import annotations
 
 import inspect
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
 
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
+from neuronxa.stage_one.swiglu import swiglu_parameters
 
 
 def experts_module(ffn: nn.Module) -> nn.Module | None:
@@ -22,14 +24,31 @@ def experts_module(ffn: nn.Module) -> nn.Module | None:
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``)."""
+    argument, or a clamped SwiGLU: gpt_oss, MiniMax-M3), or called with every token for every expert (``scaled``),
+    beside only routers and shared experts it reads (``readable_rest``)."""
     found = experts_module(block)
     if found is None:
         return False
     called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
     act = getattr(found, "act_fn", None)
-    known = _one_argument(act) if act is not None else hasattr(found, "limit") and hasattr(found, "alpha")
-    return len(called) >= 3 and known and readable_rest(block)
+    known = _one_argument(act) if act is not None else swiglu_parameters(found) is not None
+    return (len(called) >= 3 or scaled(block)) and known and readable_rest(block)
+
+
+def scaled(block: nn.Module) -> bool:
+    """Whether the block calls its experts with the tokens alone: every token for every expert (E copies, each
+    scaled by its routing weight before the experts' activation module), routed by a router Linear (Llama 4)."""
+    found = experts_module(block)
+    called = list(inspect.signature(type(found).forward).parameters)[1:]
+    return len(called) == 1 and isinstance(getattr(found, "act_fn", None), nn.Module) and router(block) is not None
+
+
+def router(block: nn.Module) -> nn.Module | None:
+    """The block's router: its Linear child from the hidden size to one logit per expert, or None."""
+    found = experts_module(block)
+    shape = (hidden_size(found), expert_shape(found)[0])
+    return next((child for child in block.children() if isinstance(child, nn.Linear) and widths(child) == shape),
+                None)
 
 
 def _one_argument(act) -> bool:
@@ -40,18 +59,48 @@ def _one_argument(act) -> bool:
     return len([p for p in called if p.default is p.empty and p.kind <= p.POSITIONAL_OR_KEYWORD]) == 1
 
 
+def transposed(experts: nn.Module) -> bool:
+    """Whether the experts' weights are stored (E, in, out): ``is_transposed``, else from the shapes (gate_up
+    (E, H, 2I) and down (E, I, H), as Llama 4's, against (E, 2I, H) and (E, H, I))."""
+    if hasattr(experts, "is_transposed"):
+        return experts.is_transposed
+    gate_up, down = experts.gate_up_proj.shape, experts.down_proj.shape
+    return gate_up[1] == down[2] and gate_up[2] == 2 * down[1]
+
+
 def hidden_size(experts: nn.Module) -> int:
     """H: the width of the tokens the experts receive (and give back)."""
     down = experts.down_proj
-    return down.shape[2] if getattr(experts, "is_transposed", False) else down.shape[1]
+    return down.shape[2] if transposed(experts) else down.shape[1]
 
 
-def shared_module(ffn: nn.Module) -> nn.Module | None:
-    """The shared experts of an MoE block, found by structure: its child besides the routed experts that is a
-    dense FFN (a down projection to the hidden size, input projections from it), or None."""
+# MoE block -> the dense FFN that its decoder layer runs beside it on the same input (Granite-MoE-Shared's
+# shared_mlp), placed by the search for a model's sites (``sites.find_sites``)
+_BESIDE: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def own_shared(ffn: nn.Module) -> nn.Module | None:
+    """The shared experts inside an MoE block, found by structure: its child besides the routed experts that is
+    a dense FFN (a down projection to the hidden size, input projections from it), or None."""
     routed = experts_module(ffn)
     hidden = hidden_size(routed)
     return next((child for child in ffn.children() if child is not routed and projections(child, hidden)), None)
+
+
+def place_beside(ffn: nn.Module, shared: nn.Module) -> None:
+    """Read ``shared``, a dense FFN that the layer adds beside the MoE block ``ffn``, as the block's shared
+    experts."""
+    _BESIDE[ffn] = shared
+
+
+def beside(ffn: nn.Module) -> nn.Module | None:
+    """The dense FFN placed beside the MoE block ``ffn`` (it runs after the block), or None."""
+    return _BESIDE.get(ffn)
+
+
+def shared_module(ffn: nn.Module) -> nn.Module | None:
+    """The shared experts of an MoE block: inside it, else placed beside it in its layer, or None."""
+    return own_shared(ffn) or beside(ffn)
 
 
 def readable_rest(block: nn.Module) -> bool:
@@ -62,7 +111,7 @@ def readable_rest(block: nn.Module) -> bool:
     hidden = hidden_size(routed)
     for child in block.children():
         if child is shared:
-            if not _one_argument(getattr(child, act_module(child) or "", None)):
+            if not readable_shared(child):
                 return False
         elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
                                          for p in child.parameters()):
@@ -70,17 +119,32 @@ def readable_rest(block: nn.Module) -> bool:
     return True
 
 
+def readable_shared(shared: nn.Module) -> bool:
+    """Whether the shared experts' a can be read: they have an activation module of one argument, or compute a
+    clamped SwiGLU (``swiglu_ffn``)."""
+    return _one_argument(getattr(shared, act_module(shared) or "", None)) or swiglu_ffn(shared)
+
+
+def swiglu_ffn(ffn: nn.Module) -> bool:
+    """Whether a dense FFN (shared experts, or a dense layer) computes a clamped SwiGLU of one fused gate_up
+    projection, with no activation module (MiniMax-M3)."""
+    linear = [child for child in ffn.children() if widths(child)]
+    fused = len(linear) == 2 and widths(linear[0])[1] == 2 * widths(linear[1])[0]
+    return act_module(ffn) is None and swiglu_parameters(ffn) is not None and fused
+
+
 def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The activation module and the down projection of an MoE block's shared experts."""
+    """Where an MoE block's shared experts' a is read (their activation module's output, or for a clamped
+    SwiGLU their fused gate_up projection's output), and their down projection."""
     shared = shared_module(ffn)
-    down = projections(shared, hidden_size(experts_module(ffn)))[0]
-    return submodule(shared, act_module(shared)), submodule(shared, down)
+    down, inputs, _ = projections(shared, hidden_size(experts_module(ffn)))
+    return submodule(shared, inputs[0] if swiglu_ffn(shared) else act_module(shared)), submodule(shared, down)
 
 
 def expert_shape(experts: nn.Module) -> tuple[int, int]:
     """(E, I): experts and units per expert (the down projection's input width)."""
     down = experts.down_proj
-    return down.shape[0], down.shape[1] if getattr(experts, "is_transposed", False) else down.shape[2]
+    return down.shape[0], down.shape[1] if transposed(experts) else down.shape[2]
 
 
 def moe_width(ffn: nn.Module) -> int:

@@ -22,7 +22,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from neuronxa.stage_one.expert_blocks import expert_shape, experts_module, shared_module, shared_sites
+from neuronxa.stage_one import swiglu
+from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, shared_module, shared_sites,
+                                              swiglu_ffn)
 from neuronxa.stage_one.pooling import pool
 
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
@@ -45,12 +47,11 @@ def split_gate_up(experts: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def activation(experts: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, m): the activation and what multiplies it into the down projection's input z = a·m. gpt_oss's clamped
-    SwiGLU has no activation module: its a is ``gate · σ(α·gate)`` (gate clamped), and m = up + 1 (clamped)."""
+    """(a, m): the activation and what multiplies it into the down projection's input z = a·m. The clamped
+    SwiGLU of gpt_oss and MiniMax-M3 has no activation module (see ``swiglu``)."""
     if hasattr(experts, "act_fn"):
         return experts.act_fn(gate), up
-    gate = gate.clamp(max=experts.limit)
-    return gate * torch.sigmoid(gate * experts.alpha), up.clamp(-experts.limit, experts.limit) + 1
+    return swiglu.clamped_swiglu(experts, gate, up)
 
 
 def routed_pairs(top_k_index: torch.Tensor, n_experts: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -173,12 +174,12 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
         if isinstance(getattr(experts, "act_fn", None), nn.Module):   # a as the model computes it in _apply_gate
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
     if shared is not None:
-        handles += _shared_hooks(ffn, weights, parts, kinds)
-    handles.append(ffn.register_forward_hook(on_block))
+        handles += shared_hooks(ffn, weights, parts, kinds)
+    handles.append((beside(ffn) or ffn).register_forward_hook(on_block))   # once the shared experts ran too
     return handles
 
 
-def _shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
+def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
                   parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
     """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts')."""
     def on_shared(kind: str, value: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor) -> None:
@@ -187,7 +188,9 @@ def _shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor
             parts.setdefault(kind, []).append(pool(w, value(states).reshape(*w.shape[1:], -1)))
 
     act, down = shared_sites(ffn)
-    return [act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: s > 0, out)),
+    shared = shared_module(ffn)
+    a_of = (lambda out: swiglu.fused_a(shared, out)) if swiglu_ffn(shared) else (lambda out: out)
+    return [act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: a_of(s) > 0, out)),
             down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
 
 
@@ -235,6 +238,10 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     if (neurons < routed).any():
         handles.append(_edit_output(ffn, edit, neurons[neurons < routed]))
     if (neurons >= routed).any():
-        shared = neurons[neurons >= routed]
-        handles.append(_edit_act(shared_sites(ffn)[0], edit, shared - routed, shared))
+        shared, module = neurons[neurons >= routed], shared_module(ffn)
+        own = shared - routed   # the shared experts' own units
+        if swiglu_ffn(module):
+            handles += swiglu.on_a(module, *shared_sites(ffn), lambda a: edit(a, own.to(a.device), shared))
+        else:
+            handles.append(_edit_act(shared_sites(ffn)[0], edit, own, shared))
     return handles

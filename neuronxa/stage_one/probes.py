@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks, experts
+from neuronxa.stage_one import expert_blocks, experts, scaled_experts, swiglu
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
@@ -60,6 +60,8 @@ def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Te
             edited = edit(inputs[0])
             return None if edited is None else (edited, *inputs[1:])
         return [down.register_forward_pre_hook(edit_z)]
+    if expert_blocks.swiglu_ffn(ffn):   # a clamped SwiGLU computed in the forward (MiniMax-M3's dense layers)
+        return swiglu.on_a(ffn, submodule(ffn, found.gate), down, edit)
     from transformers.activations import ACT2FN
 
     width, activation, held = widths(down)[0], ACT2FN[found.activation], {}
@@ -94,10 +96,16 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
             continue
         ffn = submodule(layer, found.ffn)
         if expert_blocks.probed(ffn):
-            handles += experts.edit_hooks(ffn, neurons, edit)
+            handles += _moe_probes(ffn).edit_hooks(ffn, neurons, edit)
         else:
             handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
     return handles
+
+
+def _moe_probes(ffn: nn.Module):
+    """The module whose ``moe_hooks`` and ``edit_hooks`` read an MoE block: experts called with every token for
+    every expert (Llama 4), else with the routed tokens."""
+    return scaled_experts if expert_blocks.scaled(ffn) else experts
 
 
 class StopForward(Exception):
@@ -147,7 +155,8 @@ class PoolingProbe:
         ffn = submodule(layer, self.arch.ffn)
         if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
-            return experts.moe_hooks(ffn, self._weights_on, store, self.kinds) + self._layer_hooks(index, layer)
+            return _moe_probes(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds) \
+                + self._layer_hooks(index, layer)
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:

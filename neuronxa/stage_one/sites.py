@@ -105,7 +105,8 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
     """One line for a mixture-of-experts block that experts.py cannot probe, or one with a dense FFN beside it
-    in the layer (shared experts outside the block, whose units would be left out)."""
+    in the layer that cannot be read as its shared experts (several, or the block has its own); a single one is
+    placed beside the block (``expert_blocks.place_beside``), its units read after the experts'."""
     hidden = _hidden_size(model)
     for index, layer in enumerate(layers):
         probed = [module for module in layer.modules() if expert_blocks.probed(module)]
@@ -113,9 +114,13 @@ def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
         beside = [name for name, child in layer.named_children() if probed and id(child) not in inside
                   and (_FFN_NAME.search(name) or _FFN_NAME.search(type(child).__name__))
                   and projections(child, hidden)]
-        if beside:
+        if beside and (len(beside) > 1 or len(probed) > 1 or expert_blocks.own_shared(probed[0]) is not None
+                       or not expert_blocks.readable_shared(getattr(layer, beside[0]))):
             raise NeuronXAError(f"model type {model_type(model)!r} adds a dense FFN ({path}.{index}.{beside[0]}) "
-                                "beside its mixture-of-experts block: its units are not read: not supported")
+                                "beside its mixture-of-experts block that cannot be read as its shared experts "
+                                "(several, the block's own beside it, or no activation module): not supported")
+        if beside:   # its units are read as the block's shared experts
+            expert_blocks.place_beside(probed[0], getattr(layer, beside[0]))
         for name, module in layer.named_modules():
             if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside:
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
@@ -183,7 +188,9 @@ def _search(model: nn.Module) -> Sites:
         return Sites(path, ffn_path, act, down, False)
     gate = next((name for name in inputs if "gate" in name or name == "w1"), inputs[0])
     up = next((name for name in inputs if name != gate), gate)
-    return Sites(path, ffn_path, act, down, True, gate, up, None if act else _activation(model))
+    swiglu = expert_blocks.swiglu_ffn(ffns[0])   # computed in the forward, whatever the config names (MiniMax-M3)
+    return Sites(path, ffn_path, act, down, True, gate, up,
+                 None if act else "clamped_swiglu" if swiglu else _activation(model))
 
 
 def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
