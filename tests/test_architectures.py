@@ -68,6 +68,7 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "zamba2": dict(layers_block_type=["linear_attention", "hybrid"], n_mamba_heads=4, mamba_d_state=8,
                         chunk_size=16, adapter_rank=4, attention_head_dim=8),
          "zaya": dict(num_experts_per_tok=1, router_hidden_size=16, layer_types=["hybrid", "hybrid"]),
+         "qwen4_exp": dict(text_config=TINY),   # its causal LM is the text model's, built from the text config
          "mamba2": dict(head_dim=16, n_groups=1, state_size=8, chunk_size=16, time_step_rank=4),
          "kimi_linear": dict(MLA, layer_types=["linear_attention", "full_attention"], linear_head_dim=8,
                              linear_num_heads=4, num_experts_per_token=2, num_expert_group=1),
@@ -91,7 +92,7 @@ MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "deepseek_v2", "deep
        "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared",
        "hunyuan_v1_moe", "hy_v3", "jamba", "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "mellum",
        "mimo_v2_flash", "minimax", "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text",
-       "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open", "zaya"}
+       "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text", "solar_open", "zaya"}
 # refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
 # llama4: its experts module receives every token, scaled by its routing weight before the activation; jetmoe:
 # two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up together;
@@ -118,8 +119,10 @@ SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data
 _CONFIG = "its config rejects a generic tiny config"
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
-    **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant", "musicgen", "musicgen_melody", "plbart",
-                     "qwen4_exp", "reformer", "whisper", "xlnet"], _CONFIG),
+    **dict.fromkeys(["musicgen", "musicgen_melody", "plbart", "reformer", "whisper", "xlnet"], _CONFIG),
+    **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
+                    "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
+                    "alone"),
     **dict.fromkeys(["blt", "dots3_note", "emu3", "gemma3", "gemma3n", "gemma4", "gemma4_unified", "git",
                      "got_ocr2", "llama4", "moss_transcribe_diarize", "phi4_multimodal", "qwen3_5", "qwen3_5_moe",
                      "roc_bert", "gemma4_text", "hy_v4", "mllama"], _TOWER),
