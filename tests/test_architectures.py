@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import statistics
 import subprocess
 import sys
 
@@ -76,7 +77,7 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
                                      rope_parameters={"full_attention": None, "sliding_attention": dict(
                                          rope_type="default", rope_theta=10000.0)}),
          "gemma3n_text": dict(intermediate_size=[48, 48], layer_types=["sliding_attention", "full_attention"],
-                              num_kv_shared_layers=0, activation_sparsity_pattern=[0.0, 0.0], laurel_rank=4,
+                              num_kv_shared_layers=0, activation_sparsity_pattern=[0.95, 0.0], laurel_rank=4,
                               hidden_size_per_layer_input=8, vocab_size_per_layer_input=100, sliding_window=4,
                               altup_num_inputs=2),
          **dict.fromkeys(["axk1", "axk2", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
@@ -185,6 +186,9 @@ def recompute(kind: str, ffn, x: torch.Tensor, config) -> tuple[torch.Tensor, to
     down_width = first(ffn, DOWN).weight.shape[1 if isinstance(first(ffn, DOWN), torch.nn.Linear) else 0]
     if pair:
         gate = getattr(ffn, pair[0])(x) * getattr(ffn, "gate_multiplier", 1.0)   # falcon_h1 scales the gate
+        if getattr(ffn, "activation_sparsity", 0.0) > 0:   # gemma3n: the gate above mean + std·Φ⁻¹(sparsity)
+            gate = torch.relu(gate - gate.mean(-1, keepdim=True) - gate.std(-1, keepdim=True, unbiased=False)
+                              * statistics.NormalDist().inv_cdf(ffn.activation_sparsity))
         a = act(gate)
         z = a * getattr(ffn, pair[1])(x)
         return a, ffn.ffn_sub_norm(z) if hasattr(ffn, "ffn_sub_norm") else z   # bitnet normalises z
@@ -252,6 +256,17 @@ def test_states_match_a_recomputation_from_the_layers_weights(kind):
                                        err_msg=f"{kind} {kind_} {pooling}")
 
 
+@pytest.mark.parametrize("kind, variant", [("falcon", dict(new_decoder_architecture=True, num_kv_heads=2)),  # 40B, 180B
+                                           ("falcon", dict(parallel_attn=False, multi_query=False, alibi=True))])  # RW
+def test_variants_of_an_architecture_match_the_recomputation(kind, variant):
+    model = tiny(kind, **variant)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3)
+    for kind_, by in recomputed_states(kind, model, tiny_tokenizer()).items():
+        for pooling, value in by.items():
+            np.testing.assert_allclose(states[kind_][pooling], value, atol=1e-4, rtol=1e-4,
+                                       err_msg=f"{kind} {variant} {kind_} {pooling}")
+
+
 @functools.cache
 def moe_tiny(kind: str):
     """The tiny model of a mixture-of-experts ``kind`` with random routers and biases (not the initialiser's
@@ -317,7 +332,7 @@ def test_a_dense_ffn_beside_the_experts_is_refused_in_one_line(kind):
     """Granite-MoE-Shared with a shared expert (shared_intermediate_size > 0; without one it is an ordinary MoE
     model) adds its shared_mlp beside the MoE block, in the layer: reading only the block would leave its units
     out silently."""
-    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' adds a dense FFN \([\w.]+(shared_mlp|mlps)\) beside "
+    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' adds a dense FFN \([\w.]+\) beside "
                                             r"its mixture-of-experts block: its units are not read: not supported$"):
         find_sites(tiny(kind, shared_intermediate_size=20))
 
