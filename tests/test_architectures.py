@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import statistics
 import subprocess
 import sys
 
@@ -39,27 +40,76 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
             max_position_embeddings=128, n_positions=128, num_layers=2, num_heads=4, rotary_dim=8,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, num_experts=4, num_local_experts=4, n_routed_experts=4,
             num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24)
-# Falcon-H1's default time_step_limit (0, inf) does not survive save_pretrained's JSON (transformers 5.23)
+# per type, what the generic config does not fit (a value None leaves the config's own default: Falcon computes its
+# head_dim). Multi-head latent attention (DeepSeek-V2/V3 and their kin): small latent ranks and head sizes, one key
+# head per query head, layer 0 dense and layer 1 a mixture of experts where the model mixes them.
+MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
+           v_head_dim=8, head_dim=4, n_group=2, topk_group=1, first_k_dense_replace=1,
+           mlp_layer_types=["dense", "sparse"])
+# Falcon-H1's (and the Mamba-2 hybrids') default time_step_limit (0, inf) does not survive save_pretrained's JSON
+MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=16, time_step_limit=(0.0, 1e9))
 EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "granitemoeshared": dict(shared_intermediate_size=20),   # its shared_mlp, beside the MoE block
-         "minimax_m3_vl_text": dict(shared_intermediate_size=20)}
+         "minimax_m3_vl_text": dict(shared_intermediate_size=20),
+         "falcon": dict(head_dim=None, ffn_hidden_size=48),
+         "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
+         "dbrx": dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=128,
+                      attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                      ffn_config=dict(ffn_hidden_size=24, moe_num_experts=4, moe_top_k=2)),
+         "dots1": dict(n_shared_experts=1, first_k_dense_replace=1),
+         "dots3_note_text": dict(MLA, index_head_dim=8, index_n_heads=2, index_topk=4, sliding_window=4,
+                                 layer_types=["indexed_attention", "sliding_attention"],
+                                 shared_experts_intermediate_size=24, swa_num_attention_heads=4,
+                                 swa_num_key_value_heads=4, swa_q_lora_rank=16, swa_kv_lora_rank=16, swa_head_dim=8,
+                                 swa_qk_nope_head_dim=4, swa_v_head_dim=8),
+         "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
+         "bamba": dict(MAMBA2, attn_layer_indices=[1]),
+         "granitemoehybrid": dict(MAMBA2, layer_types=["linear_attention", "full_attention"]),
+         "zamba": dict(num_hidden_layers=3, layers_block_type=["hybrid", "linear_attention", "hybrid"],
+                       attention_hidden_size=64, attention_head_dim=16, mamba_dt_rank=8, n_mamba_heads=2,
+                       mamba_d_state=8),
+         "zamba2": dict(layers_block_type=["linear_attention", "hybrid"], n_mamba_heads=4, mamba_d_state=8,
+                        chunk_size=16, adapter_rank=4, attention_head_dim=8),
+         "zaya": dict(num_experts_per_tok=1, router_hidden_size=16, layer_types=["hybrid", "hybrid"]),
+         "qwen4_exp": dict(text_config=TINY),   # its causal LM is the text model's, built from the text config
+         "mamba2": dict(head_dim=16, n_groups=1, state_size=8, chunk_size=16, time_step_rank=4),
+         "kimi_linear": dict(MLA, layer_types=["linear_attention", "full_attention"], linear_head_dim=8,
+                             linear_num_heads=4, num_experts_per_token=2, num_expert_group=1),
+         "cohere_compass_text": dict(layer_types=["full_attention", "sliding_attention"], sliding_window=4,
+                                     rope_parameters={"full_attention": None, "sliding_attention": dict(
+                                         rope_type="default", rope_theta=10000.0)}),
+         "gemma3n_text": dict(intermediate_size=[48, 48], layer_types=["sliding_attention", "full_attention"],
+                              num_kv_shared_layers=0, activation_sparsity_pattern=[0.95, 0.0], laurel_rank=4,
+                              hidden_size_per_layer_input=8, vocab_size_per_layer_input=100, sliding_window=4,
+                              altup_num_inputs=2),
+         **dict.fromkeys(["axk1", "axk2", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
+                          "glm_moe_dsa", "longcat_flash", "minicpm3", "youtu"], MLA)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
              "alle menschen sind frei und gleich an würde und rechten geboren jeder hat das recht auf leben"]
 
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
-MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exaone_moe", "flex_olmo",
-       "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
-       "jamba", "kolibri1", "laguna", "llama4_text", "mellum", "mimo_v2_flash", "minimax",
-       "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text",
-       "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open"}
+MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+       "deepseek_v4", "dots1", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
+       "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared",
+       "hunyuan_v1_moe", "hy_v3", "jamba", "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum",
+       "mimo_v2_flash", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe",
+       "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text", "solar_open", "zaya"}
 # refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
 # jetmoe: two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up
-# together; inkling: shared experts kept as 3-D weights; nemotron_h: ungated experts, and most layers have no FFN)
-MOE_REFUSED = {"inkling2_text", "inkling_text", "jetmoe", "nemotron_h"}
+# together; inkling: shared experts kept as 3-D weights; nemotron_h: ungated experts, and most layers have no FFN;
+# dbrx: experts kept as 2-D stacks in a per-expert GLU)
+MOE_REFUSED = {"dbrx", "inkling2_text", "inkling_text", "jetmoe", "nemotron_h"}
+# refused with one line: a dense FFN beside the MoE block in the layer that cannot be read as its shared experts:
+# longcat_flash (its layers hold a list of two dense MLPs beside the MoE block)
+DENSE_BESIDE = {"longcat_flash"}
 # refused: no feed-forward network (state-space and recurrent layers only)
-NO_FFN = {"mamba", "falcon_mamba", "xlm"}
+NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
+# several residual streams per token (AltUp): NAS and NAV read, hidden states refused with one line
+STREAMS = {"gemma3n_text"}
+# refused: an FFN in some layers only (hybrids whose state-space layers have none)
+SOME_FFN = {"zamba", "zamba2"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
 # serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
@@ -70,19 +120,15 @@ SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data
 _CONFIG = "its config rejects a generic tiny config"
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
-    **dict.fromkeys(["bamba", "dbrx", "dots1", "dots3_note", "dots3_note_text", "falcon", "gemma3n",
-                     "gemma3n_text", "gemma4_assistant", "gemma4_unified_assistant", "gpt_neo", "granitemoehybrid",
-                     "lfm2_moe", "mamba2", "minicpm3", "musicgen", "musicgen_melody", "plbart", "qwen4_exp",
-                     "reformer", "whisper", "xlnet", "zamba", "zamba2", "zaya", "cohere_compass_text"], _CONFIG),
-    **dict.fromkeys(["blt", "emu3", "gemma3", "gemma4", "gemma4_unified", "git", "got_ocr2", "llama4",
-                     "moss_transcribe_diarize", "phi4_multimodal", "qwen3_5", "qwen3_5_moe", "roc_bert",
-                     "gemma4_text", "hy_v4", "mllama"], _TOWER),
+    **dict.fromkeys(["musicgen", "musicgen_melody", "plbart", "reformer", "whisper", "xlnet"], _CONFIG),
+    **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
+                    "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
+                    "alone"),
+    **dict.fromkeys(["blt", "dots3_note", "emu3", "gemma3", "gemma3n", "gemma4", "gemma4_unified", "git",
+                     "got_ocr2", "llama4", "moss_transcribe_diarize", "phi4_multimodal", "qwen3_5", "qwen3_5_moe",
+                     "roc_bert", "gemma4_text", "hy_v4", "mllama"], _TOWER),
     **dict.fromkeys(["bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "mvp",
                      "pegasus", "prophetnet", "trocr"], "the decoder of an encoder-decoder model"),
-    **dict.fromkeys(["deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite", "glm_moe_dsa", "kimi_linear",
-                     "longcat_flash", "youtu"], "a mixture-of-experts model whose tiny config stays large"),
-    "axk1": "its attention's fixed sizes keep the tiny model above the size limit",
-    "axk2": "its attention's fixed sizes do not fit the generic tiny config (the tiny model does not run)",
 }
 
 
@@ -93,7 +139,8 @@ def causal_lm_types() -> list[str]:
 
 
 def supported() -> list[str]:
-    return [kind for kind in causal_lm_types() if kind not in {*MOE, *MOE_REFUSED, *NO_FFN, *SPLIT_FFN, *RECURRENT, *SKIPPED}]
+    others = {*MOE, *MOE_REFUSED, *DENSE_BESIDE, *NO_FFN, *SOME_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *SKIPPED}
+    return [kind for kind in causal_lm_types() if kind not in others]
 
 
 @functools.cache
@@ -101,7 +148,8 @@ def tiny(kind: str, **extra):
     """A tiny random model of ``kind`` in eval mode, built once per test session."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(kind, **TINY, **EXTRA.get(kind, {}), **extra)
+    fields = {**TINY, **EXTRA.get(kind, {}), **extra}
+    config = AutoConfig.for_model(kind, **{name: value for name, value in fields.items() if value is not None})
     with torch.device("meta"):
         assert sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()) < MAX_PARAMETERS
     torch.manual_seed(0)
@@ -138,6 +186,9 @@ def recompute(kind: str, ffn, x: torch.Tensor, config) -> tuple[torch.Tensor, to
     down_width = first(ffn, DOWN).weight.shape[1 if isinstance(first(ffn, DOWN), torch.nn.Linear) else 0]
     if pair:
         gate = getattr(ffn, pair[0])(x) * getattr(ffn, "gate_multiplier", 1.0)   # falcon_h1 scales the gate
+        if getattr(ffn, "activation_sparsity", 0.0) > 0:   # gemma3n: the gate above mean + std·Φ⁻¹(sparsity)
+            gate = torch.relu(gate - gate.mean(-1, keepdim=True) - gate.std(-1, keepdim=True, unbiased=False)
+                              * statistics.NormalDist().inv_cdf(ffn.activation_sparsity))
         a = act(gate)
         z = a * getattr(ffn, pair[1])(x)
         return a, ffn.ffn_sub_norm(z) if hasattr(ffn, "ffn_sub_norm") else z   # bitnet normalises z
@@ -205,6 +256,17 @@ def test_states_match_a_recomputation_from_the_layers_weights(kind):
                                        err_msg=f"{kind} {kind_} {pooling}")
 
 
+@pytest.mark.parametrize("kind, variant", [("falcon", dict(new_decoder_architecture=True, num_kv_heads=2)),  # 40B, 180B
+                                           ("falcon", dict(parallel_attn=False, multi_query=False, alibi=True))])  # RW
+def test_variants_of_an_architecture_match_the_recomputation(kind, variant):
+    model = tiny(kind, **variant)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3)
+    for kind_, by in recomputed_states(kind, model, tiny_tokenizer()).items():
+        for pooling, value in by.items():
+            np.testing.assert_allclose(states[kind_][pooling], value, atol=1e-4, rtol=1e-4,
+                                       err_msg=f"{kind} {variant} {kind_} {pooling}")
+
+
 @functools.cache
 def moe_tiny(kind: str):
     """The tiny model of a mixture-of-experts ``kind`` with random routers and biases (not the initialiser's
@@ -265,9 +327,27 @@ def test_mixture_of_experts_that_cannot_be_read_is_refused_in_one_line(kind):
         find_sites(tiny(kind))
 
 
+@pytest.mark.parametrize("kind", sorted(DENSE_BESIDE))
+def test_a_dense_ffn_beside_the_experts_is_refused_in_one_line(kind):
+    """A dense FFN beside the MoE block, in the layer, that cannot be read as the block's shared experts (a list
+    of them, as LongCat-Flash's): reading only the block would leave its units out silently."""
+    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' adds a dense FFN \([\w.]+\) beside its "
+                                            r"mixture-of-experts block that cannot be read as its shared experts "
+                                            r"\(.*\): not supported$"):
+        find_sites(tiny(kind))
+
+
 @pytest.mark.parametrize("kind", sorted(NO_FFN | SPLIT_FFN))
 def test_no_ffn_is_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' has no feed-forward layers: .*model.sites$"):
+        find_sites(tiny(kind))
+
+
+@pytest.mark.parametrize("kind", sorted(SOME_FFN))
+def test_an_ffn_in_some_layers_only_is_refused_in_one_line(kind):
+    """Zamba and Zamba2 run a shared attention block with its FFN in some layers; their Mamba layers have none."""
+    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' has no FFN at one path in every decoder layer "
+                                            r"\(none in layers [\d, ]+\): not supported$"):
         find_sites(tiny(kind))
 
 
@@ -306,7 +386,7 @@ def test_layers_that_run_twice_are_refused_in_one_line(kind):
 
 
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
-    listed = [*MOE, *MOE_REFUSED, *NO_FFN, *SPLIT_FFN, *RECURRENT, *SKIPPED]
+    listed = [*MOE, *MOE_REFUSED, *DENSE_BESIDE - MOE, *NO_FFN, *SOME_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
 
@@ -317,10 +397,18 @@ def test_the_docs_list_exactly_the_architectures_that_pass():
         assert " ".join(listed.split()).split(", ") == passing
 
 
-def test_several_residual_streams_are_refused_in_one_line():
-    with pytest.raises(NeuronXAError, match=r"^decoder layer 0's hidden states have shape \(1, \d+, 4, 32\), not "
+@pytest.mark.parametrize("kind", ["deepseek_v4", *sorted(STREAMS)])
+def test_several_residual_streams_are_refused_in_one_line(kind):
+    with pytest.raises(NeuronXAError, match=r"^decoder layer 0's hidden states have shape \([\d, ]+\), not "
                                             r"\(batch, tokens, width\) \(several residual streams\?\): not supported$"):
-        pooled_states(tiny("deepseek_v4"), tiny_tokenizer(), SENTENCES[:1])
+        pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES[:1])
+
+
+@pytest.mark.parametrize("kind", sorted(STREAMS))
+def test_the_ffn_states_of_several_residual_streams_match_a_recomputation(kind):
+    states = pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES, batch_size=3, kinds=("nas", "nav"))
+    assert_layers_close(lambda kind_, pooling, layer: states[kind_][pooling][layer], expected_states(kind),
+                        ("nas", "nav"), kind, atol=1e-4, rtol=1e-4)
 
 
 def test_named_sites_serve_an_ffn_split_over_two_modules():

@@ -4,7 +4,7 @@ Per decoder layer: the FFN, the module whose output is the activation ``a`` (``a
 the down projection, whose input is ``z`` (``a * up x`` when gated, ``a`` otherwise) and whose input width is the
 neuron count. Found by structure:
 - the decoder layers: the longest ``nn.ModuleList`` under the base model (preferring one as long as the config's
-  number of layers, so that a vision tower's list is not taken);
+  number of layers, so that a vision tower's list is not taken; never a list nested in another list's item);
 - the FFN: the first module of a layer called (or whose class is called) MLP / feed-forward / FFN that holds a
   down projection (a Linear or GPT-2 Conv1D from the FFN width to the hidden size) and an input projection (from
   the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM);
@@ -38,7 +38,7 @@ _MOE_CLASS = re.compile(r"experts|sparsemoe|moe(block|layer)?$", re.IGNORECASE)
 _ACT_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation", "afn")
 # what structure cannot tell: the activation function of gated FFNs that apply it as a plain function, where the
 # config names none
-ACTIVATIONS = {"lfm2": "silu", "lfm3": "silu"}
+ACTIVATIONS = {"lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,15 @@ def model_type(model: nn.Module) -> str:
 
 def layer_list(model: nn.Module) -> str:
     """Path (under the base model) of the decoder layers: the longest ModuleList as long as the config's number of
-    layers (a vision tower's list is another length), else the longest."""
+    layers (a vision tower's list is another length), else the longest; never a list inside another list's item
+    (LongCat-Flash's layers each hold two attention modules and two MLPs, in lists of the config's length)."""
     lists = [(name, len(m)) for name, m in model.base_model.named_modules() if isinstance(m, nn.ModuleList)]
     if not lists:
         raise NeuronXAError(f"model type {model_type(model)!r} has no list of decoder layers: name its sites "
                             "with model.sites")
     count = getattr(model.config.get_text_config(), "num_hidden_layers", None)
-    return max(lists, key=lambda item: (item[1] == count, item[1]))[0]
+    outer = [item for item in lists if not any(item[0].startswith(f"{name}.") for name, _ in lists)]
+    return max(outer, key=lambda item: (item[1] == count, item[1]))[0]
 
 
 def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
@@ -104,23 +106,26 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
-    """One line for a mixture-of-experts block that experts.py cannot probe, or one with a dense FFN beside it
-    in the layer that cannot be read as its shared experts (several, or the block has its own); a single one is
-    placed beside the block (``expert_blocks.place_beside``), its units read after the experts'."""
+    """One line for a mixture-of-experts block that experts.py cannot probe, or one with a dense FFN (or a list of
+    them, as LongCat-Flash's) beside it in the layer that cannot be read as its shared experts (several, a list,
+    or the block has its own); a single one is placed beside the block (``expert_blocks.place_beside``), its units
+    read after the experts'."""
     hidden = _hidden_size(model)
     for index, layer in enumerate(layers):
         probed = [module for module in layer.modules() if expert_blocks.probed(module)]
         inside = {id(sub) for module in probed for sub in module.modules()}
         beside = [name for name, child in layer.named_children() if probed and id(child) not in inside
                   and (_FFN_NAME.search(name) or _FFN_NAME.search(type(child).__name__))
-                  and projections(child, hidden)]
-        if beside and (len(beside) > 1 or len(probed) > 1 or expert_blocks.own_shared(probed[0]) is not None
-                       or not expert_blocks.readable_shared(getattr(layer, beside[0]))):
+                  and any(projections(ffn, hidden) for ffn in (child if isinstance(child, nn.ModuleList) else [child]))]
+        child = getattr(layer, beside[0]) if beside else None
+        if beside and (len(beside) > 1 or len(probed) > 1 or isinstance(child, nn.ModuleList)
+                       or expert_blocks.own_shared(probed[0]) is not None or not expert_blocks.readable_shared(child)):
             raise NeuronXAError(f"model type {model_type(model)!r} adds a dense FFN ({path}.{index}.{beside[0]}) "
                                 "beside its mixture-of-experts block that cannot be read as its shared experts "
-                                "(several, the block's own beside it, or no activation module): not supported")
+                                "(several, a list, the block's own beside it, or no activation module): not "
+                                "supported")
         if beside:   # its units are read as the block's shared experts
-            expert_blocks.place_beside(probed[0], getattr(layer, beside[0]))
+            expert_blocks.place_beside(probed[0], child)
         for name, module in layer.named_modules():
             if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside:
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
