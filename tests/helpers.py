@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
+from moe_layouts import is_layout, layout_states
 from neuronxa.stage_one.probes import architecture, decoder_layers
 from neuronxa.stage_two.metrics import beaten
 
@@ -243,7 +244,8 @@ def moe_blocks(model) -> dict:
     """Decoder layer -> its block of routed experts (the module whose ``experts`` hold 3-D weights)."""
     blocks = {}
     for index, layer in enumerate(model.base_model.layers):
-        found = [m for m in layer.modules() if getattr(getattr(m, "experts", None), "gate_up_proj", None) is not None]
+        found = [m for m in layer.modules()
+                 if getattr(getattr(m, "experts", None), "gate_up_proj", None) is not None or is_layout(m)]
         if found:
             blocks[index] = found[0]
     return blocks
@@ -257,16 +259,19 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
     handles = [block.experts.register_forward_hook(
         lambda m, args, kwargs, out, layer=layer: seen.__setitem__(
             layer, (*(list(args) + list(kwargs.values()))[:3], out)), with_kwargs=True)
-        for layer, block in blocks.items()]
+        for layer, block in blocks.items() if not is_layout(block)]
+    handles += [block.register_forward_hook(   # other layouts: the block's input, recomputed from its router on
+        lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0].reshape(-1, i[0].shape[-1]), out)))
+        for layer, block in blocks.items() if is_layout(block)]
     with torch.no_grad():
         model.base_model(**ids, use_cache=False)
         for handle in handles:
             handle.remove()
         expected = {}
-        for layer, (x, index, weights, output) in seen.items():
+        for layer, (x, *inputs, output) in seen.items():
             ffn = blocks[layer]
-            a, z, routing, out = expert_states(ffn.experts, x, index, weights)
-            torch.testing.assert_close(out, output, atol=1e-4, rtol=1e-4)   # the recomputation is the module's
+            a, z, routing, out = layout_states(ffn, x) if is_layout(ffn) else expert_states(ffn.experts, x, *inputs)
+            torch.testing.assert_close(out, output.reshape(out.shape), atol=1e-4, rtol=1e-4)   # the module's own
             shared = next((getattr(ffn, name) for name in ("shared_expert", "shared_experts", "shared_mlp")
                            if hasattr(ffn, name)), None)   # Hunyuan-MoE's shared expert is its shared_mlp
             if shared is not None:

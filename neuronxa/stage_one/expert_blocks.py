@@ -19,10 +19,26 @@ def experts_module(ffn: nn.Module) -> nn.Module | None:
     return experts if isinstance(weight, torch.Tensor) and weight.dim() == 3 else None
 
 
+def parallel_experts(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """JetMoe's routed experts: the experts' input and output projections as two childless modules of 3-D
+    ``weight`` (E, 2I, H) and (E, H, I), called with the routed rows sorted by expert, beside an activation module
+    (of the gate half) and a router; else None (JetMoe's attention experts have no activation and no 2I)."""
+    stacks = [child for child in block.children() if not list(child.children())
+              and isinstance(getattr(child, "weight", None), torch.Tensor) and child.weight.dim() == 3]
+    if len(stacks) != 2 or act_module(block) is None:
+        return None
+    first, second = stacks
+    n_experts, double, hidden = first.weight.shape
+    return (first, second) if tuple(second.weight.shape) == (n_experts, hidden, double // 2) else None
+
+
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``)."""
+    argument, or gpt_oss's clamped SwiGLU), beside only routers and shared experts it reads (``readable_rest``);
+    or JetMoe's pair of parallel experts (``parallel_experts``)."""
+    if parallel_experts(block) is not None:
+        return True
     found = experts_module(block)
     if found is None:
         return False
@@ -85,6 +101,8 @@ def expert_shape(experts: nn.Module) -> tuple[int, int]:
 
 def moe_width(ffn: nn.Module) -> int:
     """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
+    if (pair := parallel_experts(ffn)) is not None:
+        return pair[1].weight.shape[0] * pair[1].weight.shape[2]
     n_experts, units = expert_shape(experts_module(ffn))
     shared = shared_module(ffn)
     return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks, experts
+from neuronxa.stage_one import expert_blocks, experts, parallel_experts
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
     Sites,
@@ -98,10 +98,16 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
             continue
         ffn = submodule(layer, found.ffn)
         if expert_blocks.probed(ffn):
-            handles += experts.edit_hooks(ffn, neurons, edit)
+            handles += _moe_module(ffn).edit_hooks(ffn, neurons, edit)
         else:
             handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
     return handles
+
+
+def _moe_module(ffn: nn.Module):
+    """The module whose ``moe_hooks`` and ``edit_hooks`` probe a mixture-of-experts block: JetMoe's pair of
+    parallel experts (parallel_experts.py), else one experts module (experts.py)."""
+    return parallel_experts if expert_blocks.parallel_experts(ffn) is not None else experts
 
 
 class StopForward(Exception):
@@ -151,7 +157,8 @@ class PoolingProbe:
         ffn = submodule(layer, self.arch.ffn)
         if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
-            return experts.moe_hooks(ffn, self._weights_on, store, self.kinds) + self._layer_hooks(index, layer)
+            hooks = _moe_module(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds)
+            return hooks + self._layer_hooks(index, layer)
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:

@@ -35,6 +35,7 @@ __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites
 
 _FFN_NAME = re.compile(r"mlp|feed_?forward|ffn", re.IGNORECASE)
 _MOE_CLASS = re.compile(r"experts|sparsemoe|moe(block|layer)?$", re.IGNORECASE)
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)   # JetMoe's attention is a mixture of experts: no FFN
 _ACT_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation", "afn")
 # what structure cannot tell: the activation function of gated FFNs that apply it as a plain function, where the
 # config names none
@@ -95,7 +96,7 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if name and expert_blocks.experts_module(module) is not None:
+        if name and (expert_blocks.experts_module(module) is not None or expert_blocks.parallel_experts(module)):
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
                 and projections(module, hidden):
@@ -117,7 +118,7 @@ def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
             raise NeuronXAError(f"model type {model_type(model)!r} adds a dense FFN ({path}.{index}.{beside[0]}) "
                                 "beside its mixture-of-experts block: its units are not read: not supported")
         for name, module in layer.named_modules():
-            if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside:
+            if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside and not _ATTENTION.search(name):
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
                                     f"({type(module).__name__} at {path}.{index}.{name}): expert neurons are read "
                                     "from one experts module called with the routed tokens (top_k_index, "
@@ -189,6 +190,10 @@ def _search(model: nn.Module) -> Sites:
 def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
     """The sites of a model whose every layer is a mixture of experts: those of the experts module (its a, where
     an activation module computes it, and its 3-D projections)."""
+    if (pair := expert_blocks.parallel_experts(block)) is not None:   # JetMoe
+        names = {id(child): name for name, child in block.named_children()}
+        first, second = (names[id(module)] for module in pair)
+        return Sites(path, ffn_path, act_module(block), second, True, first, first)
     act = "experts.act_fn" if hasattr(expert_blocks.experts_module(block), "act_fn") else None
     return Sites(path, ffn_path, act, "experts.down_proj", True, "experts.gate_up_proj", "experts.gate_up_proj")
 
