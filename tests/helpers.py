@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from moe_layouts import is_layout, layout_states
+from moe_layouts import is_layout, is_stacked, layout_states, stacked_states
 from neuronxa.stage_one.probes import architecture, decoder_layers
 from neuronxa.stage_two.metrics import beaten
 
@@ -275,7 +275,8 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
             shared = next((getattr(ffn, name) for name in ("shared_expert", "shared_experts", "shared_mlp")
                            if hasattr(ffn, name)), None)   # Hunyuan-MoE's shared expert is its shared_mlp
             if shared is not None:
-                a_shared, z_shared = shared_states(shared, x)
+                a_shared, z_shared = (stacked_states(ffn, x, inputs[0]) if is_stacked(shared)
+                                      else shared_states(shared, x))
                 a, z = torch.cat([a, a_shared], 1), torch.cat([z, z_shared], 1)
             per_token = {"nas": (a > 0).float(), "nav": z.abs(), "routing": routing}
             shape = (*ids["input_ids"].shape, -1)

@@ -1,5 +1,5 @@
-"""Mixture-of-experts layers of other layouts than one experts module called with ``top_k_index`` (JetMoe's
-parallel experts, ...): deactivating and scaling their expert neurons equals zeroing and scaling the matching
+"""Mixture-of-experts layers of other layouts than one experts module called with ``top_k_index`` and a dense
+shared FFN (JetMoe's parallel experts, Inkling's shared experts kept as 3-D weights): deactivating and scaling their expert neurons equals zeroing and scaling the matching
 slice of the experts' down projection, and their activation counts are the pooled NAS's."""
 
 import copy
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import moe_blocks, tiny_tokenizer
+from moe_layouts import is_jetmoe
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one.forward import activation_counts, pooled_states
@@ -18,6 +19,8 @@ COMMON = dict(vocab_size=128, hidden_size=16, num_hidden_layers=2, num_attention
               max_position_embeddings=128, bos_token_id=1, pad_token_id=0, eos_token_id=2, head_dim=8)
 CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2
     "jetmoe": dict(intermediate_size=12, num_local_experts=4, num_experts_per_tok=2, kv_channels=8),
+    "inkling_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, n_shared_experts=2,
+                         num_experts_per_tok=2),
 }
 SENTENCES = ["all human beings are born free and equal", "tous les", "alle menschen sind frei", "everyone has"]
 
@@ -34,15 +37,20 @@ def moe(request):
 
 
 def down_column(block, neuron: int) -> torch.Tensor:
-    """The column of the down projection that expert neuron e·I + j feeds: (H,), a view into the weights."""
-    weight = block.output_linear.weight   # (E, H, I)
+    """The column of the down projection that expert neuron e·I + j feeds, or, past the E·I routed units, shared
+    unit s·I + j: (H,), a view into the weights (all stored (E, H, I))."""
+    weight = block.output_linear.weight if is_jetmoe(block) else block.experts.down_proj
     expert, unit = divmod(neuron, weight.shape[2])
+    if expert >= weight.shape[0]:
+        weight, expert = block.shared_experts.down_proj, expert - weight.shape[0]
     return weight.data[expert, :, unit]
 
 
 def chosen_neurons(model) -> dict[int, list[int]]:
-    """Units of three experts per MoE layer."""
-    return {layer: [1, 12 + 5, layer_widths(model)[layer] - 1] for layer in moe_blocks(model)}
+    """Units of three experts per MoE layer (of the two last shared experts where there are: 4·12 routed)."""
+    widths = layer_widths(model)
+    return {layer: [n for n in (1, 12 + 5, 4 * 12 + 3) if n < widths[layer] - 1] + [widths[layer] - 1]
+            for layer in moe_blocks(model)}
 
 
 def scaled_copy(model, factors: dict[int, dict[int, float]]):

@@ -9,6 +9,7 @@ import inspect
 import torch
 from torch import nn
 
+from neuronxa.stage_one.stacked_shared import stacked_shared, stacked_width
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 
 
@@ -73,11 +74,14 @@ def shared_module(ffn: nn.Module) -> nn.Module | None:
 def readable_rest(block: nn.Module) -> bool:
     """Whether every child of an MoE block besides its routed experts is a router or gate (weights of at most two
     dimensions, none writing to the hidden size: nothing the block adds to its output) or its shared experts with
-    an activation module of one argument."""
-    routed, shared = experts_module(block), shared_module(block)
+    an activation module of one argument, or its shared experts as stacks of 3-D weights (``stacked_shared``)."""
+    routed, shared, stacked = experts_module(block), shared_module(block), stacked_shared(block)
     hidden = hidden_size(routed)
     for child in block.children():
-        if child is shared:
+        if child is stacked:
+            if not _one_argument(child.act_fn):
+                return False
+        elif child is shared:
             if not _one_argument(getattr(child, act_module(child) or "", None)):
                 return False
         elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
@@ -105,4 +109,6 @@ def moe_width(ffn: nn.Module) -> int:
         return pair[1].weight.shape[0] * pair[1].weight.shape[2]
     n_experts, units = expert_shape(experts_module(ffn))
     shared = shared_module(ffn)
+    if (stacked := stacked_shared(ffn)) is not None:
+        return n_experts * units + stacked_width(stacked)
     return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)

@@ -24,6 +24,7 @@ from torch import nn
 
 from neuronxa.stage_one.expert_blocks import expert_shape, experts_module, shared_module, shared_sites
 from neuronxa.stage_one.pooling import pool
+from neuronxa.stage_one.stacked_shared import stacked_edit_hook, stacked_hooks, stacked_shared
 
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
 
@@ -140,7 +141,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
               kinds: tuple[str, ...]) -> list:
     """Hooks that pool one MoE block's NAS, NAV (routed experts, then shared) and routing into ``store``; a and z
     are read in ``_apply_gate`` where all routed rows pass through it, else recomputed for the routed pairs."""
-    experts, shared = experts_module(ffn), shared_module(ffn)
+    experts = experts_module(ffn)
     routed: dict[str, torch.Tensor] = {}            # kind -> the routed experts' pooled states
     parts: dict[str, list[torch.Tensor]] = {}       # kind -> the shared experts' pooled states
     held, n_experts = {}, expert_shape(experts)[0]   # held: what the experts module received, its activation
@@ -172,15 +173,19 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
         handles.append(SimpleNamespace(remove=lambda: experts.__dict__.pop("_apply_gate", None)))
         if isinstance(getattr(experts, "act_fn", None), nn.Module):   # a as the model computes it in _apply_gate
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
-    if shared is not None:
-        handles += _shared_hooks(ffn, weights, parts, kinds)
+    handles += _shared_hooks(ffn, weights, parts, kinds)
     handles.append(ffn.register_forward_hook(on_block))
     return handles
 
 
 def _shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
                   parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
-    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts')."""
+    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts'): a dense
+    FFN's, or those of stacks of 3-D weights (stacked_shared.py); none without shared experts."""
+    if shared_module(ffn) is None:
+        stacked = stacked_shared(ffn)
+        return [] if stacked is None else stacked_hooks(stacked, weights, parts, kinds)
+
     def on_shared(kind: str, value: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor) -> None:
         if kind in kinds:
             w = weights(states.device)
@@ -235,6 +240,7 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     if (neurons < routed).any():
         handles.append(_edit_output(ffn, edit, neurons[neurons < routed]))
     if (neurons >= routed).any():
-        shared = neurons[neurons >= routed]
-        handles.append(_edit_act(shared_sites(ffn)[0], edit, shared - routed, shared))
+        shared, stacked = neurons[neurons >= routed], stacked_shared(ffn)
+        handles.append(_edit_act(shared_sites(ffn)[0], edit, shared - routed, shared) if stacked is None
+                       else stacked_edit_hook(stacked, edit, shared - routed, shared))
     return handles
