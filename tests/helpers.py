@@ -196,18 +196,21 @@ POOLS = ("weighted", "mean", "last")
 def expert_states(experts, x, index, weights):
     """Per token: a and z of every expert unit (0 where not routed), routing weights over E, and the module's
     output recomputed as the sum over routed experts of weight · down(z) — written from the weights here."""
-    n_experts = experts.down_proj.shape[0]
-    transposed = experts.gate_up_proj.shape[1] == x.shape[1] and experts.gate_up_proj.shape[2] != x.shape[1]
+    n_experts, gated = experts.down_proj.shape[0], hasattr(experts, "gate_up_proj")
+    stack = experts.gate_up_proj if gated else experts.up_proj   # ungated (nemotron_h): a = z = act(up x)
+    transposed = stack.shape[1] == x.shape[1] and stack.shape[2] != x.shape[1]
     units = experts.down_proj.shape[1] if transposed else experts.down_proj.shape[2]
     a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
     routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
     for n in range(len(x)):
         for slot in range(index.shape[1]):
             e = int(index[n, slot])
-            h = x[n] @ experts.gate_up_proj[e] if transposed else experts.gate_up_proj[e] @ x[n]
+            h = x[n] @ stack[e] if transposed else stack[e] @ x[n]
             if hasattr(experts, "gate_up_proj_bias"):
                 h = h + experts.gate_up_proj_bias[e]
-            if hasattr(experts, "act_fn"):   # [gate; up], an activation module
+            if not gated:
+                a = z = experts.act_fn(h)
+            elif hasattr(experts, "act_fn"):   # [gate; up], an activation module
                 gate, up = h[:units], h[units:]
                 a = experts.act_fn(gate)
                 z = a * up
@@ -224,6 +227,9 @@ def expert_states(experts, x, index, weights):
 
 
 def shared_states(mlp, x):
+    if not hasattr(mlp, "gate_proj"):   # ungated (nemotron_h)
+        a = mlp.act_fn(mlp.up_proj(x))
+        return a, a
     a = mlp.act_fn(mlp.gate_proj(x)) if hasattr(mlp, "act_fn") else mlp.activation_fn(mlp.gate_proj(x))
     return a, a * mlp.up_proj(x)
 
@@ -240,12 +246,17 @@ def pool_by_hand(states, mask):
     return out
 
 
+def _expert_stack(experts):
+    """The experts' 3-D input projection: gate_up_proj, or up_proj where ungated (nemotron_h); else None."""
+    stack = getattr(experts, "gate_up_proj", getattr(experts, "up_proj", None))
+    return stack if isinstance(stack, torch.Tensor) and stack.dim() == 3 else None
+
+
 def moe_blocks(model) -> dict:
     """Decoder layer -> its block of routed experts (the module whose ``experts`` hold 3-D weights)."""
     blocks = {}
     for index, layer in enumerate(model.base_model.layers):
-        found = [m for m in layer.modules()
-                 if getattr(getattr(m, "experts", None), "gate_up_proj", None) is not None or is_layout(m)]
+        found = [m for m in layer.modules() if is_layout(m) or _expert_stack(getattr(m, "experts", None)) is not None]
         if found:
             blocks[index] = found[0]
     return blocks

@@ -39,8 +39,10 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
             max_position_embeddings=128, n_positions=128, num_layers=2, num_heads=4, rotary_dim=8,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, num_experts=4, num_local_experts=4, n_routed_experts=4,
             num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24)
-# Falcon-H1's default time_step_limit (0, inf) does not survive save_pretrained's JSON (transformers 5.23)
-EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9))}
+# Falcon-H1's and Nemotron-H's default time_step_limit (0, inf) does not survive save_pretrained's JSON
+# (transformers 5.23)
+EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
+         "nemotron_h": dict(time_step_limit=(0.0, 1e9), moe_shared_expert_intermediate_size=24)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
@@ -50,14 +52,13 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
 MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exaone_moe", "flex_olmo",
        "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
        "inkling_text", "jamba", "jetmoe", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
-       "minimax_m2", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next",
-       "qwen4_exp_text", "solar_open"}
+       "minimax_m2", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe",
+       "qwen3_next", "qwen4_exp_text", "solar_open"}
 # refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
 # llama4: its experts module receives every token, scaled by its routing weight before the activation;
 # inkling2: an activation of gate and up together;
-# minimax_m3_vl_text: shared experts without an activation module;
-# nemotron_h: ungated experts, and most layers have no FFN)
-MOE_REFUSED = {"inkling2_text", "llama4_text", "minimax_m3_vl_text", "nemotron_h"}
+# minimax_m3_vl_text: shared experts without an activation module)
+MOE_REFUSED = {"inkling2_text", "llama4_text", "minimax_m3_vl_text"}
 # refused with one line: a dense FFN beside the MoE block in the layer (shared experts outside the block)
 DENSE_BESIDE = {"granitemoeshared"}   # with shared_intermediate_size > 0; without, tested as MoE below
 # refused: no feed-forward network (state-space and recurrent layers only)
@@ -110,7 +111,7 @@ def tiny(kind: str, **extra):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block")
+FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "mixer")
 GATED = (("gate_proj", "up_proj"), ("w1", "w3"), ("proj_up_gate", "proj_up"))   # (gate, up) pairs
 FUSED = ("gate_up_proj", "Wi", "fc1")                                          # gate then up, in one projection
 UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0")
@@ -163,7 +164,8 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
     """Per kind and pooling, per layer (sentences, width), from sentences run one at a time; the dense layers'
     NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves)."""
     layers, moe = find_layers(model), moe_blocks(model) if kind in MOE else {}
-    ffns = {index: ffn_of(layer) for index, layer in enumerate(layers) if index not in moe}
+    ffns = {index: ffn_of(layer) for index, layer in enumerate(layers)   # a hybrid's other mixers have no FFN
+            if index not in moe and any(hasattr(ffn_of(layer), name) for name in DOWN)}
     states = {kind_: {p: [] for p in ("weighted", "mean", "last")} for kind_ in ("nas", "nav", "hidden")}
     for sentence in sentences:
         ids = tokenizer(sentence, return_tensors="pt")["input_ids"]

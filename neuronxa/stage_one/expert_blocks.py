@@ -14,9 +14,10 @@ from neuronxa.stage_one.structure import act_module, projections, submodule, wid
 
 
 def experts_module(ffn: nn.Module) -> nn.Module | None:
-    """The routed experts of an FFN block (one module with 3-D ``gate_up_proj``/``down_proj``), or None."""
+    """The routed experts of an FFN block (one module with 3-D ``gate_up_proj``/``down_proj``, or an ungated
+    ``up_proj``/``down_proj`` (Nemotron-H)), or None."""
     experts = getattr(ffn, "experts", None)
-    weight = getattr(experts, "gate_up_proj", None)
+    weight = getattr(experts, "gate_up_proj", getattr(experts, "up_proj", None))
     return experts if isinstance(weight, torch.Tensor) and weight.dim() == 3 else None
 
 

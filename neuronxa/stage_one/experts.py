@@ -30,12 +30,14 @@ Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, 
 
 
 def gate_up(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gate, up) pre-activations of one expert on tokens x (rows)."""
-    weight = experts.gate_up_proj[expert]
+    """(gate, up) pre-activations of one expert on tokens x (rows); ungated experts (a 3-D ``up_proj``,
+    Nemotron-H): (up x, 1), so that a = act(up x) and z = a."""
+    name = "gate_up_proj" if hasattr(experts, "gate_up_proj") else "up_proj"
+    weight = getattr(experts, name)[expert]
     out = x @ weight if getattr(experts, "is_transposed", False) else x @ weight.T
     if getattr(experts, "has_bias", False):
-        out = out + experts.gate_up_proj_bias[expert]
-    return split_gate_up(experts, out)
+        out = out + getattr(experts, f"{name}_bias")[expert]
+    return split_gate_up(experts, out) if name == "gate_up_proj" else (out, torch.ones_like(out))
 
 
 def split_gate_up(experts: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,6 +96,8 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
             continue
+        if index in found.without:
+            raise NeuronXAError(f"decoder layer {index} has no FFN, so no neurons (its mixer is another kind)")
         ffn = submodule(layer, found.ffn)
         if expert_blocks.probed(ffn):
             handles += _moe_module(ffn).edit_hooks(ffn, neurons, edit)
@@ -154,6 +156,8 @@ class PoolingProbe:
         return self._weights_by_device[device]
 
     def _hooks(self, index: int, layer: nn.Module) -> list:
+        if index in self.arch.without:   # no FFN: no neurons (collect gives it width 0)
+            return self._layer_hooks(index, layer)
         ffn = submodule(layer, self.arch.ffn)
         if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
@@ -209,10 +213,11 @@ class PoolingProbe:
     def collect(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device; a list
         of (poolings, batch, width of the layer) where widths differ (mixture-of-experts models; ``routing`` is
-        empty on dense layers)."""
-        if "routing" in self._pooled:   # a dense layer of a mixture-of-experts model routes nothing
-            empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
-            self._pooled["routing"] = [empty if s is None else s for s in self._pooled["routing"]]
+        empty on dense layers, every kind but ``hidden`` on layers without an FFN)."""
+        empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
+        for kind, states in self._pooled.items():   # dense layers route nothing; no FFN, no neurons
+            empty_at = {*range(len(states))} if kind == "routing" else set() if kind == "hidden" else self.arch.without
+            self._pooled[kind] = [empty if s is None and layer in empty_at else s for layer, s in enumerate(states)]
         missing = [kind for kind, states in self._pooled.items() if any(s is None for s in states)]
         if missing:
             raise NeuronXAError(f"probe sites of {', '.join(missing)} did not fire: is the FFN layout unusual?")
