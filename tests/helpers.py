@@ -210,6 +210,11 @@ def expert_states(experts, x, index, weights):
                 h = h + experts.gate_up_proj_bias[e]
             if not gated:
                 a = z = experts.act_fn(h)
+            elif hasattr(getattr(experts, "act_fn", None), "up_softcap"):   # inkling2: soft-capped SwiGLU
+                gate, up = h[:units], h[units:]
+                a = torch.tanh(gate / experts.act_fn.gate_softcap.softcap) * experts.act_fn.gate_softcap.softcap \
+                    * torch.sigmoid(gate)
+                z = a * torch.tanh(up / experts.act_fn.up_softcap.softcap) * experts.act_fn.up_softcap.softcap
             elif hasattr(experts, "act_fn"):   # [gate; up], an activation module
                 gate, up = h[:units], h[units:]
                 a = experts.act_fn(gate)

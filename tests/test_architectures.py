@@ -51,14 +51,13 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
 MOE = {"afmoe", "aria_text", "cohere2_moe", "deepseek_v4", "ernie4_5_moe", "exaone_moe", "flex_olmo",
        "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
-       "inkling_text", "jamba", "jetmoe", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
+       "inkling2_text", "inkling_text", "jamba", "jetmoe", "kolibri1", "laguna", "mellum", "mimo_v2_flash", "minimax",
        "minimax_m2", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe",
        "qwen3_next", "qwen4_exp_text", "solar_open"}
 # refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
 # llama4: its experts module receives every token, scaled by its routing weight before the activation;
-# inkling2: an activation of gate and up together;
 # minimax_m3_vl_text: shared experts without an activation module)
-MOE_REFUSED = {"inkling2_text", "llama4_text", "minimax_m3_vl_text"}
+MOE_REFUSED = {"llama4_text", "minimax_m3_vl_text"}
 # refused with one line: a dense FFN beside the MoE block in the layer (shared experts outside the block)
 DENSE_BESIDE = {"granitemoeshared"}   # with shared_intermediate_size > 0; without, tested as MoE below
 # refused: no feed-forward network (state-space and recurrent layers only)

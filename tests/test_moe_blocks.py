@@ -1,6 +1,6 @@
 """Mixture-of-experts layers of other layouts than one experts module called with ``top_k_index`` and a dense
-shared FFN (JetMoe's parallel experts, Inkling's shared experts kept as 3-D weights, Nemotron-H's ungated
-experts in a hybrid whose layers are each one mixer): deactivating and scaling their expert neurons equals
+shared FFN (JetMoe's parallel experts, Inkling's shared experts kept as 3-D weights, Inkling2's soft-capped
+SwiGLU of gate and up, Nemotron-H's ungated experts in a hybrid whose layers are each one mixer): deactivating and scaling their expert neurons equals
 zeroing and scaling the matching slice of the experts' down projection, and their activation counts are the pooled
 NAS's; a hybrid's layers without an FFN have no neurons, through stage one, stage two and the neurons task."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import moe_blocks, tiny_tokenizer
+from helpers import moe_blocks, recomputed_experts, tiny_tokenizer
 from moe_layouts import is_jetmoe
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
@@ -23,6 +23,8 @@ CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2
     "jetmoe": dict(intermediate_size=12, num_local_experts=4, num_experts_per_tok=2, kv_channels=8),
     "inkling_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, n_shared_experts=2,
                          num_experts_per_tok=2),
+    "inkling2_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, num_local_experts=4,
+                          num_experts_per_tok=2),
     "nemotron_h": dict(layers_block_type=["linear_attention", "moe", "full_attention", "mlp"], intermediate_size=20,
                        moe_intermediate_size=12, moe_shared_expert_intermediate_size=20, n_routed_experts=4,
                        num_experts_per_tok=2, n_group=1, topk_group=1, mamba_num_heads=4, mamba_head_dim=8,
@@ -94,6 +96,22 @@ def test_scaling_expert_neurons_equals_scaling_down_projection_slices(moe):
             edited = model(**ids).logits
         expected = scaled_copy(model, factors)(**ids).logits
     torch.testing.assert_close(edited, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "batched_mm"])
+def test_every_experts_implementation_gives_the_recomputed_states(moe, implementation):
+    """Besides the default grouped_mm (which the architectures test checks): a and z read in ``_apply_gate``
+    (batched_mm, where the experts are gated) or recomputed for the routed pairs (eager)."""
+    model_type, model = moe
+    if model_type == "jetmoe":
+        pytest.skip("JetMoe's experts have no implementations to choose from")
+    model = copy.deepcopy(model)
+    model.set_experts_implementation(implementation)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=2)
+    for layer, expected in recomputed_experts(model, tiny_tokenizer(), SENTENCES).items():
+        for kind in ("nas", "nav"):
+            np.testing.assert_allclose(states[kind]["weighted"][layer], expected[kind]["weighted"], rtol=1e-4,
+                                       atol=1e-5, err_msg=f"{model_type} {implementation} {kind} {layer}")
 
 
 def test_activation_counts_count_routed_active_tokens(moe):

@@ -46,8 +46,14 @@ def probed(block: nn.Module) -> bool:
         return False
     called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
     act = getattr(found, "act_fn", None)
-    known = _one_argument(act) if act is not None else hasattr(found, "limit") and hasattr(found, "alpha")
+    known = _one_argument(act) or softcapped(found) if act is not None \
+        else hasattr(found, "limit") and hasattr(found, "alpha")
     return len(called) >= 3 and known and readable_rest(block)
+
+
+def softcapped(experts: nn.Module) -> bool:
+    """Whether the experts' activation is Inkling2's soft-capped SwiGLU of (gate, up), with its two soft-caps."""
+    return all(hasattr(getattr(experts, "act_fn", None), name) for name in ("gate_softcap", "up_softcap"))
 
 
 def _one_argument(act) -> bool:

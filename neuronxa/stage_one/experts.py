@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from neuronxa.stage_one.expert_blocks import expert_shape, experts_module, shared_module, shared_sites
+from neuronxa.stage_one.expert_blocks import expert_shape, experts_module, shared_module, shared_sites, softcapped
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.stacked_shared import stacked_edit_hook, stacked_hooks, stacked_shared
 
@@ -49,7 +49,13 @@ def split_gate_up(experts: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, 
 
 def activation(experts: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, m): the activation and what multiplies it into the down projection's input z = a·m. gpt_oss's clamped
-    SwiGLU has no activation module: its a is ``gate · σ(α·gate)`` (gate clamped), and m = up + 1 (clamped)."""
+    SwiGLU has no activation module: its a is ``gate · σ(α·gate)`` (gate clamped), and m = up + 1 (clamped).
+    Inkling2's soft-capped SwiGLU takes gate and up together: its a is ``cap_g(gate) · σ(gate)``, m = cap_u(up)
+    (computed in float32, as the model does)."""
+    if softcapped(experts):
+        act, dtype = experts.act_fn, gate.dtype
+        gate = gate.float()
+        return (act.gate_softcap(gate) * torch.sigmoid(gate)).to(dtype), act.up_softcap(up.float()).to(dtype)
     if hasattr(experts, "act_fn"):
         return experts.act_fn(gate), up
     gate = gate.clamp(max=experts.limit)
@@ -173,7 +179,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     if hasattr(type(experts), "_apply_gate"):
         experts.__dict__["_apply_gate"] = on_gate   # over the class's, while the probe is attached
         handles.append(SimpleNamespace(remove=lambda: experts.__dict__.pop("_apply_gate", None)))
-        if isinstance(getattr(experts, "act_fn", None), nn.Module):   # a as the model computes it in _apply_gate
+        if isinstance(getattr(experts, "act_fn", None), nn.Module) and not softcapped(experts):   # a as computed
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
     handles += _shared_hooks(ffn, weights, parts, kinds)
     handles.append(ffn.register_forward_hook(on_block))
