@@ -40,7 +40,9 @@ class StageOneOptions:
         key = {**identity, "corpus": corpus_name, "max_units": self.max_units, "max_length": self.max_length,
                "dtype": self.torch_dtype(), "skip_bos": self.skip_bos, "sites": SITE_NAMES}
         key = key if self.layers is None else {**key, "layers": self.layers}
-        return key if self.sites is None else {**key, "model_sites": asdict(self.sites)}
+        named = None if self.sites is None else {name: value for name, value in asdict(self.sites).items()
+                                                 if name != "without"}   # found by structure, never named
+        return key if named is None else {**key, "model_sites": named}
 
     def check(self, spec: ModelSpec, models_dir: str | None = None) -> None:
         """The options against each other and the model's config, before any cache look-up or weights load

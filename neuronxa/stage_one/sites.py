@@ -262,8 +262,9 @@ def module_paths(model: nn.Module) -> dict[str, str]:
     else:
         nas = down
     paths = {"nas": nas, "nav": down if found.gated or found.act is None else nas}
-    moe = [expert_blocks.probed(block) for block in ffns(model) if block is not None]
-    if any(moe):
+    blocks = [block for block in ffns(model) if block is not None]
+    moe = [expert_blocks.probed(block) for block in blocks]
+    if any(moe) and expert_blocks.parallel_experts(blocks[0]) is None:   # JetMoe's rows: its sites above
         routed = f"a and z of the routed experts from {ffn}.experts (input), then the shared experts'"
         paths = {kind: routed if all(moe) else f"{path}; MoE layers: {routed}" for kind, path in paths.items()}
     return {**paths, "hidden": f"{found.layers}.{{layer}} (output)"}
