@@ -139,8 +139,9 @@ def test_a_hybrids_layers_without_an_ffn_have_no_neurons():
     for kind, widths in {"nas": [0, 68, 0, 20], "routing": [0, 4, 0, 0], "hidden": [16] * 4}.items():
         assert [layer.shape for layer in states[kind]["mean"]] == [(2, width) for width in widths]
     with pytest.raises(NeuronXAError, match=r"^decoder layer 2 has no FFN, so no neurons"):
-        with deactivated(model, {2: [0]}):
+        with deactivated(model, {1: [0], 2: [0]}):
             pass
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())   # none left
 
 
 def test_a_hybrid_end_to_end_scores_and_finds_neurons_in_its_ffn_layers_only(tmp_path):

@@ -92,12 +92,13 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
     (layer -> (sorted neuron indices, edit)), in every kind of layer: dense FFN neurons through ``on_a``; expert
     neurons e·I + j of MoE layers and their shared experts' units after them (see ``experts.edit_hooks``)."""
     found, handles = architecture(model), []   # the sites once: each lookup walks the module tree
+    empty = sorted(index for index, (neurons, _) in edits.items() if len(neurons) and index in found.without)
+    if empty:   # before any hook is attached
+        raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another kind)")
     for index, layer in enumerate(submodule(model.base_model, found.layers)):
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
             continue
-        if index in found.without:
-            raise NeuronXAError(f"decoder layer {index} has no FFN, so no neurons (its mixer is another kind)")
         ffn = submodule(layer, found.ffn)
         if expert_blocks.probed(ffn):
             handles += _moe_module(ffn).edit_hooks(ffn, neurons, edit)
