@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
+from moe_layouts import is_layout, is_stacked, layout_states, stacked_states
 from neuronxa.stage_one.probes import architecture, decoder_layers
 from neuronxa.stage_two.metrics import beaten
 
@@ -196,18 +197,26 @@ POOLS = ("weighted", "mean", "last")
 def expert_states(experts, x, index, weights):
     """Per token: a and z of every expert unit (0 where not routed), routing weights over E, and the module's
     output recomputed as the sum over routed experts of weight · down(z) — written from the weights here."""
-    n_experts = experts.down_proj.shape[0]
-    transposed = experts.gate_up_proj.shape[1] == x.shape[1] and experts.gate_up_proj.shape[2] != x.shape[1]
+    n_experts, gated = experts.down_proj.shape[0], hasattr(experts, "gate_up_proj")
+    stack = experts.gate_up_proj if gated else experts.up_proj   # ungated (nemotron_h): a = z = act(up x)
+    transposed = stack.shape[1] == x.shape[1] and stack.shape[2] != x.shape[1]
     units = experts.down_proj.shape[1] if transposed else experts.down_proj.shape[2]
     a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
     routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
     for n in range(len(x)):
         for slot in range(index.shape[1]):
             e = int(index[n, slot])
-            h = x[n] @ experts.gate_up_proj[e] if transposed else experts.gate_up_proj[e] @ x[n]
+            h = x[n] @ stack[e] if transposed else stack[e] @ x[n]
             if hasattr(experts, "gate_up_proj_bias"):
                 h = h + experts.gate_up_proj_bias[e]
-            if hasattr(experts, "act_fn"):   # [gate; up], an activation module
+            if not gated:
+                a = z = experts.act_fn(h)
+            elif hasattr(getattr(experts, "act_fn", None), "up_softcap"):   # inkling2: soft-capped SwiGLU
+                gate, up = h[:units], h[units:]
+                a = torch.tanh(gate / experts.act_fn.gate_softcap.softcap) * experts.act_fn.gate_softcap.softcap \
+                    * torch.sigmoid(gate)
+                z = a * torch.tanh(up / experts.act_fn.up_softcap.softcap) * experts.act_fn.up_softcap.softcap
+            elif hasattr(experts, "act_fn"):   # [gate; up], an activation module
                 gate, up = h[:units], h[units:]
                 a = experts.act_fn(gate)
                 z = a * up
@@ -232,13 +241,17 @@ def clamped_swiglu(module, gate, up):
 
 
 def shared_states(mlp, x):
-    """a and z of a dense shared expert: gate and up projections, or one fused projection (gate half first)."""
+    """a and z of a dense shared expert: gate and up projections, one fused projection (gate half first), or an
+    up projection alone (ungated: Nemotron-H)."""
     if hasattr(mlp, "swiglu_alpha"):   # MiniMax-M3's shared experts: one fused projection, a clamped SwiGLU
         return clamped_swiglu(mlp, *mlp.gate_up_proj(x).chunk(2, dim=-1))
     if hasattr(mlp, "input_linear"):   # Granite-MoE-Shared's shared_mlp
         gate, up = mlp.input_linear(x).chunk(2, dim=-1)
         a = mlp.activation(gate)
         return a, a * up
+    if not hasattr(mlp, "gate_proj"):   # ungated (nemotron_h)
+        a = mlp.act_fn(mlp.up_proj(x))
+        return a, a
     a = mlp.act_fn(mlp.gate_proj(x)) if hasattr(mlp, "act_fn") else mlp.activation_fn(mlp.gate_proj(x))
     return a, a * mlp.up_proj(x)
 
@@ -259,11 +272,17 @@ def pool_by_hand(states, mask):
     return out
 
 
+def _expert_stack(experts):
+    """The experts' 3-D input projection: gate_up_proj, or up_proj where ungated (nemotron_h); else None."""
+    stack = getattr(experts, "gate_up_proj", getattr(experts, "up_proj", None))
+    return stack if isinstance(stack, torch.Tensor) and stack.dim() == 3 else None
+
+
 def moe_blocks(model) -> dict:
     """Decoder layer -> its block of routed experts (the module whose ``experts`` hold 3-D weights)."""
     blocks = {}
     for index, layer in enumerate(decoder_layers(model)):
-        found = [m for m in layer.modules() if getattr(getattr(m, "experts", None), "gate_up_proj", None) is not None]
+        found = [m for m in layer.modules() if is_layout(m) or _expert_stack(getattr(m, "experts", None)) is not None]
         if found:
             blocks[index] = found[0]
     return blocks
@@ -309,26 +328,34 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
     inputs each experts module received (in one padded batch) and its weights."""
     ids = tokenizer(sentences, padding=True, return_tensors="pt")
     seen, blocks = {}, moe_blocks(model)
-    handles = [captured(block, layer, seen) for layer, block in blocks.items()]
+    handles = [captured(block, layer, seen) for layer, block in blocks.items() if not is_layout(block)]
+    handles += [block.register_forward_hook(   # other layouts: the block's input, recomputed from its router on
+        lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0].reshape(-1, i[0].shape[-1]), out)))
+        for layer, block in blocks.items() if is_layout(block)]
     with torch.no_grad():
         model.base_model(**ids, use_cache=False)
         for handle in handles:
             handle.remove()
         expected = {}
-        for layer, (x, index, weights, output) in seen.items():
+        for layer, (x, *inputs, output) in seen.items():
             ffn = blocks[layer]
-            if index is None:   # Llama 4: the block's output recomputed from its input
+            if is_layout(ffn):
+                a, z, routing, out = layout_states(ffn, x)
+            elif inputs[0] is None:   # Llama 4: the block's output recomputed from its input
                 a, z, routing, out = scaled_expert_states(ffn, x)
             else:
-                a, z, routing, out = expert_states(ffn.experts, x, index, weights)
-            torch.testing.assert_close(out, output, atol=1e-4, rtol=1e-4)   # the recomputation is the module's
+                a, z, routing, out = expert_states(ffn.experts, x, *inputs)
+            torch.testing.assert_close(out, output.reshape(out.shape), atol=1e-4, rtol=1e-4)   # the module's own
             shared = next((getattr(ffn, name) for name in ("shared_expert", "shared_experts", "shared_mlp")
                            if hasattr(ffn, name)), None)   # Hunyuan-MoE's shared expert is its shared_mlp
             # Granite-MoE-Shared's shared_mlp runs beside the block, in the layer, on the block's input
             shared = shared or getattr(decoder_layers(model)[layer], "shared_mlp", None)
             if shared is not None:
-                a_shared, z_shared = shared_states(shared, x)
-                torch.testing.assert_close(shared_down(shared)(z_shared), shared(x), atol=1e-5, rtol=1e-4)
+                if is_stacked(shared):
+                    a_shared, z_shared = stacked_states(ffn, x, inputs[0])
+                else:
+                    a_shared, z_shared = shared_states(shared, x)
+                    torch.testing.assert_close(shared_down(shared)(z_shared), shared(x), atol=1e-5, rtol=1e-4)
                 a, z = torch.cat([a, a_shared], 1), torch.cat([z, z_shared], 1)
             per_token = {"nas": (a > 0).float(), "nav": z.abs(), "routing": routing}
             shape = (*ids["input_ids"].shape, -1)

@@ -46,11 +46,12 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
 MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
            v_head_dim=8, head_dim=4, n_group=2, topk_group=1, first_k_dense_replace=1,
            mlp_layer_types=["dense", "sparse"])
-# Falcon-H1's (and the Mamba-2 hybrids') default time_step_limit (0, inf) does not survive save_pretrained's JSON
+# Falcon-H1's, Nemotron-H's (and the Mamba-2 hybrids') default time_step_limit (0, inf) does not survive save_pretrained's JSON
 MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=16, time_step_limit=(0.0, 1e9))
 ENCODER_DECODER = dict(encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                        encoder_ffn_dim=48, decoder_ffn_dim=48)
 EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
+         "nemotron_h": dict(time_step_limit=(0.0, 1e9), moe_shared_expert_intermediate_size=24),
          "granitemoeshared": dict(shared_intermediate_size=20),   # its shared_mlp, beside the MoE block
          "minimax_m3_vl_text": dict(shared_intermediate_size=20),
          "falcon": dict(head_dim=None, ffn_hidden_size=48),
@@ -100,15 +101,14 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
 MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32",
        "deepseek_v4", "dots1", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
-       "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared",
-       "hunyuan_v1_moe", "hy_v3", "jamba", "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum",
-       "mimo_v2_flash", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe",
+       "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid",
+       "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "inkling2_text", "inkling_text", "jamba", "jetmoe",
+       "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum", "mimo_v2_flash", "minimax",
+       "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe",
        "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text", "solar_open", "zaya"}
-# refused with one line: experts that experts.py cannot read (the reason of each in docs/architectures.md:
-# jetmoe: two parallel-experts modules called with per-expert counts; inkling2: an activation of gate and up
-# together; inkling: shared experts kept as 3-D weights; nemotron_h: ungated experts, and most layers have no FFN;
-# dbrx: experts kept as 2-D stacks in a per-expert GLU)
-MOE_REFUSED = {"dbrx", "inkling2_text", "inkling_text", "jetmoe", "nemotron_h"}
+# refused with one line: experts that experts.py cannot read (the reason in docs/architectures.md: dbrx keeps its
+# experts as 2-D stacks in a per-expert GLU)
+MOE_REFUSED = {"dbrx"}
 # refused with one line: a dense FFN beside the MoE block in the layer that cannot be read as its shared experts:
 # longcat_flash (its layers hold a list of two dense MLPs beside the MoE block)
 DENSE_BESIDE = {"longcat_flash"}
@@ -165,7 +165,7 @@ def tiny(kind: str, **extra):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block")
+FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "mixer")
 GATED = (("gate_proj", "up_proj"), ("w1", "w3"), ("proj_up_gate", "proj_up"))   # (gate, up) pairs
 FUSED = ("gate_up_proj", "Wi", "fc1")                                          # gate then up, in one projection
 UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0")
@@ -221,7 +221,8 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
     """Per kind and pooling, per layer (sentences, width), from sentences run one at a time; the dense layers'
     NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves)."""
     layers, moe = find_layers(model), moe_blocks(model) if kind in MOE else {}
-    ffns = {index: ffn_of(layer) for index, layer in enumerate(layers) if index not in moe}
+    ffns = {index: ffn_of(layer) for index, layer in enumerate(layers)   # a hybrid's other mixers have no FFN
+            if index not in moe and any(hasattr(ffn_of(layer), name) for name in DOWN)}
     states = {kind_: {p: [] for p in ("weighted", "mean", "last")} for kind_ in ("nas", "nav", "hidden")}
     for sentence in sentences:
         ids = tokenizer(sentence, return_tensors="pt")["input_ids"]

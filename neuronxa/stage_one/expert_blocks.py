@@ -10,28 +10,46 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
+from neuronxa.stage_one.stacked_shared import stacked_shared, stacked_width
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 from neuronxa.stage_one.swiglu import swiglu_parameters
 
 
 def experts_module(ffn: nn.Module) -> nn.Module | None:
-    """The routed experts of an FFN block (one module with 3-D ``gate_up_proj``/``down_proj``), or None."""
+    """The routed experts of an FFN block (one module with 3-D ``gate_up_proj``/``down_proj``, or an ungated
+    ``up_proj``/``down_proj`` (Nemotron-H)), or None."""
     experts = getattr(ffn, "experts", None)
-    weight = getattr(experts, "gate_up_proj", None)
+    weight = getattr(experts, "gate_up_proj", getattr(experts, "up_proj", None))
     return experts if isinstance(weight, torch.Tensor) and weight.dim() == 3 else None
+
+
+def parallel_experts(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """JetMoe's routed experts: the experts' input and output projections as two childless modules of 3-D
+    ``weight`` (E, 2I, H) and (E, H, I), called with the routed rows sorted by expert, beside an activation module
+    (of the gate half) and a router; else None (JetMoe's attention experts have no activation and no 2I)."""
+    stacks = [child for child in block.children() if not list(child.children())
+              and isinstance(getattr(child, "weight", None), torch.Tensor) and child.weight.dim() == 3]
+    if len(stacks) != 2 or act_module(block) is None:
+        return None
+    first, second = stacks
+    n_experts, double, hidden = first.weight.shape
+    return (first, second) if tuple(second.weight.shape) == (n_experts, hidden, double // 2) else None
 
 
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
-    argument, or a clamped SwiGLU: gpt_oss, MiniMax-M3), or called with every token for every expert (``scaled``),
-    beside only routers and shared experts it reads (``readable_rest``)."""
+    argument, Inkling2's soft-capped SwiGLU, or a clamped SwiGLU: gpt_oss, MiniMax-M3), or called with every token
+    for every expert (``scaled``), beside only routers and shared experts it reads (``readable_rest``); or JetMoe's
+    pair of parallel experts (``parallel_experts``)."""
+    if parallel_experts(block) is not None:
+        return True
     found = experts_module(block)
     if found is None:
         return False
     called = list(inspect.signature(type(found).forward).parameters)[1:]   # (tokens, top_k_index, top_k_weights)
     act = getattr(found, "act_fn", None)
-    known = _one_argument(act) if act is not None else swiglu_parameters(found) is not None
+    known = (_one_argument(act) or softcapped(found)) if act is not None else swiglu_parameters(found) is not None
     return (len(called) >= 3 or scaled(block)) and known and readable_rest(block)
 
 
@@ -49,6 +67,11 @@ def router(block: nn.Module) -> nn.Module | None:
     shape = (hidden_size(found), expert_shape(found)[0])
     return next((child for child in block.children() if isinstance(child, nn.Linear) and widths(child) == shape),
                 None)
+
+
+def softcapped(experts: nn.Module) -> bool:
+    """Whether the experts' activation is Inkling2's soft-capped SwiGLU of (gate, up), with its two soft-caps."""
+    return all(hasattr(getattr(experts, "act_fn", None), name) for name in ("gate_softcap", "up_softcap"))
 
 
 def _one_argument(act) -> bool:
@@ -106,11 +129,14 @@ def shared_module(ffn: nn.Module) -> nn.Module | None:
 def readable_rest(block: nn.Module) -> bool:
     """Whether every child of an MoE block besides its routed experts is a router or gate (weights of at most two
     dimensions, none writing to the hidden size: nothing the block adds to its output) or its shared experts with
-    an activation module of one argument."""
-    routed, shared = experts_module(block), shared_module(block)
+    an activation module of one argument, or its shared experts as stacks of 3-D weights (``stacked_shared``)."""
+    routed, shared, stacked = experts_module(block), shared_module(block), stacked_shared(block)
     hidden = hidden_size(routed)
     for child in block.children():
-        if child is shared:
+        if child is stacked:
+            if not _one_argument(child.act_fn):
+                return False
+        elif child is shared:
             if not readable_shared(child):
                 return False
         elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
@@ -149,6 +175,10 @@ def expert_shape(experts: nn.Module) -> tuple[int, int]:
 
 def moe_width(ffn: nn.Module) -> int:
     """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
+    if (pair := parallel_experts(ffn)) is not None:
+        return pair[1].weight.shape[0] * pair[1].weight.shape[2]
     n_experts, units = expert_shape(experts_module(ffn))
     shared = shared_module(ffn)
+    if (stacked := stacked_shared(ffn)) is not None:
+        return n_experts * units + stacked_width(stacked)
     return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)

@@ -24,19 +24,22 @@ from torch import nn
 
 from neuronxa.stage_one import swiglu
 from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, shared_module, shared_sites,
-                                              swiglu_ffn)
+                                              softcapped, swiglu_ffn)
 from neuronxa.stage_one.pooling import pool
+from neuronxa.stage_one.stacked_shared import stacked_edit_hook, stacked_hooks, stacked_shared
 
 Store = Callable[[str, torch.Tensor], None]   # (kind, pooled (poolings, batch, width)) of one layer
 
 
 def gate_up(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gate, up) pre-activations of one expert on tokens x (rows)."""
-    weight = experts.gate_up_proj[expert]
+    """(gate, up) pre-activations of one expert on tokens x (rows); ungated experts (a 3-D ``up_proj``,
+    Nemotron-H): (up x, 1), so that a = act(up x) and z = a."""
+    name = "gate_up_proj" if hasattr(experts, "gate_up_proj") else "up_proj"
+    weight = getattr(experts, name)[expert]
     out = x @ weight if getattr(experts, "is_transposed", False) else x @ weight.T
     if getattr(experts, "has_bias", False):
-        out = out + experts.gate_up_proj_bias[expert]
-    return split_gate_up(experts, out)
+        out = out + getattr(experts, f"{name}_bias")[expert]
+    return split_gate_up(experts, out) if name == "gate_up_proj" else (out, torch.ones_like(out))
 
 
 def split_gate_up(experts: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +51,13 @@ def split_gate_up(experts: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, 
 
 def activation(experts: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, m): the activation and what multiplies it into the down projection's input z = a·m. The clamped
-    SwiGLU of gpt_oss and MiniMax-M3 has no activation module (see ``swiglu``)."""
+    SwiGLU of gpt_oss and MiniMax-M3 has no activation module (see ``swiglu``). Inkling2's soft-capped SwiGLU takes
+    gate and up together: its a is ``cap_g(gate) · σ(gate)``, m = cap_u(up) (computed in float32, as the model
+    does)."""
+    if softcapped(experts):
+        act, dtype = experts.act_fn, gate.dtype
+        gate = gate.float()
+        return (act.gate_softcap(gate) * torch.sigmoid(gate)).to(dtype), act.up_softcap(up.float()).to(dtype)
     if hasattr(experts, "act_fn"):
         return experts.act_fn(gate), up
     return swiglu.clamped_swiglu(experts, gate, up)
@@ -141,7 +150,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
               kinds: tuple[str, ...]) -> list:
     """Hooks that pool one MoE block's NAS, NAV (routed experts, then shared) and routing into ``store``; a and z
     are read in ``_apply_gate`` where all routed rows pass through it, else recomputed for the routed pairs."""
-    experts, shared = experts_module(ffn), shared_module(ffn)
+    experts = experts_module(ffn)
     routed: dict[str, torch.Tensor] = {}            # kind -> the routed experts' pooled states
     parts: dict[str, list[torch.Tensor]] = {}       # kind -> the shared experts' pooled states
     held, n_experts = {}, expert_shape(experts)[0]   # held: what the experts module received, its activation
@@ -171,17 +180,21 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     if hasattr(type(experts), "_apply_gate"):
         experts.__dict__["_apply_gate"] = on_gate   # over the class's, while the probe is attached
         handles.append(SimpleNamespace(remove=lambda: experts.__dict__.pop("_apply_gate", None)))
-        if isinstance(getattr(experts, "act_fn", None), nn.Module):   # a as the model computes it in _apply_gate
+        if isinstance(getattr(experts, "act_fn", None), nn.Module) and not softcapped(experts):   # a as computed
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
-    if shared is not None:
-        handles += shared_hooks(ffn, weights, parts, kinds)
+    handles += shared_hooks(ffn, weights, parts, kinds)
     handles.append((beside(ffn) or ffn).register_forward_hook(on_block))   # once the shared experts ran too
     return handles
 
 
 def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
-                  parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
-    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts')."""
+                 parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
+    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts'): a dense
+    FFN's, or those of stacks of 3-D weights (stacked_shared.py); none without shared experts."""
+    if shared_module(ffn) is None:
+        stacked = stacked_shared(ffn)
+        return [] if stacked is None else stacked_hooks(stacked, weights, parts, kinds)
+
     def on_shared(kind: str, value: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor) -> None:
         if kind in kinds:
             w = weights(states.device)
@@ -238,9 +251,11 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     if (neurons < routed).any():
         handles.append(_edit_output(ffn, edit, neurons[neurons < routed]))
     if (neurons >= routed).any():
-        shared, module = neurons[neurons >= routed], shared_module(ffn)
+        shared, module, stacked = neurons[neurons >= routed], shared_module(ffn), stacked_shared(ffn)
         own = shared - routed   # the shared experts' own units
-        if swiglu_ffn(module):
+        if stacked is not None:
+            handles.append(stacked_edit_hook(stacked, edit, own, shared))
+        elif swiglu_ffn(module):
             handles += swiglu.on_a(module, *shared_sites(ffn), lambda a: edit(a, own.to(a.device), shared))
         else:
             handles.append(_edit_act(shared_sites(ffn)[0], edit, own, shared))

@@ -4,14 +4,11 @@ how the pass runs (batching, grouping, device placement), which never changes wh
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one import models
 from neuronxa.stage_one.models import ModelSpec
-
-if TYPE_CHECKING:
-    from neuronxa.stage_one.sites import Sites
+from neuronxa.stage_one.site_paths import Sites
 
 # the probe sites as TransformerLens names them (see ``probes``), recorded in every cache key
 SITE_NAMES = {
@@ -52,7 +49,9 @@ class StageOneOptions:
         key = {**identity, "corpus": corpus_name, "max_units": self.max_units, "max_length": self.max_length,
                "dtype": self.torch_dtype(), "skip_bos": self.skip_bos, "sites": SITE_NAMES}
         key = key if self.layers is None else {**key, "layers": self.layers}
-        return key if self.sites is None else {**key, "model_sites": asdict(self.sites)}
+        named = None if self.sites is None else {name: value for name, value in asdict(self.sites).items()
+                                                 if name != "without"}   # found by structure, never named
+        return key if named is None else {**key, "model_sites": named}
 
     def check(self, spec: ModelSpec, models_dir: str | None = None) -> None:
         """The options against each other and the model's config, before any cache look-up or weights load

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks, experts, scaled_experts, swiglu
+from neuronxa.stage_one import expert_blocks, experts, parallel_experts, scaled_experts, swiglu
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
@@ -90,21 +90,27 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
     (layer -> (sorted neuron indices, edit)), in every kind of layer: dense FFN neurons through ``on_a``; expert
     neurons e·I + j of MoE layers and their shared experts' units after them (see ``experts.edit_hooks``)."""
     found, handles = architecture(model), []   # the sites once: each lookup walks the module tree
+    empty = sorted(index for index, (neurons, _) in edits.items() if len(neurons) and index in found.without)
+    if empty:   # before any hook is attached
+        raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another kind)")
     for index, layer in enumerate(submodule(model.base_model, found.layers)):
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
             continue
         ffn = submodule(layer, found.ffn)
         if expert_blocks.probed(ffn):
-            handles += _moe_probes(ffn).edit_hooks(ffn, neurons, edit)
+            handles += _moe_module(ffn).edit_hooks(ffn, neurons, edit)
         else:
             handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
     return handles
 
 
-def _moe_probes(ffn: nn.Module):
-    """The module whose ``moe_hooks`` and ``edit_hooks`` read an MoE block: experts called with every token for
-    every expert (Llama 4), else with the routed tokens."""
+def _moe_module(ffn: nn.Module):
+    """The module whose ``moe_hooks`` and ``edit_hooks`` probe a mixture-of-experts block: JetMoe's pair of
+    parallel experts (parallel_experts.py), experts called with every token for every expert (Llama 4,
+    scaled_experts.py), else one experts module called with the routed tokens (experts.py)."""
+    if expert_blocks.parallel_experts(ffn) is not None:
+        return parallel_experts
     return scaled_experts if expert_blocks.scaled(ffn) else experts
 
 
@@ -152,11 +158,13 @@ class PoolingProbe:
         return self._weights_by_device[device]
 
     def _hooks(self, index: int, layer: nn.Module) -> list:
+        if index in self.arch.without:   # no FFN: no neurons (collect gives it width 0)
+            return self._layer_hooks(index, layer)
         ffn = submodule(layer, self.arch.ffn)
         if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
-            return _moe_probes(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds) \
-                + self._layer_hooks(index, layer)
+            hooks = _moe_module(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds)
+            return hooks + self._layer_hooks(index, layer)
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:
@@ -207,10 +215,11 @@ class PoolingProbe:
     def collect(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Pooled states of the batch: ``kind -> (layers, poolings, batch, width)``, still on the device; a list
         of (poolings, batch, width of the layer) where widths differ (mixture-of-experts models; ``routing`` is
-        empty on dense layers)."""
-        if "routing" in self._pooled:   # a dense layer of a mixture-of-experts model routes nothing
-            empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
-            self._pooled["routing"] = [empty if s is None else s for s in self._pooled["routing"]]
+        empty on dense layers, every kind but ``hidden`` on layers without an FFN)."""
+        empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
+        for kind, states in self._pooled.items():   # dense layers route nothing; no FFN, no neurons
+            empty_at = {*range(len(states))} if kind == "routing" else set() if kind == "hidden" else self.arch.without
+            self._pooled[kind] = [empty if s is None and layer in empty_at else s for layer, s in enumerate(states)]
         missing = [kind for kind, states in self._pooled.items() if any(s is None for s in states)]
         if missing:
             raise NeuronXAError(f"probe sites of {', '.join(missing)} did not fire: is the FFN layout unusual?")

@@ -14,19 +14,21 @@ neuron count. Found by structure:
   not gated, the down projection's input;
 - mixture-of-experts layers: an FFN block with routed experts that experts.py reads (``expert_blocks.probed``); dense
   and MoE layers may mix at one FFN path, the dense fields of ``Sites`` describing the first dense layer (all-MoE:
-  the experts module's). Other MoE blocks (e.g. a list of per-expert modules) are refused in one line.
+  the experts module's). Other MoE blocks (e.g. a list of per-expert modules) are refused in one line;
+- layers without an FFN (a hybrid's other mixers, in which no module is named as an FFN): no neurons (``without``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 from weakref import WeakKeyDictionary
 
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks
+from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 
 __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
@@ -35,33 +37,11 @@ __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites
 
 _FFN_NAME = re.compile(r"mlp|feed_?forward|ffn", re.IGNORECASE)
 _MOE_CLASS = re.compile(r"experts|sparsemoe|moe(block|layer)?$", re.IGNORECASE)
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)   # JetMoe's attention is a mixture of experts: no FFN
 _ACT_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation", "afn")
 # what structure cannot tell: the activation function of gated FFNs that apply it as a plain function, where the
 # config names none
 ACTIVATIONS = {"lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
-
-
-@dataclass(frozen=True)
-class Sites:
-    """Module paths of the probe sites: ``layers`` under the base model; ``ffn`` within a layer (empty: the layer
-    itself); ``act`` (output a; None where a function computes it), ``down`` (input z), ``gate`` and ``up`` within
-    the FFN (the same path when fused); ``activation``: the function a is computed with where there is no ``act``
-    module and the FFN is gated (a = activation(gate x), of the first ``width`` outputs when fused)."""
-
-    layers: str
-    ffn: str
-    act: str | None
-    down: str
-    gated: bool
-    gate: str | None = None
-    up: str | None = None
-    activation: str | None = None
-
-    def check(self) -> None:
-        """One line naming what is missing when a gated FFN has no activation module."""
-        if self.gated and self.act is None and (self.gate is None or self.up is None or self.activation is None):
-            raise NeuronXAError("sites: a gated FFN without an act module needs gate and up (the projections' "
-                                "paths within the FFN; the same path when fused) and activation (e.g. silu)")
 
 
 _NAMED: WeakKeyDictionary = WeakKeyDictionary()
@@ -97,7 +77,7 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if name and expert_blocks.experts_module(module) is not None:
+        if name and (expert_blocks.experts_module(module) is not None or expert_blocks.parallel_experts(module)):
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
                 and projections(module, hidden):
@@ -127,7 +107,7 @@ def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
         if beside:   # its units are read as the block's shared experts
             expert_blocks.place_beside(probed[0], child)
         for name, module in layer.named_modules():
-            if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside:
+            if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside and not _ATTENTION.search(name):
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
                                     f"({type(module).__name__} at {path}.{index}.{name}): expert neurons are read "
                                     "from one experts module called with the routed tokens (top_k_index, "
@@ -150,18 +130,22 @@ def _hidden_size(model: nn.Module) -> int:
     return getattr(config, "hidden_size", None) or model.get_input_embeddings().weight.shape[1]
 
 
-def _ffn_of_every_layer(model: nn.Module, layers: nn.ModuleList, path: str, hidden: int) -> str:
-    """The FFN's path within each layer, the same in all, or one line naming why there is none."""
+def _ffn_of_every_layer(model: nn.Module, layers: nn.ModuleList, path: str,
+                        hidden: int) -> tuple[str, tuple[int, ...]]:
+    """The FFN's path within each layer, the same in all that have one, and the layers without one (a hybrid's
+    other mixers: no module named as an FFN), or one line naming why there is none."""
     paths = [_ffn_path(layer, hidden) for layer in layers]
-    missing = [str(index) for index, found in enumerate(paths) if found is None]
+    missing = [index for index, found in enumerate(paths) if found is None]
     if len(missing) == len(paths):
         raise NeuronXAError(f"model type {model_type(model)!r} has no feed-forward layers: no MLP with a down "
                             f"projection (width -> {hidden}) in {path}.0; if it has one, name its sites with "
                             "model.sites")
-    if missing or len(set(paths)) > 1:
+    named = [index for index in missing if any(_FFN_NAME.search(name) or _FFN_NAME.search(type(module).__name__)
+                                               for name, module in layers[index].named_modules() if name)]
+    if named or len({found for found in paths if found is not None}) > 1:
         raise NeuronXAError(f"model type {model_type(model)!r} has no FFN at one path in every decoder layer "
-                            f"(none in layers {', '.join(missing) or '-'}): not supported")
-    return paths[0]
+                            f"(none in layers {', '.join(map(str, named)) or '-'}): not supported")
+    return next(found for found in paths if found is not None), tuple(missing)
 
 
 _FOUND: WeakKeyDictionary = WeakKeyDictionary()
@@ -180,27 +164,32 @@ def _search(model: nn.Module) -> Sites:
     layers = submodule(model.base_model, path)
     _refuse_moe(model, layers, path)
     hidden = _hidden_size(model)
-    ffn_path = _ffn_of_every_layer(model, layers, path, hidden)
-    ffns = [ffn for ffn in (submodule(layer, ffn_path) for layer in layers) if not expert_blocks.probed(ffn)]
+    ffn_path, without = _ffn_of_every_layer(model, layers, path, hidden)
+    found = [submodule(layer, ffn_path) for index, layer in enumerate(layers) if index not in without]
+    ffns = [ffn for ffn in found if not expert_blocks.probed(ffn)]
     if not ffns:
-        return _moe_sites(path, ffn_path, submodule(layers[0], ffn_path))
+        return replace(_moe_sites(path, ffn_path, found[0]), without=without)
     down, inputs, width = projections(ffns[0], hidden)
     gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
     act = act_module(ffns[0])
     if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
         act = None   # one module shared by all layers: its hooks could not tell the layers apart
     if not gated:
-        return Sites(path, ffn_path, act, down, False)
+        return Sites(path, ffn_path, act, down, False, without=without)
     gate = next((name for name in inputs if "gate" in name or name == "w1"), inputs[0])
     up = next((name for name in inputs if name != gate), gate)
     swiglu = expert_blocks.swiglu_ffn(ffns[0])   # computed in the forward, whatever the config names (MiniMax-M3)
     return Sites(path, ffn_path, act, down, True, gate, up,
-                 None if act else "clamped_swiglu" if swiglu else _activation(model))
+                 None if act else "clamped_swiglu" if swiglu else _activation(model), without)
 
 
 def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
     """The sites of a model whose every layer is a mixture of experts: those of the experts module (its a, where
     an activation module computes it, and its 3-D projections)."""
+    if (pair := expert_blocks.parallel_experts(block)) is not None:   # JetMoe
+        names = {id(child): name for name, child in block.named_children()}
+        first, second = (names[id(module)] for module in pair)
+        return Sites(path, ffn_path, act_module(block), second, True, first, first)
     act = "experts.act_fn" if hasattr(expert_blocks.experts_module(block), "act_fn") else None
     return Sites(path, ffn_path, act, "experts.down_proj", True, "experts.gate_up_proj", "experts.gate_up_proj")
 
@@ -215,25 +204,28 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return submodule(model.base_model, architecture(model).layers)
 
 
-def ffns(model: nn.Module) -> list[nn.Module]:
-    """Each decoder layer's FFN module."""
+def ffns(model: nn.Module) -> list[nn.Module | None]:
+    """Each decoder layer's FFN module (None in a layer without one)."""
     found = architecture(model)
-    return [submodule(layer, found.ffn) for layer in decoder_layers(model)]
+    return [None if index in found.without else submodule(layer, found.ffn)
+            for index, layer in enumerate(decoder_layers(model))]
 
 
 def act_modules(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's activation module (its forward output is a); empty where a function computes a (see
-    ``on_a`` for a hook point that every dense architecture has), and for mixture-of-experts models."""
+    ``on_a`` for a hook point that every dense architecture has), and for mixture-of-experts and hybrid models
+    (layers without an FFN)."""
     act = architecture(model).act
-    return [] if act is None or has_experts(model) else [submodule(ffn, act) for ffn in ffns(model)]
+    return [] if act is None or has_experts(model) or architecture(model).without \
+        else [submodule(ffn, act) for ffn in ffns(model)]
 
 
 def layer_widths(model: nn.Module) -> list[int]:
     """Neurons per layer: the input width of a dense layer's down projection, E·I (+ shared units) of a
     mixture-of-experts one."""
     down = architecture(model).down
-    return [expert_blocks.moe_width(ffn) if expert_blocks.probed(ffn) else widths(submodule(ffn, down))[0]
-            for ffn in ffns(model)]
+    return [0 if ffn is None else expert_blocks.moe_width(ffn) if expert_blocks.probed(ffn)
+            else widths(submodule(ffn, down))[0] for ffn in ffns(model)]
 
 
 def ffn_width(model: nn.Module) -> int:
@@ -243,7 +235,7 @@ def ffn_width(model: nn.Module) -> int:
 
 def has_experts(model: nn.Module) -> bool:
     """Whether some decoder layer is a mixture of experts."""
-    return any(expert_blocks.probed(ffn) for ffn in ffns(model))
+    return any(ffn is not None and expert_blocks.probed(ffn) for ffn in ffns(model))
 
 
 def module_paths(model: nn.Module) -> dict[str, str]:
@@ -258,8 +250,9 @@ def module_paths(model: nn.Module) -> dict[str, str]:
     else:
         nas = down
     paths = {"nas": nas, "nav": down if found.gated or found.act is None else nas}
-    moe = [expert_blocks.probed(block) for block in ffns(model)]
-    if any(moe):
+    blocks = [block for block in ffns(model) if block is not None]
+    moe = [expert_blocks.probed(block) for block in blocks]
+    if any(moe) and expert_blocks.parallel_experts(blocks[0]) is None:   # JetMoe's rows: its sites above
         routed = f"a and z of the routed experts from {ffn}.experts (input), then the shared experts'"
         paths = {kind: routed if all(moe) else f"{path}; MoE layers: {routed}" for kind, path in paths.items()}
     return {**paths, "hidden": f"{found.layers}.{{layer}} (output)"}

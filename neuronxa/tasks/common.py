@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -17,12 +16,10 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.cache import extract_corpus, extract_counts
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.options import StageOneOptions
+from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.store import StateStore
 from neuronxa.tasks import tracking
 from neuronxa.tasks.tracking import Logged
-
-if TYPE_CHECKING:
-    from neuronxa.stage_one.sites import Sites
 
 log = logging.getLogger(__name__)
 _READER_OPTIONS = {"udhr": ("unit",), "flores": ("split",)}
@@ -69,8 +66,6 @@ def named_sites(model: DictConfig) -> Sites | None:
     given = plain(model.get("sites"))
     if not given:
         return None
-    from neuronxa.stage_one.sites import Sites   # torch: only where sites are named
-
     try:
         return Sites(**given)
     except TypeError:

@@ -1,0 +1,63 @@
+"""Mixture-of-experts layers laid out unlike one experts module called with ``top_k_index`` (JetMoe's parallel
+experts, ...): their per-token a and z of every expert unit, routing weights over E and output, recomputed
+token by token from the layer's input and weights (its router included), written here."""
+
+import torch
+
+
+def is_jetmoe(block) -> bool:
+    return hasattr(block, "input_linear") and hasattr(block, "activation")
+
+
+def jetmoe_states(block, x):
+    """JetMoe: softmax over the top-k router logits; expert e: [gate; up] = input_linear[e] x, a = act(gate),
+    z = a · up, output Σ_e w_e · output_linear[e] z + bias."""
+    n_experts, double, _ = block.input_linear.weight.shape
+    units, k = double // 2, block.router.top_k
+    a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
+    routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
+    for n in range(len(x)):
+        logits = block.router.layer.weight @ x[n]
+        top = torch.topk(logits, k)
+        weights = torch.softmax(top.values, dim=0)
+        for w, e in zip(weights, top.indices.tolist()):
+            gate, up = (block.input_linear.weight[e] @ x[n]).chunk(2)
+            a = block.activation(gate)
+            z = a * up
+            out[n] += w * (block.output_linear.weight[e] @ z)
+            a_all[n, e], z_all[n, e], routing[n, e] = a, z, w
+    return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out + block.bias
+
+
+def is_stacked(shared) -> bool:
+    """Shared experts kept as 3-D weights (Inkling)."""
+    return getattr(getattr(shared, "gate_proj", None), "dim", lambda: 2)() == 3
+
+
+def stacked_states(block, x, index):
+    """Inkling's shared experts on tokens x whose routed experts are ``index``: γ_s from the router's logits
+    (log-sigmoid, normalised over the routed and shared slots, times route_scale and the global scale), a_s =
+    act(gate_s x), z_s = a_s · up_s x · γ_s; (a, z) as (tokens, S·I), with units s·I + j. Checked: the router's
+    γ and the shared experts' output Σ_s down_s z_s."""
+    router, shared = block.gate, block.shared_experts
+    n_shared = shared.down_proj.shape[0]
+    logits = x @ router.weight.T
+    slots = torch.cat([logits[:, :-n_shared].gather(1, index), logits[:, -n_shared:]], dim=1)
+    log_p = torch.nn.functional.logsigmoid(slots)
+    gammas = torch.exp(log_p - torch.logsumexp(log_p, 1, keepdim=True))[:, -n_shared:]
+    gammas = gammas * router.route_scale * router.global_scale
+    torch.testing.assert_close(gammas, router(x)[3], atol=1e-5, rtol=1e-4)
+    a = torch.stack([shared.act_fn(x @ shared.gate_proj[s].T) for s in range(n_shared)], 1)   # (tokens, S, I)
+    z = torch.stack([a[:, s] * (x @ shared.up_proj[s].T) * gammas[:, s, None] for s in range(n_shared)], 1)
+    out = sum(z[:, s] @ shared.down_proj[s].T for s in range(n_shared))
+    torch.testing.assert_close(out, shared(x, gammas=gammas), atol=1e-4, rtol=1e-4)
+    return a.reshape(len(x), -1), z.reshape(len(x), -1)
+
+
+def layout_states(block, x):
+    """(a, z, routing, output) per token of a block of one of these layouts, from its input x (tokens, H)."""
+    return jetmoe_states(block, x)
+
+
+def is_layout(block) -> bool:
+    return is_jetmoe(block)

@@ -1,0 +1,174 @@
+"""Mixture-of-experts layers of other layouts than one experts module called with ``top_k_index`` and a dense
+shared FFN (JetMoe's parallel experts, Inkling's shared experts kept as 3-D weights, Inkling2's soft-capped
+SwiGLU of gate and up, Nemotron-H's ungated experts in a hybrid whose layers are each one mixer): deactivating
+and scaling their expert neurons equals zeroing and scaling the matching slice of the experts' down projection, and their activation counts are the pooled
+NAS's; a hybrid's layers without an FFN have no neurons, through stage one, stage two and the neurons task."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import moe_blocks, recomputed_experts, tiny_tokenizer
+from moe_layouts import is_jetmoe
+from neuronxa.neurons.deactivation import deactivated
+from neuronxa.neurons.intervention import intervene
+from neuronxa.stage_one.forward import activation_counts, pooled_states
+from neuronxa.stage_one.probes import layer_widths
+
+COMMON = dict(vocab_size=128, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+              max_position_embeddings=128, bos_token_id=1, pad_token_id=0, eos_token_id=2, head_dim=8)
+CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2
+    "jetmoe": dict(intermediate_size=12, num_local_experts=4, num_experts_per_tok=2, kv_channels=8),
+    "inkling_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, n_shared_experts=2,
+                         num_experts_per_tok=2),
+    "inkling2_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, num_local_experts=4,
+                          num_experts_per_tok=2),
+    "nemotron_h": dict(layers_block_type=["linear_attention", "moe", "full_attention", "mlp"], intermediate_size=20,
+                       moe_intermediate_size=12, moe_shared_expert_intermediate_size=20, n_routed_experts=4,
+                       num_experts_per_tok=2, n_group=1, topk_group=1, mamba_num_heads=4, mamba_head_dim=8,
+                       ssm_state_size=8, n_groups=1, time_step_limit=(0.0, 1e9)),   # (0, inf) fails save_pretrained
+}
+SENTENCES = ["all human beings are born free and equal", "tous les", "alle menschen sind frei", "everyone has"]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def moe(request):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(request.param, **COMMON, **CONFIGS[request.param]))
+    for parameter in model.parameters():   # random biases and routers, not the initialiser's zeros
+        parameter.data.normal_(0, 0.5)
+    return request.param, model.eval()
+
+
+def down_column(block, neuron: int) -> torch.Tensor:
+    """The column of the down projection that expert neuron e·I + j feeds, or, past the E·I routed units, shared
+    unit s·I + j: (H,), a view into the weights (all stored (E, H, I))."""
+    weight = block.output_linear.weight if is_jetmoe(block) else block.experts.down_proj
+    expert, unit = divmod(neuron, weight.shape[2])
+    if expert < weight.shape[0]:
+        return weight.data[expert, :, unit]
+    shared = block.shared_experts.down_proj
+    if isinstance(shared, torch.nn.Linear):   # a dense shared FFN (nemotron_h)
+        return shared.weight.data[:, neuron - weight.shape[0] * weight.shape[2]]
+    return shared.data[expert - weight.shape[0], :, unit]
+
+
+def chosen_neurons(model) -> dict[int, list[int]]:
+    """Units of three experts per MoE layer (of the two last shared experts where there are: 4·12 routed)."""
+    widths = layer_widths(model)
+    return {layer: [n for n in (1, 12 + 5, 4 * 12 + 3) if n < widths[layer] - 1] + [widths[layer] - 1]
+            for layer in moe_blocks(model)}
+
+
+def scaled_copy(model, factors: dict[int, dict[int, float]]):
+    copied = copy.deepcopy(model)
+    blocks = moe_blocks(copied)
+    for layer, by_neuron in factors.items():
+        for neuron, factor in by_neuron.items():
+            down_column(blocks[layer], neuron).mul_(factor)
+    return copied
+
+
+def test_deactivating_expert_neurons_equals_zeroing_down_projection_slices(moe):
+    _, model = moe
+    chosen, ids = chosen_neurons(model), tiny_tokenizer()(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        with deactivated(model, chosen):
+            edited = model(**ids).logits
+        expected = scaled_copy(model, {layer: dict.fromkeys(n, 0.0) for layer, n in chosen.items()})(**ids).logits
+        intact = model(**ids).logits
+    torch.testing.assert_close(edited, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(edited, intact, atol=1e-4)
+
+
+def test_scaling_expert_neurons_equals_scaling_down_projection_slices(moe):
+    _, model = moe
+    factors = {layer: {n: 0.5 + i + layer for i, n in enumerate(neurons)}
+               for layer, neurons in chosen_neurons(model).items()}
+    pairs = [(layer, n) for layer, by in factors.items() for n in by]
+    ids = tiny_tokenizer()(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        with intervene(model, pairs[::-1], "scale", [factors[layer][n] for layer, n in pairs[::-1]]):
+            edited = model(**ids).logits
+        expected = scaled_copy(model, factors)(**ids).logits
+    torch.testing.assert_close(edited, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "batched_mm"])
+def test_every_experts_implementation_gives_the_recomputed_states(moe, implementation):
+    """Besides the default grouped_mm (which the architectures test checks): a and z read in ``_apply_gate``
+    (batched_mm, where the experts are gated) or recomputed for the routed pairs (eager)."""
+    model_type, model = moe
+    if model_type == "jetmoe":
+        pytest.skip("JetMoe's experts have no implementations to choose from")
+    model = copy.deepcopy(model)
+    model.set_experts_implementation(implementation)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=2)
+    for layer, expected in recomputed_experts(model, tiny_tokenizer(), SENTENCES).items():
+        for kind in ("nas", "nav"):
+            np.testing.assert_allclose(states[kind]["weighted"][layer], expected[kind]["weighted"], rtol=1e-4,
+                                       atol=1e-5, err_msg=f"{model_type} {implementation} {kind} {layer}")
+
+
+def test_activation_counts_count_routed_active_tokens(moe):
+    _, model = moe
+    active, total, _ = activation_counts(model, tiny_tokenizer(), SENTENCES, batch_size=2)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=len(SENTENCES), kinds=("nas",))
+    widths = layer_widths(model)
+    assert active.shape == (len(widths), max(widths)) and total == states.n_tokens.sum()
+    for layer, width in enumerate(widths):
+        counted = (states["nas"]["mean"][layer] * states.n_tokens[:, None]).sum(0)
+        np.testing.assert_allclose(active[layer, :width], counted, atol=1e-3)
+
+
+def test_a_hybrids_layers_without_an_ffn_have_no_neurons():
+    """Nemotron-H: each layer is one mixer (Mamba-2, MoE, attention, MLP); the layers without an FFN keep their
+    index, with width 0 (no NAS, NAV or routing) and their hidden states, and their neurons cannot be chosen."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from neuronxa.errors import NeuronXAError
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("nemotron_h", **COMMON, **CONFIGS["nemotron_h"]))
+    assert layer_widths(model) == [0, 4 * 12 + 20, 0, 20]
+    states = pooled_states(model.eval(), tiny_tokenizer(), SENTENCES[:2], kinds=("nas", "nav", "hidden", "routing"))
+    for kind, widths in {"nas": [0, 68, 0, 20], "routing": [0, 4, 0, 0], "hidden": [16] * 4}.items():
+        assert [layer.shape for layer in states[kind]["mean"]] == [(2, width) for width in widths]
+    with pytest.raises(NeuronXAError, match=r"^decoder layer 2 has no FFN, so no neurons"):
+        with deactivated(model, {1: [0], 2: [0]}):
+            pass
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())   # none left
+
+
+def test_a_hybrid_end_to_end_scores_and_finds_neurons_in_its_ffn_layers_only(tmp_path):
+    """Nemotron-H through the align and neurons tasks: NAS is scored on its MoE and MLP layers (1, 3), not on the
+    Mamba-2 and attention layers, whose hidden states are scored; its language neurons lie in layers 1 and 3."""
+    import pandas as pd
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from helpers import composed
+    from neuronxa.tasks import align as align_task
+    from neuronxa.tasks import neurons as neurons_task
+
+    torch.manual_seed(0)
+    folder, corpus = tmp_path / "tiny-nemotron-h", tmp_path / "udhr.tsv"
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("nemotron_h", **COMMON, **CONFIGS["nemotron_h"])) \
+        .save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    rows = zip(["all human beings are born free", "everyone has the right to life", "equal in dignity and rights"],
+               ["tous les êtres humains naissent libres", "toute personne a droit à la vie", "égaux en dignité"])
+    corpus.write_text("id\teng_Latn\tfra_Latn\n" + "".join(f"s{i}\t{e}\t{f}\n" for i, (e, f) in enumerate(rows)))
+    base = ["model=hf", f"model.name_or_path={folder}", "dataset=tsv", f"dataset.path={corpus}", "model.device=cpu",
+            "model.dtype=float32", f"paths.outputs={tmp_path / 'outputs'}", "benchmark=none",
+            "tracking.enabled=false", "score.plots=off"]
+    align_task.run(composed(base + ["metric=nasca"]), tmp_path / "align")
+    scores = pd.read_csv(tmp_path / "align" / "scores.csv")
+    assert set(scores[scores.metric == "nasca"].layer) == {1, 3}
+    neurons_task.run(composed(base + ["task=neurons", "task.languages=null", "dataset.max_units=2",
+                                      "task.top_rate=0.1"]), tmp_path / "neurons")
+    found = pd.read_csv(tmp_path / "neurons" / "neurons.csv")
+    assert len(found) and set(found.layer) <= {1, 3}
