@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from moe_layouts import is_layout, is_stacked, layout_states, stacked_states
+from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.probes import architecture, decoder_layers
 from neuronxa.stage_two.metrics import beaten
 
@@ -361,4 +362,34 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
             shape = (*ids["input_ids"].shape, -1)
             expected[layer] = {kind: pool_by_hand(v.reshape(shape), ids["attention_mask"])
                                for kind, v in per_token.items()}
+    return expected
+
+
+def assert_states_are_recomputed(model, sentences: list[str], label: str) -> None:
+    """Every MoE layer's pooled NAS and NAV (weighted, a padded batch of two) equal ``recomputed_experts``."""
+    states = pooled_states(model, tiny_tokenizer(), sentences, batch_size=2)
+    for layer, expected in recomputed_experts(model, tiny_tokenizer(), sentences).items():
+        for kind in ("nas", "nav"):
+            np.testing.assert_allclose(states[kind]["weighted"][layer], expected[kind]["weighted"], rtol=1e-4,
+                                       atol=1e-5, err_msg=f"{label} {kind} {layer}")
+
+
+def recomputed_dense(model, tokenizer, mlps: dict, sentences: list[str]) -> dict:
+    """Pooled NAS and NAV of dense FFNs (layer -> FFN module) from each one's input x (one padded batch) and
+    weights, a and z as for a shared expert; z is checked to give the FFN's real output through its down
+    projection. layer -> kind -> pooling -> (sentences, width)."""
+    ids = tokenizer(sentences, padding=True, return_tensors="pt")
+    seen = {}
+    handles = [mlp.register_forward_hook(lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0], out)))
+               for layer, mlp in mlps.items()]
+    with torch.no_grad():
+        model.base_model(**ids, use_cache=False)
+        for handle in handles:
+            handle.remove()
+        expected = {}
+        for layer, (x, output) in seen.items():
+            a, z = shared_states(mlps[layer], x)
+            torch.testing.assert_close(shared_down(mlps[layer])(z), output)
+            expected[layer] = {kind: pool_by_hand(value, ids["attention_mask"])
+                               for kind, value in (("nas", (a > 0).float()), ("nav", z.abs()))}
     return expected

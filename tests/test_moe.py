@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import POOLS, composed, pool_by_hand, recomputed_experts, tiny_tokenizer
+from helpers import POOLS, composed, recomputed_dense, recomputed_experts, tiny_tokenizer
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene, mean_activations
@@ -62,29 +62,6 @@ def ffns(model, model_type):
     return [submodule(layer, CONFIGS[model_type][1]) for layer in model.base_model.layers]
 
 
-def recomputed_dense(model, model_type, tokenizer, layers: list[int]) -> dict:
-    """Pooled NAS and NAV of the dense layers of a mixed model (layer -> kind -> pooling -> (sentences, width)):
-    a = act(gate x), z = a · up x from each gated FFN's input x (in one padded batch) and weights; z is checked to
-    give the FFN's real output through the down projection."""
-    ids = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    blocks, seen = ffns(model, model_type), {}
-    handles = [blocks[layer].register_forward_hook(lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0], out)))
-               for layer in layers]
-    with torch.no_grad():
-        model.base_model(**ids, use_cache=False)
-        for handle in handles:
-            handle.remove()
-        expected = {}
-        for layer, (x, output) in seen.items():
-            mlp = blocks[layer]
-            a = (getattr(mlp, "act_fn", None) or mlp.activation_fn)(mlp.gate_proj(x))
-            z = a * mlp.up_proj(x)
-            torch.testing.assert_close(mlp.down_proj(z), output)
-            expected[layer] = {kind: pool_by_hand(value, ids["attention_mask"])
-                               for kind, value in (("nas", (a > 0).float()), ("nav", z.abs()))}
-    return expected
-
-
 def test_pooled_expert_neurons_and_routing_equal_a_recomputation(moe):
     """MoE layers against the experts' recomputation, the dense layers of mixed models against the dense one."""
     model_type, model, tokenizer = moe
@@ -94,7 +71,8 @@ def test_pooled_expert_neurons_and_routing_equal_a_recomputation(moe):
     widths = layer_widths(model)
     dense = [layer for layer in range(len(widths)) if layer not in expected]
     assert bool(dense) == (model_type in MIXED)
-    expected.update(recomputed_dense(model, model_type, tokenizer, dense))
+    expected.update(recomputed_dense(model, tokenizer, {layer: ffns(model, model_type)[layer] for layer in dense},
+                                     SENTENCES))
     for layer in range(len(widths)):
         assert states["nas"]["mean"][layer].shape == (len(SENTENCES), widths[layer])
         if layer in dense:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import POOLS, moe_blocks, pool_by_hand, recomputed_experts, shared_down, shared_states, tiny_tokenizer
+from helpers import (POOLS, assert_states_are_recomputed, moe_blocks, recomputed_dense, recomputed_experts,
+                     shared_down, tiny_tokenizer)
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
@@ -48,32 +49,14 @@ def block(request):
     return request.param, block_model(request.param), tiny_tokenizer()
 
 
-def recomputed_dense(model, tokenizer, layers: list[int]) -> dict:
-    """Pooled NAS and NAV of dense layers from each FFN's input x (one padded batch) and weights: a and z as for
-    a shared expert (tests/helpers.py), z checked to give the FFN's real output through its down projection."""
-    ids = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    mlps, seen = {layer: ffn_of(decoder_layers(model)[layer]) for layer in layers}, {}
-    handles = [mlp.register_forward_hook(lambda m, i, out, layer=layer: seen.__setitem__(layer, (i[0], out)))
-               for layer, mlp in mlps.items()]
-    with torch.no_grad():
-        model.base_model(**ids, use_cache=False)
-        for handle in handles:
-            handle.remove()
-        expected = {}
-        for layer, (x, output) in seen.items():
-            a, z = shared_states(mlps[layer], x)
-            torch.testing.assert_close(shared_down(mlps[layer])(z), output)
-            expected[layer] = {kind: pool_by_hand(value, ids["attention_mask"])
-                               for kind, value in (("nas", (a > 0).float()), ("nav", z.abs()))}
-    return expected
-
-
 def test_states_of_every_layer_equal_a_recomputation(block):
     """MoE layers (experts, then shared experts) and dense layers, in padded batches."""
     model_type, model, tokenizer = block
     states = pooled_states(model, tokenizer, SENTENCES, batch_size=3)
     expected = recomputed_experts(model, tokenizer, SENTENCES)
-    expected.update(recomputed_dense(model, tokenizer, [n for n in range(len(layer_widths(model))) if n not in expected]))
+    dense = [n for n in range(len(layer_widths(model))) if n not in expected]
+    expected.update(recomputed_dense(model, tokenizer, {n: ffn_of(decoder_layers(model)[n]) for n in dense},
+                                     SENTENCES))
     assert len(expected) == len(layer_widths(model))
     for layer, by_kind in expected.items():
         for kind, by in by_kind.items():
@@ -92,11 +75,7 @@ def test_every_experts_implementation_gives_the_recomputed_states(model_type, im
     """a and z read where grouped_mm (the default) and batched_mm compute them, or recomputed per expert (eager)."""
     model = block_model(model_type)
     model.set_experts_implementation(implementation)
-    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=2)
-    for layer, by_kind in recomputed_experts(model, tiny_tokenizer(), SENTENCES).items():
-        for kind in ("nas", "nav"):
-            np.testing.assert_allclose(states[kind]["weighted"][layer], by_kind[kind]["weighted"], rtol=1e-4,
-                                       atol=1e-5, err_msg=f"{model_type} {implementation} {kind} {layer}")
+    assert_states_are_recomputed(model, SENTENCES, f"{model_type} {implementation}")
 
 
 def shared_of(model, layer: int):

@@ -1,8 +1,8 @@
 """Mixture-of-experts layers of other layouts than one experts module called with ``top_k_index`` and a dense
 shared FFN (JetMoe's parallel experts, Inkling's shared experts kept as 3-D weights, Inkling2's soft-capped
 SwiGLU of gate and up, Nemotron-H's ungated experts in a hybrid whose layers are each one mixer): deactivating
-and scaling their expert neurons equals zeroing and scaling the matching slice of the experts' down projection, and their activation counts are the pooled
-NAS's; a hybrid's layers without an FFN have no neurons, through stage one, stage two and the neurons task."""
+and scaling their expert neurons equals zeroing and scaling the matching slice of the experts' down projection,
+and their activation counts are the pooled NAS's; a hybrid's layers without an FFN have no neurons, through stage one, stage two and the neurons task."""
 
 import copy
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import moe_blocks, recomputed_experts, tiny_tokenizer
+from helpers import assert_states_are_recomputed, moe_blocks, tiny_tokenizer
 from moe_layouts import is_jetmoe
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
@@ -107,11 +107,7 @@ def test_every_experts_implementation_gives_the_recomputed_states(moe, implement
         pytest.skip("JetMoe's experts have no implementations to choose from")
     model = copy.deepcopy(model)
     model.set_experts_implementation(implementation)
-    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=2)
-    for layer, expected in recomputed_experts(model, tiny_tokenizer(), SENTENCES).items():
-        for kind in ("nas", "nav"):
-            np.testing.assert_allclose(states[kind]["weighted"][layer], expected[kind]["weighted"], rtol=1e-4,
-                                       atol=1e-5, err_msg=f"{model_type} {implementation} {kind} {layer}")
+    assert_states_are_recomputed(model, SENTENCES, f"{model_type} {implementation}")
 
 
 def test_activation_counts_count_routed_active_tokens(moe):
