@@ -2,7 +2,8 @@
 shared FFN (JetMoe's parallel experts, Inkling's shared experts kept as 3-D weights, Inkling2's soft-capped
 SwiGLU of gate and up, Nemotron-H's ungated experts in a hybrid whose layers are each one mixer): deactivating
 and scaling their expert neurons equals zeroing and scaling the matching slice of the experts' down projection,
-and their activation counts are the pooled NAS's; a hybrid's layers without an FFN have no neurons, through stage one, stage two and the neurons task."""
+and their activation counts are the pooled NAS's; a hybrid's layers without an FFN have no neurons, through stage
+one, stage two and the neurons task."""
 
 import copy
 
