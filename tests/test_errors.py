@@ -97,8 +97,8 @@ INTERRUPTIBLE = textwrap.dedent("""
     import runpy, sys, time
     from neuronxa.stage_one import forward
     real = forward.pooled_tensors
-    def paced(*args, **kwargs):
-        time.sleep(1.5)
+    def paced(*args, **kwargs):   # slow enough that the interrupt lands mid-run on a loaded machine
+        time.sleep(3.0)
         return real(*args, **kwargs)
     forward.pooled_tensors = paced
     sys.argv = ["neuronxa.run", *sys.argv[1:]]
