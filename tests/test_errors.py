@@ -94,11 +94,12 @@ def test_the_mlflow_run_spans_the_job_and_records_how_it_ended(tiny_folder, tmp_
 
 
 INTERRUPTIBLE = textwrap.dedent("""
-    import runpy, sys, time
+    import runpy, signal, sys, time
     from neuronxa.stage_one import forward
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # as a terminal's: a background job inherits SIG_IGN
     real = forward.pooled_tensors
-    def paced(*args, **kwargs):   # slow enough that the interrupt lands mid-run on a loaded machine
-        time.sleep(3.0)
+    def paced(*args, **kwargs):
+        time.sleep(1.5)
         return real(*args, **kwargs)
     forward.pooled_tensors = paced
     sys.argv = ["neuronxa.run", *sys.argv[1:]]
