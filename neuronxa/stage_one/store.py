@@ -44,6 +44,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from neuronxa import files
 from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one.chunk_io import read_layers, write_layers
 
 FORMAT_VERSION = 2  # 2: chunk files c.{layer}.0.0 beside each array's zarr.json (one listing per array)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -186,7 +187,7 @@ class StateStore:
         stored = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=CODECS,
                                     chunk_key_encoding={"name": "default", "separator": "."},
                                     config={"write_empty_chunks": True})   # an all-zero layer is data too
-        stored[...] = data
+        write_layers(stored, data)
         if widths is not None:
             stored.attrs["widths"] = widths
         return int(np.prod([-(-size // chunk) for size, chunk in zip(data.shape, chunks)])) if data.size else 0
@@ -234,7 +235,7 @@ class StateStore:
     def _load(self, language: str, array: zarr.Array, index=...) -> np.ndarray:
         """Read part of an array; a chunk failing its checksum is a clear error, never data."""
         try:
-            return np.asarray(array[index])
+            return read_layers(array, index)
         except (ValueError, RuntimeError) as error:
             raise NeuronXAError(f"cache entry {language} in {self.url()} is corrupt ({str(error)[:80]}): "
                                 "rerun stage one to recompute it") from None
