@@ -8,7 +8,8 @@ pass costs the same with random weights), measured in one run on the same device
 Figures: tokens per second of the bare decoder stack and of stage one (probes, pooling, host copy, cache writes),
 ``extract_over_bare``; the common way (one sentence per call, logits, ``output_hidden_states``, activations
 pooled on the host) per token against stage one, ``naive_over_extract``; model FLOP utilisation
-(2 × decoder parameters × tokens / seconds, every expert counted for MoE shapes, against the measured matrix-multiply rate of the same dtype);
+(2 × decoder parameters a token runs through × tokens / seconds: for MoE shapes the routed experts' share,
+top-k of E, against the measured matrix-multiply rate of the same dtype);
 peak device memory; the batch; a warm stage two against stage one plus stage two, ``rerun_over_first``; and the
 paper's full sweep projected from the stage-one rate (9 models × 204 languages × 100 sentences × the mean
 tokens per sentence measured here). Off a GPU, the figures go to bench/results/cpu_scaled.json.
@@ -108,6 +109,18 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+def active_parameters(model, config) -> int:
+    """Decoder parameters a token runs through: every dense one, and of the routed experts' (3-D ``experts``
+    weights) the share top-k of E."""
+    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    share = config.num_experts_per_tok / experts if experts else 1.0
+    total = 0.0
+    for name, parameter in model.base_model.named_parameters():
+        if parameter is not model.get_input_embeddings().weight:
+            total += parameter.numel() * (share if ".experts." in name else 1.0)
+    return int(total)
+
+
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -154,6 +167,7 @@ def measure(args: argparse.Namespace) -> dict:
     scoring.score(store, ["nasca", "navca", "mexa"], "weighted", pivot=corpus.languages[0], progress=False)
     warm = time.perf_counter() - start
     parameters = sum(p.numel() for p in model.base_model.parameters()) - model.get_input_embeddings().weight.numel()
+    active = active_parameters(model, config)
     rate = matmul_rate(device, dtype)
     per_sentence = tokens / len(texts)
     sweep_tokens = PAPER_SWEEP["models"] * PAPER_SWEEP["languages"] * PAPER_SWEEP["sentences"] * per_sentence
@@ -161,12 +175,13 @@ def measure(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "model_shape": args.shape if args.scale == 1 else f"{args.shape} / {args.scale}",
         "dtype": str(dtype).removeprefix("torch."), "decoder_parameters": parameters,
+        "active_parameters_per_token": active,
         "sentences": len(texts), "tokens": tokens, "batch_size": args.batch_size, "batch_tokens": args.batch_tokens,
         "tokens_per_second_bare": tokens / bare, "tokens_per_second_stage_one": tokens / first,
         "extract_over_bare": first / bare, "target": "<= 1.25 (MoE)" if moe else "<= 1.10",
         "naive_over_extract": (naive / naive_tokens) / (first / tokens),
         "matmul_flops_per_second": rate,
-        "mfu_bare": 2 * parameters * tokens / bare / rate, "mfu_stage_one": 2 * parameters * tokens / first / rate,
+        "mfu_bare": 2 * active * tokens / bare / rate, "mfu_stage_one": 2 * active * tokens / first / rate,
         "peak_gpu_memory_gib" if device.type == "cuda" else "peak_rss_gib": peak,
         "rerun_over_first": warm / (first + warm),
         "paper_sweep_tokens_assumed": f"9 x 204 x 100 x {per_sentence:.1f} tokens per sentence (UDHR, measured)",
