@@ -14,8 +14,9 @@ Prints a table and writes outputs/bench/latest.json:
 - rss_many_over_few: peak memory of stage one on many languages ÷ on few (separate processes)
 - bytes_per_value: cache bytes on disk per stored value (float16 + blosc-lz4 + crc32c)
 - stage two for all metrics, split into reading and computing
-- warm_job_seconds: the default job (all metrics, intervals) whose states are all cached, until it ends (its plots
-  are drawn in the background: warm_job_with_plots_seconds until they are done); cli_error_seconds: a bad
+- warm_job_seconds: the default job (all metrics, intervals) whose states and scores are all cached, until it ends
+  (its plots are drawn in the background: warm_job_with_plots_seconds until they are done;
+  warm_job_recomputing_seconds: the same job computing its scores again, cache.scores=false); cli_error_seconds: a bad
   option until its one-line error; pairwise_200_seconds: every ordered pair of 200 languages (``bench.pairwise``)
 - moe_over_bare, moe_bytes_per_value: the same ratio and storage for a mixture-of-experts model (bench/moe.py)
 Each figure with a target is printed with it (``TARGETS``), and the targets once more at the end;

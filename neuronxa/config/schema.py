@@ -183,6 +183,7 @@ class ScoreConfig:
 @dataclass
 class CacheConfig:
     dir: str = "${paths.outputs}/cache"
+    scores: bool = True
 
 
 @dataclass

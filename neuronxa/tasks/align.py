@@ -17,7 +17,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import models, standin
 from neuronxa.stage_one.models import ModelSpec, spec_from_config
 from neuronxa.stage_one.store import StateStore
-from neuronxa.stage_two import registry, scoring
+from neuronxa.stage_two import registry, remembered, scoring
 from neuronxa.stage_two.correlation import Resampling, compare, correlate
 from neuronxa.tasks import drawing, tracking
 from neuronxa.tasks.common import Logged, load_corpus, model_name, pivot_language, stage_one, tracked_run, write_csv
@@ -65,8 +65,9 @@ def labelled(cfg: DictConfig, corpus: ParallelCorpus, frame: pd.DataFrame) -> pd
 def stage_two(cfg: DictConfig, inputs: Inputs, store: StateStore) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Scores per metric, language and layer, their layer-pooled summary with intervals, and the paired
     differences of the alignment scores."""
-    scores, resampled = scoring.score(store, list(cfg.metric.names), cfg.pooling.name, pivot=inputs.pivot,
-                                      languages=inputs.targets, resamples=cfg.score.resamples, seed=cfg.score.seed)
+    scores, resampled = remembered.score(store, list(cfg.metric.names), cfg.pooling.name, pivot=inputs.pivot,
+                                         languages=inputs.targets, resamples=cfg.score.resamples,
+                                         seed=cfg.score.seed, keep=cfg.cache.scores)
     summary = scoring.summarise(scores, cfg.score.layer_pool, resampled, level=cfg.score.level)
     differences = scoring.differences(summary, resampled, cfg.score.level)
     return tuple(labelled(cfg, inputs.corpus, frame) for frame in (scores, summary, differences))
