@@ -89,3 +89,10 @@ def test_an_unreadable_result_is_computed_again(store, tmp_path):
     kept.write_bytes(b"not an npz")
     _assert_same(first, _score(store))
     _assert_same(first, _score(store))   # and kept again
+
+
+def test_a_cache_that_cannot_keep_scores_still_scores(store, tmp_path):
+    (tmp_path / ".scores").write_text("a file where the folder would go")
+    first = _score(store)
+    _assert_same(scoring.score(store, METRICS, "weighted", pivot="eng_Latn", resamples=6, seed=0,
+                               progress=False), first)

@@ -84,5 +84,8 @@ def score(store, wanted: list[str], pooling: str, *, pivot: str, languages: list
     scores, resampled = scoring.score(store, wanted, pooling, pivot=pivot, languages=languages,
                                       resamples=resamples, seed=seed)
     if path is not None:
-        _saved(path, scores, resampled)
+        try:
+            _saved(path, scores, resampled)
+        except OSError:   # a read-only or full cache: the scores stand, they are only not kept
+            pass
     return scores, resampled
