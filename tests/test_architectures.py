@@ -71,8 +71,9 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "zamba": dict(num_hidden_layers=3, layers_block_type=["hybrid", "linear_attention", "hybrid"],
                        attention_hidden_size=64, attention_head_dim=16, mamba_dt_rank=8, n_mamba_heads=2,
                        mamba_d_state=8),
-         "zamba2": dict(layers_block_type=["linear_attention", "hybrid"], n_mamba_heads=4, mamba_d_state=8,
-                        chunk_size=16, adapter_rank=4, attention_head_dim=8),
+         # two hybrid layers run the one shared block (tied weights), each with its own LoRA adapter
+         "zamba2": dict(num_hidden_layers=3, layers_block_type=["hybrid", "linear_attention", "hybrid"],
+                        n_mamba_heads=4, mamba_d_state=8, chunk_size=16, adapter_rank=4, attention_head_dim=8),
          "zaya": dict(num_experts_per_tok=1, router_hidden_size=16, layer_types=["hybrid", "hybrid"]),
          "qwen4_exp": dict(text_config=TINY),   # its causal LM is the text model's, built from the text config
          "mamba2": dict(head_dim=16, n_groups=1, state_size=8, chunk_size=16, time_step_rank=4),
@@ -128,8 +129,6 @@ SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data
 _CONFIG = "its config rejects a generic tiny config"
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
-    "zamba2": "its shared MLP adds a per-layer LoRA adapter to its gate and up projection, which the recomputation "
-              "from the projections' weights does not model",
     **dict.fromkeys(["musicgen", "musicgen_melody", "reformer", "xlnet"], _CONFIG),
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
@@ -187,8 +186,8 @@ def first(module, names):
     return next(getattr(module, name) for name in names if hasattr(module, name))
 
 
-def recompute(kind: str, ffn, x: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """a and z of one FFN from its input x and its weights."""
+def recompute(kind: str, ffn, x: torch.Tensor, config, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """a and z of one FFN (of decoder layer ``layer``) from its input x and its weights."""
     from transformers.activations import ACT2FN
 
     act = next((getattr(ffn, name) for name in ACTS if hasattr(ffn, name)), None)
@@ -208,7 +207,11 @@ def recompute(kind: str, ffn, x: torch.Tensor, config) -> tuple[torch.Tensor, to
         return a, ffn.ffn_sub_norm(z) if hasattr(ffn, "ffn_sub_norm") else z   # bitnet normalises z
     fused = next((getattr(ffn, name) for name in FUSED if hasattr(ffn, name)), None)
     if fused is not None and fused(x).shape[-1] == 2 * down_width:
-        gate, up = fused(x).chunk(2, dim=-1)
+        gate_up = fused(x)
+        if kind == "zamba2":   # the shared MLP's LoRA adapter of this layer (its n-th hybrid layer): x Aᵀ Bᵀ
+            down_rank, up_rank = ffn.gate_up_proj_adapter_list[config.hybrid_layer_ids.index(layer)]
+            gate_up = gate_up + x @ down_rank.weight.T @ up_rank.weight.T
+        gate, up = gate_up.chunk(2, dim=-1)
         a = act(gate)
         return a, a * up
     a = act(first(ffn, UP)(x))
@@ -244,7 +247,7 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
                 hook.remove()
             per_layer = [{"hidden": seen["hidden", index].reshape(ids.shape[1], -1)} for index in range(len(layers))]
             for index, ffn in ffns.items():
-                a, z = recompute(kind, ffn, seen["x", index], model.config)
+                a, z = recompute(kind, ffn, seen["x", index], model.config, index)
                 torch.testing.assert_close(z, seen["z", index], atol=1e-5, rtol=1e-4)   # z is what down receives
                 width = z.shape[-1]
                 per_layer[index].update(nas=(a > 0).float().reshape(-1, width), nav=z.abs().reshape(-1, width))
