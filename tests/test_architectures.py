@@ -75,6 +75,7 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "zamba2": dict(num_hidden_layers=3, layers_block_type=["hybrid", "linear_attention", "hybrid"],
                         n_mamba_heads=4, mamba_d_state=8, chunk_size=16, adapter_rank=4, attention_head_dim=8),
          "zaya": dict(num_experts_per_tok=1, router_hidden_size=16, layer_types=["hybrid", "hybrid"]),
+         "xlnet": dict(max_position_embeddings=None, d_head=8, d_inner=48),   # no position limit; its own names
          "qwen4_exp": dict(text_config=TINY),   # its causal LM is the text model's, built from the text config
          "mamba2": dict(head_dim=16, n_groups=1, state_size=8, chunk_size=16, time_step_rank=4),
          "kimi_linear": dict(MLA, layer_types=["linear_attention", "full_attention"], linear_head_dim=8,
@@ -129,7 +130,7 @@ SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data
 _CONFIG = "its config rejects a generic tiny config"
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
-    **dict.fromkeys(["musicgen", "musicgen_melody", "reformer", "xlnet"], _CONFIG),
+    **dict.fromkeys(["musicgen", "musicgen_melody", "reformer"], _CONFIG),
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
                     "alone"),
@@ -164,12 +165,12 @@ def tiny(kind: str, **extra):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "mixer")
+FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "mixer", "ff")
 GATED = (("gate_proj", "up_proj"), ("w1", "w3"), ("proj_up_gate", "proj_up"))   # (gate, up) pairs
 FUSED = ("gate_up_proj", "Wi", "fc1")                                          # gate then up, in one projection
-UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0")
-DOWN = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "proj_down", "Wo", "value", "2")
-ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1")
+UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0", "layer_1")
+DOWN = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "proj_down", "Wo", "value", "2", "layer_2")
+ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1", "activation_function")
 
 
 def ffn_of(layer):
