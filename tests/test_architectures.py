@@ -75,6 +75,8 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "zamba2": dict(num_hidden_layers=3, layers_block_type=["hybrid", "linear_attention", "hybrid"],
                         n_mamba_heads=4, mamba_d_state=8, chunk_size=16, adapter_rank=4, attention_head_dim=8),
          "zaya": dict(num_experts_per_tok=1, router_hidden_size=16, layer_types=["hybrid", "hybrid"]),
+         "reformer": dict(attn_layers=["local", "local"], axial_pos_shape=[8, 16], axial_pos_embds_dim=[8, 24],
+                          attention_head_size=8, feed_forward_size=48, is_decoder=True, local_attn_chunk_length=8),
          "xlnet": dict(max_position_embeddings=None, d_head=8, d_inner=48),   # no position limit; its own names
          "qwen4_exp": dict(text_config=TINY),   # its causal LM is the text model's, built from the text config
          "mamba2": dict(head_dim=16, n_groups=1, state_size=8, chunk_size=16, time_step_rank=4),
@@ -120,6 +122,8 @@ NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
 STREAMS = {"gemma3n_text"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
 # serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
+# refused in one line by model type, before the model is built: Reformer's reversible layers over chunk-padded tokens
+UNSUPPORTED = {"reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
 # refused when run: a decoder whose FFN runs on its main stream and its n-gram streams side by side (ProphetNet)
@@ -127,13 +131,12 @@ NGRAM = {"prophetnet"}
 SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data2vec-text", "electra", "ernie",
              "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
              "xlm-roberta-xl", "xmod"}
-_CONFIG = "its config rejects a generic tiny config"
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
-    **dict.fromkeys(["musicgen", "musicgen_melody", "reformer"], _CONFIG),
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
                     "alone"),
+    **dict.fromkeys(["musicgen", "musicgen_melody"], "its config rejects a generic tiny config"),
     **dict.fromkeys(["blt", "dots3_note", "emu3", "gemma3", "gemma3n", "gemma4", "gemma4_unified", "git",
                      "got_ocr2", "llama4", "moss_transcribe_diarize", "phi4_multimodal", "qwen3_5", "qwen3_5_moe",
                      "roc_bert", "gemma4_text", "hy_v4", "mllama"], _TOWER),
@@ -148,7 +151,7 @@ def causal_lm_types() -> list[str]:
 
 def supported() -> list[str]:
     others = {*MOE, *MOE_REFUSED, *DENSE_BESIDE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
-              *SKIPPED}
+              *UNSUPPORTED, *SKIPPED}
     return [kind for kind in causal_lm_types() if kind not in others]
 
 
@@ -391,6 +394,26 @@ def test_the_sites_are_searched_once_per_model(monkeypatch):
     assert searched == [model]
 
 
+@pytest.mark.parametrize("kind", sorted(UNSUPPORTED))
+def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_are_built(kind, tmp_path):
+    """By model type, from config.json alone (a folder holding nothing else), and on the model itself, whether
+    its sites are searched or named."""
+    import transformers
+
+    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its reversible layers)"
+    (tmp_path / "config.json").write_text(f'{{"model_type": "{kind}"}}')
+    with pytest.raises(NeuronXAError, match=said):
+        models.meta_model(models.model_spec(str(tmp_path)))
+    name = kind.title().replace("_", "")   # Musicgen, MusicgenMelody: their decoder alone
+    model = tiny(kind) if kind == "reformer" else getattr(transformers, f"{name}ForCausalLM")(getattr(
+        transformers, f"{name}DecoderConfig")(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, ffn_dim=48, num_codebooks=2))
+    with pytest.raises(NeuronXAError, match=said):
+        find_sites(model)
+    with pytest.raises(NeuronXAError, match=said):
+        name_sites(model, Sites("layers", "mlp", "act_fn", "down_proj", False))
+
+
 @pytest.mark.parametrize("kind", sorted(RECURRENT))
 def test_layers_that_run_twice_are_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=r"^decoder layer 0 ran twice in one forward pass"):
@@ -406,7 +429,7 @@ def test_an_ffn_over_several_streams_of_tokens_is_refused_in_one_line(kind):
 
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
     listed = [*MOE, *MOE_REFUSED, *DENSE_BESIDE - MOE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
-              *SKIPPED]
+              *UNSUPPORTED, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
 

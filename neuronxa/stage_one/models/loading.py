@@ -16,6 +16,16 @@ DTYPES = ("float32", "float16", "bfloat16")
 # the device nodes of every GPU driver torch can use on Linux (NVIDIA, WSL, Jetson, ROCm): without any of them no
 # GPU is visible, and ``auto`` is the CPU without asking torch
 GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
+# causal LMs of the installed transformers whose structure the probes cannot represent, each with the reason
+UNSUPPORTED = {"reformer": "its reversible layers run on two residual streams and on its tokens padded to a multiple "
+                           "of its attention chunk length, and its FFN is split over feed_forward.dense and "
+                           "feed_forward.output"}
+
+
+def refuse_unsupported(kind: str) -> None:
+    """One line naming why, for a model type the tool cannot read (``UNSUPPORTED``)."""
+    if kind in UNSUPPORTED:
+        raise NeuronXAError(f"model type {kind!r} is not supported: {UNSUPPORTED[kind]}")
 
 
 def dtype_name(dtype: str, device: str) -> str:
@@ -55,6 +65,7 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
 
     config = dict(model_config(spec, models_dir=models_dir))
     kind = config.pop("model_type")
+    refuse_unsupported(kind)
     import torch
 
     try:
