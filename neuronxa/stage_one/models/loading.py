@@ -16,8 +16,11 @@ DTYPES = ("float32", "float16", "bfloat16")
 # the device nodes of every GPU driver torch can use on Linux (NVIDIA, WSL, Jetson, ROCm): without any of them no
 # GPU is visible, and ``auto`` is the CPU without asking torch
 GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
+_MUSIC = ("a text-to-music model, whose causal LM is its decoder over audio codebook tokens (input_ids of shape "
+          "(batch·codebooks, tokens)), not over text")
 # causal LMs of the installed transformers whose structure the probes cannot represent, each with the reason
-UNSUPPORTED = {"reformer": "its reversible layers run on two residual streams and on its tokens padded to a multiple "
+UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody", "musicgen_melody_decoder"], _MUSIC),
+               "reformer": "its reversible layers run on two residual streams and on its tokens padded to a multiple "
                            "of its attention chunk length, and its FFN is split over feed_forward.dense and "
                            "feed_forward.output"}
 
