@@ -123,7 +123,7 @@ STREAMS = {"gemma3n_text"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
 # serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks, and
-# Reformer's reversible layers over chunk-padded tokens (musicgen's causal LM cannot be built from its own config:
+# Reformer (its LSH attention makes a sentence's states depend on its batch and run) (musicgen's causal LM cannot be built from its own config:
 # its decoder's, musicgen_decoder, is tested)
 UNSUPPORTED = {"musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
@@ -401,7 +401,7 @@ def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_
     its sites are searched or named."""
     import transformers
 
-    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its reversible layers)"
+    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its LSH attention)"
     (tmp_path / "config.json").write_text(f'{{"model_type": "{kind}"}}')
     with pytest.raises(NeuronXAError, match=said):
         models.meta_model(models.model_spec(str(tmp_path)))

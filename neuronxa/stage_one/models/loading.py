@@ -20,9 +20,10 @@ _MUSIC = ("a text-to-music model, whose causal LM is its decoder over audio code
           "(batch·codebooks, tokens)), not over text")
 # causal LMs of the installed transformers whose structure the probes cannot represent, each with the reason
 UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody", "musicgen_melody_decoder"], _MUSIC),
-               "reformer": "its reversible layers run on two residual streams and on its tokens padded to a multiple "
-                           "of its attention chunk length, and its FFN is split over feed_forward.dense and "
-                           "feed_forward.output"}
+               "reformer": "its LSH attention hashes the batch's tokens, padding included, with rotations drawn anew "
+                           "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
+                           "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
+                           "of its attention chunk length"}
 
 
 def refuse_unsupported(kind: str) -> None:
