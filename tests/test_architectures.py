@@ -123,8 +123,8 @@ STREAMS = {"gemma3n_text"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
 # serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks, and
-# Reformer (its LSH attention makes a sentence's states depend on its batch and run) (musicgen's causal LM cannot be built from its own config:
-# its decoder's, musicgen_decoder, is tested)
+# Reformer (its LSH attention makes a sentence's states depend on its batch and run); musicgen's causal LM cannot be
+# built from its own config: its decoder's (musicgen_decoder) is tested
 UNSUPPORTED = {"musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
