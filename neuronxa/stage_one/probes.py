@@ -7,8 +7,9 @@ Sites, named as TransformerLens names them (``blocks.{layer}...``):
   otherwise). NAV per token is ``|z|``.
 - ``hook_resid_post``: the decoder layer's output (the residual stream), for the embedding baselines.
 Per-token states never leave the device: each hook contracts them at once with the pooling weights. Where the
-model computes them under another leading shape (OPT flattens batch and tokens), they are reshaped to
-(batch, tokens, width) first. ``on_a`` is the one hook point of a per layer, for probes and interventions alike.
+model computes them under another leading shape (OPT flattens batch and tokens; XLNet runs its layers on
+(tokens, batch, width), which structure cannot tell: ``TOKENS_FIRST``), they are reshaped to (batch, tokens, width)
+first. ``on_a`` is the one hook point of a per layer, for probes and interventions alike.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from neuronxa.stage_one.sites import (
     ffn_width,
     has_experts,
     layer_widths,
+    model_type,
     module_paths,
     submodule,
     widths,
@@ -42,6 +44,7 @@ __all__ = ["KINDS", "MOE_KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "a
 
 KINDS = ("nas", "nav", "hidden")
 MOE_KINDS = (*KINDS, "routing")   # mixture-of-experts models add their layers' pooled routing weights
+TOKENS_FIRST = {"xlnet"}   # model types whose layers run on (tokens, batch, width) states
 
 
 def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Tensor | None]) -> list:
@@ -131,6 +134,7 @@ class PoolingProbe:
         every = list(decoder_layers(model))
         self.layers = every[:layers]
         self.stops_early = len(self.layers) < len(every)
+        self.tokens_first = model_type(model) in TOKENS_FIRST
         self.weights: torch.Tensor | None = None
         self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
@@ -143,6 +147,8 @@ class PoolingProbe:
             if states.numel() != self.weights[0].numel() * states.shape[-1]:
                 raise NeuronXAError(f"decoder layer {layer}'s {kind} states have shape {tuple(states.shape)}, not "
                                     "(batch, tokens, width) (several residual streams?): not supported")
+            if self.tokens_first:
+                states = states.transpose(0, 1)
             # with device_map, layers may sit on several devices: pool where the states are, gather on the first
             states = states.reshape(*self.weights.shape[1:], states.shape[-1])   # e.g. OPT's (batch·tokens, width)
             self._store_pooled(kind, layer, pool(self._weights_on(states.device), states))

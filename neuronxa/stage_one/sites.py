@@ -28,6 +28,7 @@ from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks
+from neuronxa.stage_one.models.loading import refuse_unsupported
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.structure import act_module, projections, submodule, widths
 
@@ -160,6 +161,7 @@ def find_sites(model: nn.Module) -> Sites:
 
 
 def _search(model: nn.Module) -> Sites:
+    refuse_unsupported(model_type(model))
     path = layer_list(model)
     layers = submodule(model.base_model, path)
     _refuse_moe(model, layers, path)
@@ -263,6 +265,7 @@ def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
     missing one), else those found by structure."""
     if named is None:
         return find_sites(model)
+    refuse_unsupported(model_type(model))
     named.check()
     layers = _named_module(model.base_model, named.layers, "layers")
     if not isinstance(layers, nn.ModuleList):

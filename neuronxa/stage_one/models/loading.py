@@ -16,6 +16,20 @@ DTYPES = ("float32", "float16", "bfloat16")
 # the device nodes of every GPU driver torch can use on Linux (NVIDIA, WSL, Jetson, ROCm): without any of them no
 # GPU is visible, and ``auto`` is the CPU without asking torch
 GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
+_MUSIC = ("a text-to-music model, whose causal LM is its decoder over audio codebook tokens (input_ids of shape "
+          "(batch·codebooks, tokens)), not over text")
+# causal LMs of the installed transformers whose structure the probes cannot represent, each with the reason
+UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody", "musicgen_melody_decoder"], _MUSIC),
+               "reformer": "its LSH attention hashes the batch's tokens, padding included, with rotations drawn anew "
+                           "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
+                           "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
+                           "of its attention chunk length"}
+
+
+def refuse_unsupported(kind: str) -> None:
+    """One line naming why, for a model type the tool cannot read (``UNSUPPORTED``)."""
+    if kind in UNSUPPORTED:
+        raise NeuronXAError(f"model type {kind!r} is not supported: {UNSUPPORTED[kind]}")
 
 
 def dtype_name(dtype: str, device: str) -> str:
@@ -55,6 +69,7 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
 
     config = dict(model_config(spec, models_dir=models_dir))
     kind = config.pop("model_type")
+    refuse_unsupported(kind)
     import torch
 
     try:
