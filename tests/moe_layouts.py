@@ -1,5 +1,5 @@
-"""Mixture-of-experts layers laid out unlike one experts module called with ``top_k_index`` (JetMoe's parallel
-experts, ...): their per-token a and z of every expert unit, routing weights over E and output, recomputed
+"""Mixture-of-experts layers laid out unlike one experts module with 3-D weights called with ``top_k_index``
+(JetMoe's parallel experts, DBRX's GLU of 2-D stacks): their per-token a and z of every expert unit, routing weights over E and output, recomputed
 token by token from the layer's input and weights (its router included), written here."""
 
 import torch
@@ -29,6 +29,29 @@ def jetmoe_states(block, x):
     return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out + block.bias
 
 
+def is_dbrx(block) -> bool:
+    return hasattr(getattr(block, "experts", None), "mlp") and hasattr(block.experts.mlp, "w1")
+
+
+def dbrx_states(block, x):
+    """DBRX: p = softmax of the router logits, its top k normalised by their p-norm (moe_normalize_expert_weights);
+    expert e's slices (I, H) of w1, v1, w2: a = act(w1_e x), z = a · v1_e x, output Σ_e w_e · z w2_e."""
+    mlp, n_experts, k = block.experts.mlp, block.experts.num_experts, block.top_k
+    units = mlp.w1.shape[0] // n_experts
+    w1, v1, w2 = (stack.view(n_experts, units, -1) for stack in (mlp.w1, mlp.v1, mlp.w2))
+    a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
+    routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
+    for n in range(len(x)):
+        top = torch.topk(torch.softmax(block.router.layer.weight @ x[n], dim=0), k)
+        weights = top.values / top.values.norm(p=block.moe_normalize_expert_weights)
+        for w, e in zip(weights, top.indices.tolist()):
+            a = mlp.activation_fn(w1[e] @ x[n])
+            z = a * (v1[e] @ x[n])
+            out[n] += w * (z @ w2[e])
+            a_all[n, e], z_all[n, e], routing[n, e] = a, z, w
+    return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out
+
+
 def is_stacked(shared) -> bool:
     """Shared experts kept as 3-D weights (Inkling)."""
     return getattr(getattr(shared, "gate_proj", None), "dim", lambda: 2)() == 3
@@ -56,8 +79,8 @@ def stacked_states(block, x, index):
 
 def layout_states(block, x):
     """(a, z, routing, output) per token of a block of one of these layouts, from its input x (tokens, H)."""
-    return jetmoe_states(block, x)
+    return jetmoe_states(block, x) if is_jetmoe(block) else dbrx_states(block, x)
 
 
 def is_layout(block) -> bool:
-    return is_jetmoe(block)
+    return is_jetmoe(block) or is_dbrx(block)

@@ -99,16 +99,15 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
              "alle menschen sind frei und gleich an würde und rechten geboren jeder hat das recht auf leben"]
 
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
-MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2", "deepseek_v3", "deepseek_v32",
        "deepseek_v4", "dots1", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
        "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid",
        "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "inkling2_text", "inkling_text", "jamba", "jetmoe",
        "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum", "mimo_v2_flash", "minimax",
        "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe",
        "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text", "solar_open", "zaya"}
-# refused with one line: experts that experts.py cannot read (the reason in docs/architectures.md: dbrx keeps its
-# experts as 2-D stacks in a per-expert GLU)
-MOE_REFUSED = {"dbrx"}
+# refused with one line: experts that experts.py cannot read (none of the installed transformers')
+MOE_REFUSED: set[str] = set()
 # refused with one line: a dense FFN beside the MoE block in the layer that cannot be read as its shared experts:
 # longcat_flash (its layers hold a list of two dense MLPs beside the MoE block)
 DENSE_BESIDE = {"longcat_flash"}

@@ -36,14 +36,38 @@ def parallel_experts(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return (first, second) if tuple(second.weight.shape) == (n_experts, hidden, double // 2) else None
 
 
+def glu_experts(block: nn.Module) -> nn.Module | None:
+    """DBRX's routed experts: ``experts`` (``num_experts`` of them) holding ``mlp``, a GLU of three 2-D stacks
+    ``w1`` (gate), ``v1`` (up) and ``w2`` (down, expert e's rows e·I … e·I + I − 1 map its units to the hidden
+    size), each (E·I, H), and an activation ``activation_fn``; else None."""
+    experts = getattr(block, "experts", None)
+    mlp = getattr(experts, "mlp", None)
+    stacks = [getattr(mlp, name, None) for name in ("w1", "v1", "w2")]
+    if not all(isinstance(stack, torch.Tensor) and stack.dim() == 2 for stack in stacks) \
+            or len({stack.shape for stack in stacks}) > 1:
+        return None
+    n_experts = getattr(experts, "num_experts", 0)
+    glu = n_experts and stacks[0].shape[0] % n_experts == 0 and _one_argument(getattr(mlp, "activation_fn", None))
+    return experts if glu else None
+
+
+def glu_shape(experts: nn.Module) -> tuple[int, int, int]:
+    """(E, I, H) of DBRX's experts (``glu_experts``)."""
+    rows, hidden = experts.mlp.w1.shape
+    return experts.num_experts, rows // experts.num_experts, hidden
+
+
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
     argument, Inkling2's soft-capped SwiGLU, or a clamped SwiGLU: gpt_oss, MiniMax-M3), or called with every token
     for every expert (``scaled``), beside only routers and shared experts it reads (``readable_rest``); or JetMoe's
-    pair of parallel experts (``parallel_experts``)."""
+    pair of parallel experts (``parallel_experts``); or DBRX's GLU of 2-D stacks beside only routers
+    (``glu_experts``)."""
     if parallel_experts(block) is not None:
         return True
+    if (glu := glu_experts(block)) is not None:
+        return all(child is glu or _router_like(child, glu_shape(glu)[2]) for child in block.children())
     found = experts_module(block)
     if found is None:
         return False
@@ -139,10 +163,14 @@ def readable_rest(block: nn.Module) -> bool:
         elif child is shared:
             if not readable_shared(child):
                 return False
-        elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
-                                         for p in child.parameters()):
+        elif child is not routed and not _router_like(child, hidden):
             return False
     return True
+
+
+def _router_like(module: nn.Module, hidden: int) -> bool:
+    """Whether ``module`` can only route (weights of at most two dimensions, none writing to the hidden size)."""
+    return not any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden for p in module.parameters())
 
 
 def readable_shared(shared: nn.Module) -> bool:
@@ -177,6 +205,8 @@ def moe_width(ffn: nn.Module) -> int:
     """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
     if (pair := parallel_experts(ffn)) is not None:
         return pair[1].weight.shape[0] * pair[1].weight.shape[2]
+    if (glu := glu_experts(ffn)) is not None:
+        return glu_shape(glu)[0] * glu_shape(glu)[1]
     n_experts, units = expert_shape(experts_module(ffn))
     shared = shared_module(ffn)
     if (stacked := stacked_shared(ffn)) is not None:

@@ -17,6 +17,7 @@ the model gives its top-k experts (``top_k_weights``), 0 for the others.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -100,13 +101,39 @@ def read_rows(experts: nn.Module, gate_up_rows: torch.Tensor, z: torch.Tensor, t
     return a, z, order // top_k_index.shape[1], expert
 
 
-def recomputed_rows(experts: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor) -> Rows:
+def expert_units(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, m) of one expert on tokens x (rows): its activation and what multiplies it into z = a·m."""
+    return activation(experts, *gate_up(experts, expert, x))
+
+
+def expert_down(experts: nn.Module, expert: int) -> torch.Tensor:
+    """One expert's down projection as (I, H): z @ it is the expert's output (before the routing weight)."""
+    down = experts.down_proj[expert]
+    return down if getattr(experts, "is_transposed", False) else down.T
+
+
+@dataclass(frozen=True)
+class ExpertMath:
+    """How an experts module computes: its (E, I), an expert's (a, m) on its rows, an expert's down projection
+    (I, H). ``STACKED``: 3-D ``gate_up_proj`` and ``down_proj``; DBRX's GLU of 2-D stacks has its own
+    (glu_experts.py)."""
+
+    shape: Callable[[nn.Module], tuple[int, int]]
+    units: Callable[[nn.Module, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    down: Callable[[nn.Module, int], torch.Tensor]
+
+
+STACKED = ExpertMath(expert_shape, expert_units, expert_down)
+
+
+def recomputed_rows(experts: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor,
+                    math: ExpertMath = STACKED) -> Rows:
     """a and z of the routed pairs recomputed from each expert's weights (any experts implementation)."""
-    n_experts, units = expert_shape(experts)
+    n_experts, units = math.shape(experts)
     none = top_k_index.new_zeros(0)
     parts = [(x.new_zeros(0, units), x.new_zeros(0, units), none, none)]   # no pair routed: no rows
     for expert, token, _ in routed_pairs(top_k_index, n_experts):
-        a, multiplier = activation(experts, *gate_up(experts, expert, x[token]))
+        a, multiplier = math.units(experts, expert, x[token])
         parts.append((a, a * multiplier, token, torch.full_like(token, expert)))
     return tuple(torch.cat(part) for part in zip(*parts))
 
@@ -156,7 +183,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     held, n_experts = {}, expert_shape(experts)[0]   # held: what the experts module received, its activation
 
     def on_experts(module, args, kwargs):
-        x, index, routing = _experts_inputs(args, kwargs)
+        x, index, routing = experts_inputs(args, kwargs)
         held.update(weights=weights(x.device), index=index)
         if not reads_gate(module):
             routed.update(pooled_rows(held["weights"], recomputed_rows(module, x, index), n_experts, kinds))
@@ -207,7 +234,7 @@ def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor]
             down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
 
 
-def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(flat tokens, top_k_index, top_k_weights) from an experts module's call, however they were passed."""
     values = list(args) + list(kwargs.values())
     return values[0], values[1], values[2]
@@ -217,24 +244,23 @@ def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tens
 Edit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _edit_output(ffn: nn.Module, edit: Edit, neurons: torch.Tensor):
+def edit_output(experts: nn.Module, edit: Edit, neurons: torch.Tensor, math: ExpertMath = STACKED):
     """A forward hook on an experts module adding, for the routed pairs of experts with chosen units, what
-    editing those units' a changes in the output: w · down_e(z' − z) (any experts implementation)."""
-    experts = experts_module(ffn)
+    editing those units' a changes in the output: w · down_e(z' − z) (any experts implementation; the tokens and
+    the output flat or (batch, tokens, H))."""
 
     def hook(module, args, kwargs, output):
-        x, index, routing = _experts_inputs(args, kwargs)
-        n_experts, units = expert_shape(module)
-        output = output.clone()
+        x, index, routing = experts_inputs(args, kwargs)
+        x, n_experts, units = x.reshape(-1, x.shape[-1]), *math.shape(module)
+        edited = output.reshape(x.shape).clone()
         for expert, token, slot in routed_pairs(index, n_experts):
             chosen = neurons[(neurons // units) == expert]
             if len(chosen):
-                a, multiplier = activation(module, *gate_up(module, expert, x[token]))
+                a, multiplier = math.units(module, expert, x[token])
                 change = (edit(a, (chosen % units).to(a.device), chosen) - a) * multiplier
-                down = module.down_proj[expert]
-                delta = change @ down if getattr(module, "is_transposed", False) else change @ down.T
-                output.index_add_(0, token, (routing[token, slot, None] * delta).to(output.dtype))
-        return output
+                delta = change @ math.down(module, expert)
+                edited.index_add_(0, token, (routing[token, slot, None] * delta).to(edited.dtype))
+        return edited.reshape(output.shape)
 
     return experts.register_forward_hook(hook, with_kwargs=True)
 
@@ -249,7 +275,7 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     n_experts, units = expert_shape(experts_module(ffn))
     routed, handles = n_experts * units, []
     if (neurons < routed).any():
-        handles.append(_edit_output(ffn, edit, neurons[neurons < routed]))
+        handles.append(edit_output(experts_module(ffn), edit, neurons[neurons < routed]))
     if (neurons >= routed).any():
         shared, module, stacked = neurons[neurons >= routed], shared_module(ffn), stacked_shared(ffn)
         own = shared - routed   # the shared experts' own units

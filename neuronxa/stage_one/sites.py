@@ -77,7 +77,8 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if name and (expert_blocks.experts_module(module) is not None or expert_blocks.parallel_experts(module)):
+        if name and (expert_blocks.experts_module(module) is not None or expert_blocks.parallel_experts(module)
+                     or expert_blocks.glu_experts(module) is not None):
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
                 and projections(module, hidden):
@@ -190,6 +191,9 @@ def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
         names = {id(child): name for name, child in block.named_children()}
         first, second = (names[id(module)] for module in pair)
         return Sites(path, ffn_path, act_module(block), second, True, first, first)
+    if expert_blocks.glu_experts(block) is not None:   # DBRX: 2-D stacks in the experts' GLU
+        return Sites(path, ffn_path, "experts.mlp.activation_fn", "experts.mlp.w2", True, "experts.mlp.w1",
+                     "experts.mlp.v1")
     act = "experts.act_fn" if hasattr(expert_blocks.experts_module(block), "act_fn") else None
     return Sites(path, ffn_path, act, "experts.down_proj", True, "experts.gate_up_proj", "experts.gate_up_proj")
 
