@@ -2,6 +2,7 @@
 (JetMoe's parallel experts, DBRX's GLU of 2-D stacks): their per-token a and z of every expert unit, routing weights over E and output, recomputed
 token by token from the layer's input and weights (its router included), written here."""
 
+import numpy as np
 import torch
 
 
@@ -84,3 +85,17 @@ def layout_states(block, x):
 
 def is_layout(block) -> bool:
     return is_jetmoe(block) or is_dbrx(block)
+
+
+def with_dense_beside(layers, expected: dict, recomputed_dense) -> dict:
+    """``expected`` (layer -> kind -> pooling -> (sentences, width)) with the NAS and NAV of the list of dense
+    MLPs that LongCat-Flash's layers run beside the MoE block (``mlps``, each on its own input) after the experts'
+    units, in the list's order; ``layers``: the decoder layers; ``recomputed_dense`` (layer -> FFN) gives theirs."""
+    lists = {layer: getattr(layers[layer], "mlps", None) for layer in expected}
+    for position in range(max((len(mlps) for mlps in lists.values() if mlps is not None), default=0)):
+        dense = recomputed_dense({layer: mlps[position] for layer, mlps in lists.items() if mlps is not None})
+        for layer, by_kind in dense.items():
+            for kind, by in by_kind.items():
+                for pooling, value in by.items():
+                    expected[layer][kind][pooling] = np.concatenate([expected[layer][kind][pooling], value], 1)
+    return expected

@@ -16,7 +16,7 @@ from moe_layouts import is_dbrx, is_jetmoe
 from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one.forward import activation_counts, pooled_states
-from neuronxa.stage_one.probes import layer_widths
+from neuronxa.stage_one.probes import decoder_layers, layer_widths
 
 COMMON = dict(vocab_size=128, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
               max_position_embeddings=128, bos_token_id=1, pad_token_id=0, eos_token_id=2, head_dim=8)
@@ -25,6 +25,9 @@ CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2
     "dbrx": dict(d_model=16, n_heads=2, n_layers=2, max_seq_len=128,
                  attn_config=dict(kv_n_heads=1, rope_theta=10000.0, clip_qkv=8.0),
                  ffn_config=dict(ffn_hidden_size=12, moe_num_experts=4, moe_top_k=2)),
+    "longcat_flash": dict(num_hidden_layers=4, intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4,
+                          zero_expert_num=2, num_experts_per_tok=2, kv_lora_rank=8, q_lora_rank=8,
+                          qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, head_dim=4, num_key_value_heads=2),
     "inkling_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, n_shared_experts=2,
                          num_experts_per_tok=2),
     "inkling2_text": dict(intermediate_size=20, moe_intermediate_size=12, n_routed_experts=4, num_local_experts=4,
@@ -37,26 +40,36 @@ CONFIGS = {   # model type -> config options: 4 experts of 12 units, top 2
 SENTENCES = ["all human beings are born free and equal", "tous les", "alle menschen sind frei", "everyone has"]
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def moe(request):
+def build(kind: str):
+    """The tiny model of ``kind`` with random biases and routers (not the initialiser's zeros), in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(request.param, **COMMON, **CONFIGS[request.param]))
-    for parameter in model.parameters():   # random biases and routers, not the initialiser's zeros
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **{**COMMON, **CONFIGS[kind]}))
+    for parameter in model.parameters():
         parameter.data.normal_(0, 0.5)
-    return request.param, model.eval()
+    return model.eval()
 
 
-def down_column(block, neuron: int) -> torch.Tensor:
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def moe(request):
+    return request.param, build(request.param)
+
+
+def down_column(block, neuron: int, layer) -> torch.Tensor:
     """The column of the down projection that expert neuron e·I + j feeds, or, past the E·I routed units, shared
-    unit s·I + j: (H,), a view into the weights (all stored (E, H, I), but DBRX's w2: (E·I, H), row e·I + j)."""
+    unit s·I + j, or unit j of the dense MLPs beside the block in its ``layer`` (LongCat-Flash's ``mlps``, one
+    after another): (H,), a view into the weights (all stored (E, H, I), but DBRX's w2: (E·I, H), row e·I + j)."""
     if is_dbrx(block):
         return block.experts.mlp.w2.data[neuron]
     weight = block.output_linear.weight if is_jetmoe(block) else block.experts.down_proj
     expert, unit = divmod(neuron, weight.shape[2])
     if expert < weight.shape[0]:
         return weight.data[expert, :, unit]
+    if hasattr(layer, "mlps"):
+        unit = neuron - weight.shape[0] * weight.shape[2]
+        width = layer.mlps[0].down_proj.in_features
+        return layer.mlps[unit // width].down_proj.weight.data[:, unit % width]
     shared = block.shared_experts.down_proj
     if isinstance(shared, torch.nn.Linear):   # a dense shared FFN (nemotron_h)
         return shared.weight.data[:, neuron - weight.shape[0] * weight.shape[2]]
@@ -72,10 +85,10 @@ def chosen_neurons(model) -> dict[int, list[int]]:
 
 def scaled_copy(model, factors: dict[int, dict[int, float]]):
     copied = copy.deepcopy(model)
-    blocks = moe_blocks(copied)
+    blocks, layers = moe_blocks(copied), decoder_layers(copied)
     for layer, by_neuron in factors.items():
         for neuron, factor in by_neuron.items():
-            down_column(blocks[layer], neuron).mul_(factor)
+            down_column(blocks[layer], neuron, layers[layer]).mul_(factor)
     return copied
 
 
@@ -190,3 +203,13 @@ def test_experts_that_cannot_be_read_are_refused_in_one_line():
     with pytest.raises(NeuronXAError, match=r"^model type 'dbrx' is a mixture-of-experts model \(DbrxExperts at "
                                             r"blocks\.0\.ffn\.experts\): expert neurons are read from .*: not supported$"):
         find_sites(model)
+
+
+def test_zero_experts_have_routing_weights_but_no_neurons():
+    """LongCat-Flash: a layer's neurons are its 4 experts' units, then its two dense MLPs' (no zero expert's); its
+    routing runs over the 4 experts and the 2 zero experts, which take part of the tokens' weight."""
+    model = build("longcat_flash")
+    assert layer_widths(model) == [4 * 12 + 2 * 20] * 2
+    routing = pooled_states(model, tiny_tokenizer(), SENTENCES, kinds=("routing",))["routing"]["mean"]
+    assert routing.shape == (2, len(SENTENCES), 4 + 2)
+    assert (routing[..., :4] > 0).any() and (routing[..., 4:] > 0).any()

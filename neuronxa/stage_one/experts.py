@@ -11,7 +11,8 @@ routed to e. The shared experts' units follow (``E·I + j``), probed like a dens
 projection's input: the model multiplies the expert's *output* by the routing weight, after the down projection.
 
 Routing (kind ``routing``) is the sentence's pooled routing weights over the E experts: per token, the weights
-the model gives its top-k experts (``top_k_weights``), 0 for the others.
+the model gives its top-k experts (``top_k_weights``), 0 for the others; LongCat-Flash's zero experts (routed
+slots that return the token unchanged, with no neurons) follow the E experts there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 
 from neuronxa.stage_one import swiglu
-from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, shared_module, shared_sites,
+from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, routing_width, shared_modules,
+                                              shared_sites, shared_width,
                                               softcapped, swiglu_ffn)
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.stacked_shared import stacked_edit_hook, stacked_hooks, stacked_shared
@@ -165,7 +167,8 @@ def pooled_rows(weights: torch.Tensor, rows: Rows, n_experts: int, kinds: tuple[
 
 def pooled_routing(weights: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
                    n_experts: int) -> torch.Tensor:
-    """The routing weights per token over all E experts (0 for the unrouted), pooled: (poolings, batch, E)."""
+    """The routing weights per token over ``n_experts`` slots (0 for the unrouted), pooled: (poolings, batch,
+    n_experts)."""
     poolings, batch, tokens = weights.shape
     dense = torch.zeros(top_k_index.shape[0], n_experts + 1, device=top_k_index.device)
     dense.scatter_(1, top_k_index.clamp(max=n_experts), top_k_weights.to(torch.float32))
@@ -181,6 +184,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     routed: dict[str, torch.Tensor] = {}            # kind -> the routed experts' pooled states
     parts: dict[str, list[torch.Tensor]] = {}       # kind -> the shared experts' pooled states
     held, n_experts = {}, expert_shape(experts)[0]   # held: what the experts module received, its activation
+    slots = routing_width(experts)                   # routing: over the E experts and any zero experts
 
     def on_experts(module, args, kwargs):
         x, index, routing = experts_inputs(args, kwargs)
@@ -188,7 +192,7 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
         if not reads_gate(module):
             routed.update(pooled_rows(held["weights"], recomputed_rows(module, x, index), n_experts, kinds))
         if "routing" in kinds:
-            store("routing", pooled_routing(held["weights"], index, routing, n_experts))
+            store("routing", pooled_routing(held["weights"], index, routing, slots))
 
     def on_gate(gate_up_rows: torch.Tensor) -> torch.Tensor:
         held.pop("a", None)
@@ -210,15 +214,16 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
         if isinstance(getattr(experts, "act_fn", None), nn.Module) and not softcapped(experts):   # a as computed
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
     handles += shared_hooks(ffn, weights, parts, kinds)
-    handles.append((beside(ffn) or ffn).register_forward_hook(on_block))   # once the shared experts ran too
+    handles.append((beside(ffn) or [ffn])[-1].register_forward_hook(on_block))   # once the shared experts ran too
     return handles
 
 
 def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
                  parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
-    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts'): a dense
-    FFN's, or those of stacks of 3-D weights (stacked_shared.py); none without shared experts."""
-    if shared_module(ffn) is None:
+    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts'): dense
+    FFNs' (in the order they run), or those of stacks of 3-D weights (stacked_shared.py); none without shared
+    experts."""
+    if not shared_modules(ffn):
         stacked = stacked_shared(ffn)
         return [] if stacked is None else stacked_hooks(stacked, weights, parts, kinds)
 
@@ -227,11 +232,14 @@ def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor]
             w = weights(states.device)
             parts.setdefault(kind, []).append(pool(w, value(states).reshape(*w.shape[1:], -1)))
 
-    act, down = shared_sites(ffn)
-    shared = shared_module(ffn)
-    a_of = (lambda out: swiglu.fused_a(shared, out)) if swiglu_ffn(shared) else (lambda out: out)
-    return [act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: a_of(s) > 0, out)),
-            down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
+    handles = []
+    for shared in shared_modules(ffn):
+        act, down = shared_sites(ffn, shared)
+        a_of = (lambda out, dense=shared: swiglu.fused_a(dense, out)) if swiglu_ffn(shared) else (lambda out: out)
+        handles += [act.register_forward_hook(lambda m, i, out, a_of=a_of: on_shared("nas", lambda s: a_of(s) > 0,
+                                                                                      out)),
+                    down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
+    return handles
 
 
 def experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,13 +284,16 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     routed, handles = n_experts * units, []
     if (neurons < routed).any():
         handles.append(edit_output(experts_module(ffn), edit, neurons[neurons < routed]))
-    if (neurons >= routed).any():
-        shared, module, stacked = neurons[neurons >= routed], shared_module(ffn), stacked_shared(ffn)
-        own = shared - routed   # the shared experts' own units
-        if stacked is not None:
-            handles.append(stacked_edit_hook(stacked, edit, own, shared))
-        elif swiglu_ffn(module):
-            handles += swiglu.on_a(module, *shared_sites(ffn), lambda a: edit(a, own.to(a.device), shared))
-        else:
-            handles.append(_edit_act(shared_sites(ffn)[0], edit, own, shared))
+    shared = neurons[neurons >= routed]
+    if len(shared) and stacked_shared(ffn) is not None:
+        handles.append(stacked_edit_hook(stacked_shared(ffn), edit, shared - routed, shared))
+    for module in shared_modules(ffn) if len(shared) else []:   # their units one after another
+        width = shared_width(ffn, module)
+        chosen = shared[(shared >= routed) & (shared < routed + width)]
+        own, routed = chosen - routed, routed + width   # this shared FFN's own units
+        if len(chosen) and swiglu_ffn(module):
+            handles += swiglu.on_a(module, *shared_sites(ffn, module),
+                                   lambda a, own=own, chosen=chosen: edit(a, own.to(a.device), chosen))
+        elif len(chosen):
+            handles.append(_edit_act(shared_sites(ffn, module)[0], edit, own, chosen))
     return handles

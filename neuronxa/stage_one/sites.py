@@ -87,9 +87,10 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
-    """One line for a mixture-of-experts block that experts.py cannot probe, or one with a dense FFN (or a list of
-    them, as LongCat-Flash's) beside it in the layer that cannot be read as its shared experts (several, a list,
-    or the block has its own); a single one is placed beside the block (``expert_blocks.place_beside``), its units
+    """One line for a mixture-of-experts block that experts.py cannot probe, or one with dense FFNs beside it in
+    the layer that cannot be read as its shared experts (several children, or the block has its own, or one
+    without an activation module); those of the one child (a dense FFN, or a list of them, as LongCat-Flash's
+    ``mlps``, run in the list's order) are placed beside the block (``expert_blocks.place_beside``), their units
     read after the experts'."""
     hidden = _hidden_size(model)
     for index, layer in enumerate(layers):
@@ -99,14 +100,14 @@ def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
                   and (_FFN_NAME.search(name) or _FFN_NAME.search(type(child).__name__))
                   and any(projections(ffn, hidden) for ffn in (child if isinstance(child, nn.ModuleList) else [child]))]
         child = getattr(layer, beside[0]) if beside else None
-        if beside and (len(beside) > 1 or len(probed) > 1 or isinstance(child, nn.ModuleList)
-                       or expert_blocks.own_shared(probed[0]) is not None or not expert_blocks.readable_shared(child)):
+        dense = list(child) if isinstance(child, nn.ModuleList) else [child]
+        if beside and (len(beside) > 1 or len(probed) > 1 or expert_blocks.own_shared(probed[0]) is not None
+                       or not all(projections(ffn, hidden) and expert_blocks.readable_shared(ffn) for ffn in dense)):
             raise NeuronXAError(f"model type {model_type(model)!r} adds a dense FFN ({path}.{index}.{beside[0]}) "
                                 "beside its mixture-of-experts block that cannot be read as its shared experts "
-                                "(several, a list, the block's own beside it, or no activation module): not "
-                                "supported")
-        if beside:   # its units are read as the block's shared experts
-            expert_blocks.place_beside(probed[0], child)
+                                "(several, the block's own beside it, or no activation module): not supported")
+        if beside:   # their units are read as the block's shared experts
+            expert_blocks.place_beside(probed[0], dense)
         for name, module in layer.named_modules():
             if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside and not _ATTENTION.search(name):
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
