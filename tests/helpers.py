@@ -366,7 +366,8 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
             shape = (*ids["input_ids"].shape, -1)
             expected[layer] = {kind: pool_by_hand(v.reshape(shape), ids["attention_mask"])
                                for kind, v in per_token.items()}
-    return with_dense_beside(decoder_layers(model), expected, lambda mlps: recomputed_dense(model, tokenizer, mlps, sentences))
+    return with_dense_beside(decoder_layers(model), expected,
+                             lambda mlps: recomputed_dense(model, tokenizer, mlps, sentences))
 
 
 def assert_states_are_recomputed(model, sentences: list[str], label: str) -> None:

@@ -1,6 +1,7 @@
 """Mixture-of-experts layers laid out unlike one experts module with 3-D weights called with ``top_k_index``
-(JetMoe's parallel experts, DBRX's GLU of 2-D stacks): their per-token a and z of every expert unit, routing weights over E and output, recomputed
-token by token from the layer's input and weights (its router included), written here."""
+(JetMoe's parallel experts, DBRX's GLU of 2-D stacks): their per-token a and z of every expert unit, routing
+weights over E and output, recomputed token by token from the layer's input and weights (its router included),
+written here; and LongCat-Flash's dense MLPs beside its MoE block."""
 
 import numpy as np
 import torch

@@ -1,6 +1,7 @@
 """Mixture-of-experts layers of other layouts than one experts module called with ``top_k_index`` and a dense
-shared FFN (JetMoe's parallel experts, DBRX's GLU of 2-D stacks, Inkling's shared experts kept as 3-D weights, Inkling2's soft-capped
-SwiGLU of gate and up, Nemotron-H's ungated experts in a hybrid whose layers are each one mixer): deactivating
+shared FFN (JetMoe's parallel experts, DBRX's GLU of 2-D stacks, LongCat-Flash's zero experts and two dense MLPs
+beside the block, Inkling's shared experts kept as 3-D weights, Inkling2's soft-capped SwiGLU of gate and up,
+Nemotron-H's ungated experts in a hybrid whose layers are each one mixer): deactivating
 and scaling their expert neurons equals zeroing and scaling the matching slice of the experts' down projection,
 and their activation counts are the pooled NAS's; a hybrid's layers without an FFN have no neurons, through stage
 one, stage two and the neurons task."""
@@ -201,7 +202,8 @@ def test_experts_that_cannot_be_read_are_refused_in_one_line():
         del block.ffn.experts.mlp.activation_fn   # a module: replaced by a function
         block.ffn.experts.mlp.activation_fn = lambda gate, up: gate * up
     with pytest.raises(NeuronXAError, match=r"^model type 'dbrx' is a mixture-of-experts model \(DbrxExperts at "
-                                            r"blocks\.0\.ffn\.experts\): expert neurons are read from .*: not supported$"):
+                                            r"blocks\.0\.ffn\.experts\): expert neurons are read from .*: "
+                                            r"not supported$"):
         find_sites(model)
 
 

@@ -1,5 +1,6 @@
-"""What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights),
-its shared experts (a dense FFN beside them in the block, or dense FFNs beside the block in the layer), whether the rest is only routers (so that the block can be read),
+"""What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights,
+JetMoe's parallel experts, DBRX's GLU of 2-D stacks), its shared experts (a dense FFN beside them in the block,
+or dense FFNs beside the block in the layer), whether the rest is only routers (so that the block can be read),
 and its neurons' count (E·I routed units, then the shared experts')."""
 
 from __future__ import annotations

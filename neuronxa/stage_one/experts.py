@@ -26,8 +26,7 @@ from torch import nn
 
 from neuronxa.stage_one import swiglu
 from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, routing_width, shared_modules,
-                                              shared_sites, shared_width,
-                                              softcapped, swiglu_ffn)
+                                              shared_sites, shared_width, softcapped, swiglu_ffn)
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.stacked_shared import stacked_edit_hook, stacked_hooks, stacked_shared
 
@@ -167,8 +166,7 @@ def pooled_rows(weights: torch.Tensor, rows: Rows, n_experts: int, kinds: tuple[
 
 def pooled_routing(weights: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
                    n_experts: int) -> torch.Tensor:
-    """The routing weights per token over ``n_experts`` slots (0 for the unrouted), pooled: (poolings, batch,
-    n_experts)."""
+    """The routing weights per token over ``n_experts`` slots (0 for the unrouted), pooled: (poolings, batch, n)."""
     poolings, batch, tokens = weights.shape
     dense = torch.zeros(top_k_index.shape[0], n_experts + 1, device=top_k_index.device)
     dense.scatter_(1, top_k_index.clamp(max=n_experts), top_k_weights.to(torch.float32))
@@ -232,18 +230,21 @@ def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor]
             w = weights(states.device)
             parts.setdefault(kind, []).append(pool(w, value(states).reshape(*w.shape[1:], -1)))
 
+    def on_act(shared: nn.Module):
+        a_of = (lambda out: swiglu.fused_a(shared, out)) if swiglu_ffn(shared) else (lambda out: out)
+        return lambda module, inputs, out: on_shared("nas", lambda states: a_of(states) > 0, out)
+
     handles = []
     for shared in shared_modules(ffn):
         act, down = shared_sites(ffn, shared)
-        a_of = (lambda out, dense=shared: swiglu.fused_a(dense, out)) if swiglu_ffn(shared) else (lambda out: out)
-        handles += [act.register_forward_hook(lambda m, i, out, a_of=a_of: on_shared("nas", lambda s: a_of(s) > 0,
-                                                                                      out)),
+        handles += [act.register_forward_hook(on_act(shared)),
                     down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
     return handles
 
 
 def experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(flat tokens, top_k_index, top_k_weights) from an experts module's call, however they were passed."""
+    """(tokens, top_k_index, top_k_weights) from an experts module's call, however they were passed; the tokens
+    flat (tokens, H), or (batch, tokens, H) where the module flattens them itself (DBRX)."""
     values = list(args) + list(kwargs.values())
     return values[0], values[1], values[2]
 
