@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from moe_layouts import is_layout, is_stacked, layout_states, stacked_states
+from moe_layouts import is_layout, is_stacked, layout_states, stacked_states, with_dense_beside
 from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.probes import architecture, decoder_layers
 from neuronxa.stage_two.metrics import beaten
@@ -196,17 +196,21 @@ POOLS = ("weighted", "mean", "last")
 
 
 def expert_states(experts, x, index, weights):
-    """Per token: a and z of every expert unit (0 where not routed), routing weights over E, and the module's
-    output recomputed as the sum over routed experts of weight · down(z) — written from the weights here."""
+    """Per token: a and z of every expert unit (0 where not routed), routing weights over E (and any zero
+    experts after them), and the module's output recomputed as the sum over routed experts of weight · down(z)
+    (weight · x for a zero expert) — written from the weights here."""
     n_experts, gated = experts.down_proj.shape[0], hasattr(experts, "gate_up_proj")
     stack = experts.gate_up_proj if gated else experts.up_proj   # ungated (nemotron_h): a = z = act(up x)
     transposed = stack.shape[1] == x.shape[1] and stack.shape[2] != x.shape[1]
     units = experts.down_proj.shape[1] if transposed else experts.down_proj.shape[2]
     a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
-    routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
+    routing, out = torch.zeros(len(x), len(stack)), torch.zeros_like(x)   # LongCat-Flash: its zero experts too
     for n in range(len(x)):
         for slot in range(index.shape[1]):
             e = int(index[n, slot])
+            if e >= n_experts:   # a zero expert (LongCat-Flash): the token itself, no neurons
+                out[n], routing[n, e] = out[n] + weights[n, slot] * x[n], weights[n, slot]
+                continue
             h = x[n] @ stack[e] if transposed else stack[e] @ x[n]
             if hasattr(experts, "gate_up_proj_bias"):
                 h = h + experts.gate_up_proj_bias[e]
@@ -362,7 +366,8 @@ def recomputed_experts(model, tokenizer, sentences: list[str]) -> dict:
             shape = (*ids["input_ids"].shape, -1)
             expected[layer] = {kind: pool_by_hand(v.reshape(shape), ids["attention_mask"])
                                for kind, v in per_token.items()}
-    return expected
+    return with_dense_beside(decoder_layers(model), expected,
+                             lambda mlps: recomputed_dense(model, tokenizer, mlps, sentences))
 
 
 def assert_states_are_recomputed(model, sentences: list[str], label: str) -> None:

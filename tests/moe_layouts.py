@@ -1,7 +1,9 @@
-"""Mixture-of-experts layers laid out unlike one experts module called with ``top_k_index`` (JetMoe's parallel
-experts, ...): their per-token a and z of every expert unit, routing weights over E and output, recomputed
-token by token from the layer's input and weights (its router included), written here."""
+"""Mixture-of-experts layers laid out unlike one experts module with 3-D weights called with ``top_k_index``
+(JetMoe's parallel experts, DBRX's GLU of 2-D stacks): their per-token a and z of every expert unit, routing
+weights over E and output, recomputed token by token from the layer's input and weights (its router included),
+written here; and LongCat-Flash's dense MLPs beside its MoE block."""
 
+import numpy as np
 import torch
 
 
@@ -27,6 +29,29 @@ def jetmoe_states(block, x):
             out[n] += w * (block.output_linear.weight[e] @ z)
             a_all[n, e], z_all[n, e], routing[n, e] = a, z, w
     return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out + block.bias
+
+
+def is_dbrx(block) -> bool:
+    return hasattr(getattr(block, "experts", None), "mlp") and hasattr(block.experts.mlp, "w1")
+
+
+def dbrx_states(block, x):
+    """DBRX: p = softmax of the router logits, its top k normalised by their p-norm (moe_normalize_expert_weights);
+    expert e's slices (I, H) of w1, v1, w2: a = act(w1_e x), z = a · v1_e x, output Σ_e w_e · z w2_e."""
+    mlp, n_experts, k = block.experts.mlp, block.experts.num_experts, block.top_k
+    units = mlp.w1.shape[0] // n_experts
+    w1, v1, w2 = (stack.view(n_experts, units, -1) for stack in (mlp.w1, mlp.v1, mlp.w2))
+    a_all, z_all = torch.zeros(len(x), n_experts, units), torch.zeros(len(x), n_experts, units)
+    routing, out = torch.zeros(len(x), n_experts), torch.zeros_like(x)
+    for n in range(len(x)):
+        top = torch.topk(torch.softmax(block.router.layer.weight @ x[n], dim=0), k)
+        weights = top.values / top.values.norm(p=block.moe_normalize_expert_weights)
+        for w, e in zip(weights, top.indices.tolist()):
+            a = mlp.activation_fn(w1[e] @ x[n])
+            z = a * (v1[e] @ x[n])
+            out[n] += w * (z @ w2[e])
+            a_all[n, e], z_all[n, e], routing[n, e] = a, z, w
+    return a_all.reshape(len(x), -1), z_all.reshape(len(x), -1), routing, out
 
 
 def is_stacked(shared) -> bool:
@@ -56,8 +81,22 @@ def stacked_states(block, x, index):
 
 def layout_states(block, x):
     """(a, z, routing, output) per token of a block of one of these layouts, from its input x (tokens, H)."""
-    return jetmoe_states(block, x)
+    return jetmoe_states(block, x) if is_jetmoe(block) else dbrx_states(block, x)
 
 
 def is_layout(block) -> bool:
-    return is_jetmoe(block)
+    return is_jetmoe(block) or is_dbrx(block)
+
+
+def with_dense_beside(layers, expected: dict, recomputed_dense) -> dict:
+    """``expected`` (layer -> kind -> pooling -> (sentences, width)) with the NAS and NAV of the list of dense
+    MLPs that LongCat-Flash's layers run beside the MoE block (``mlps``, each on its own input) after the experts'
+    units, in the list's order; ``layers``: the decoder layers; ``recomputed_dense`` (layer -> FFN) gives theirs."""
+    lists = {layer: getattr(layers[layer], "mlps", None) for layer in expected}
+    for position in range(max((len(mlps) for mlps in lists.values() if mlps is not None), default=0)):
+        dense = recomputed_dense({layer: mlps[position] for layer, mlps in lists.items() if mlps is not None})
+        for layer, by_kind in dense.items():
+            for kind, by in by_kind.items():
+                for pooling, value in by.items():
+                    expected[layer][kind][pooling] = np.concatenate([expected[layer][kind][pooling], value], 1)
+    return expected

@@ -96,26 +96,27 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
                             num_encoder_attention_heads=4, num_decoder_attention_heads=4, encoder_ffn_dim=48,
                             decoder_ffn_dim=48),
          **dict.fromkeys(["axk1", "axk2", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
-                          "glm_moe_dsa", "longcat_flash", "minicpm3", "youtu"], MLA)}
+                          "glm_moe_dsa", "minicpm3", "youtu"], MLA),
+         # 4 experts and 2 zero experts (default 256); 2 layers: its num_hidden_layers is twice its num_layers
+         "longcat_flash": dict(MLA, zero_expert_num=2, num_hidden_layers=4)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
              "alle menschen sind frei und gleich an würde und rechten geboren jeder hat das recht auf leben"]
 
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
-MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2", "deepseek_v3", "deepseek_v32",
        "deepseek_v4", "dots1", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
        "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid",
        "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "inkling2_text", "inkling_text", "jamba", "jetmoe",
-       "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum", "mimo_v2_flash", "minimax",
-       "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe",
+       "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "longcat_flash", "mellum", "mimo_v2_flash",
+       "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe",
        "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text", "solar_open", "zaya"}
-# refused with one line: experts that experts.py cannot read (the reason in docs/architectures.md: dbrx keeps its
-# experts as 2-D stacks in a per-expert GLU)
-MOE_REFUSED = {"dbrx"}
-# refused with one line: a dense FFN beside the MoE block in the layer that cannot be read as its shared experts:
-# longcat_flash (its layers hold a list of two dense MLPs beside the MoE block)
-DENSE_BESIDE = {"longcat_flash"}
+# refused with one line: experts that experts.py cannot read (none of the installed transformers')
+MOE_REFUSED: set[str] = set()
+# refused with one line: a dense FFN beside the MoE block in the layer that cannot be read as its shared experts
+# (none of the installed transformers': LongCat-Flash's list of two MLPs is read after its experts)
+DENSE_BESIDE: set[str] = set()
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
 # several residual streams per token (AltUp): NAS and NAV read, hidden states refused with one line

@@ -1,5 +1,6 @@
-"""What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights),
-its shared experts (a dense FFN beside them in the block, or beside the block in the layer), whether the rest is only routers (so that the block can be read),
+"""What a mixture-of-experts block holds, found by structure: its routed experts (one module with 3-D weights,
+JetMoe's parallel experts, DBRX's GLU of 2-D stacks), its shared experts (a dense FFN beside them in the block,
+or dense FFNs beside the block in the layer), whether the rest is only routers (so that the block can be read),
 and its neurons' count (E·I routed units, then the shared experts')."""
 
 from __future__ import annotations
@@ -36,14 +37,38 @@ def parallel_experts(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return (first, second) if tuple(second.weight.shape) == (n_experts, hidden, double // 2) else None
 
 
+def glu_experts(block: nn.Module) -> nn.Module | None:
+    """DBRX's routed experts: ``experts`` (``num_experts`` of them) holding ``mlp``, a GLU of three 2-D stacks
+    ``w1`` (gate), ``v1`` (up) and ``w2`` (down, expert e's rows e·I … e·I + I − 1 map its units to the hidden
+    size), each (E·I, H), and an activation ``activation_fn``; else None."""
+    experts = getattr(block, "experts", None)
+    mlp = getattr(experts, "mlp", None)
+    stacks = [getattr(mlp, name, None) for name in ("w1", "v1", "w2")]
+    if not all(isinstance(stack, torch.Tensor) and stack.dim() == 2 for stack in stacks) \
+            or len({stack.shape for stack in stacks}) > 1:
+        return None
+    n_experts = getattr(experts, "num_experts", 0)
+    glu = n_experts and stacks[0].shape[0] % n_experts == 0 and _one_argument(getattr(mlp, "activation_fn", None))
+    return experts if glu else None
+
+
+def glu_shape(experts: nn.Module) -> tuple[int, int, int]:
+    """(E, I, H) of DBRX's experts (``glu_experts``)."""
+    rows, hidden = experts.mlp.w1.shape
+    return experts.num_experts, rows // experts.num_experts, hidden
+
+
 def probed(block: nn.Module) -> bool:
     """Whether ``block`` holds routed experts that this module reads: one experts module called with the routed
     tokens (``top_k_index``, ``top_k_weights``) whose activation it recomputes (an activation module of one
     argument, Inkling2's soft-capped SwiGLU, or a clamped SwiGLU: gpt_oss, MiniMax-M3), or called with every token
     for every expert (``scaled``), beside only routers and shared experts it reads (``readable_rest``); or JetMoe's
-    pair of parallel experts (``parallel_experts``)."""
+    pair of parallel experts (``parallel_experts``); or DBRX's GLU of 2-D stacks beside only routers
+    (``glu_experts``)."""
     if parallel_experts(block) is not None:
         return True
+    if (glu := glu_experts(block)) is not None:
+        return all(child is glu or _router_like(child, glu_shape(glu)[2]) for child in block.children())
     found = experts_module(block)
     if found is None:
         return False
@@ -97,8 +122,9 @@ def hidden_size(experts: nn.Module) -> int:
     return down.shape[2] if transposed(experts) else down.shape[1]
 
 
-# MoE block -> the dense FFN that its decoder layer runs beside it on the same input (Granite-MoE-Shared's
-# shared_mlp), placed by the search for a model's sites (``sites.find_sites``)
+# MoE block -> the dense FFNs that its decoder layer runs beside it (Granite-MoE-Shared's shared_mlp on the
+# block's input, LongCat-Flash's list of two MLPs), in the order they run, placed by the search for a model's sites
+# (``sites.find_sites``)
 _BESIDE: WeakKeyDictionary = WeakKeyDictionary()
 
 
@@ -110,20 +136,27 @@ def own_shared(ffn: nn.Module) -> nn.Module | None:
     return next((child for child in ffn.children() if child is not routed and projections(child, hidden)), None)
 
 
-def place_beside(ffn: nn.Module, shared: nn.Module) -> None:
-    """Read ``shared``, a dense FFN that the layer adds beside the MoE block ``ffn``, as the block's shared
-    experts."""
-    _BESIDE[ffn] = shared
+def place_beside(ffn: nn.Module, dense: list[nn.Module]) -> None:
+    """Read ``dense``, the dense FFNs that the layer runs beside the MoE block ``ffn`` (after it, in this order),
+    as the block's shared experts."""
+    _BESIDE[ffn] = dense
 
 
-def beside(ffn: nn.Module) -> nn.Module | None:
-    """The dense FFN placed beside the MoE block ``ffn`` (it runs after the block), or None."""
-    return _BESIDE.get(ffn)
+def beside(ffn: nn.Module) -> list[nn.Module]:
+    """The dense FFNs placed beside the MoE block ``ffn``, in the order they run (none: empty)."""
+    return _BESIDE.get(ffn, [])
+
+
+def shared_modules(ffn: nn.Module) -> list[nn.Module]:
+    """The shared experts of an MoE block, in the order their units follow the routed experts': inside it, else
+    the dense FFNs placed beside it in its layer (none: empty)."""
+    own = own_shared(ffn)
+    return [own] if own is not None else beside(ffn)
 
 
 def shared_module(ffn: nn.Module) -> nn.Module | None:
-    """The shared experts of an MoE block: inside it, else placed beside it in its layer, or None."""
-    return own_shared(ffn) or beside(ffn)
+    """The first of the block's shared experts (``shared_modules``), or None."""
+    return next(iter(shared_modules(ffn)), None)
 
 
 def readable_rest(block: nn.Module) -> bool:
@@ -139,10 +172,14 @@ def readable_rest(block: nn.Module) -> bool:
         elif child is shared:
             if not readable_shared(child):
                 return False
-        elif child is not routed and any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden
-                                         for p in child.parameters()):
+        elif child is not routed and not _router_like(child, hidden):
             return False
     return True
+
+
+def _router_like(module: nn.Module, hidden: int) -> bool:
+    """Whether ``module`` can only route (weights of at most two dimensions, none writing to the hidden size)."""
+    return not any(p.dim() > 2 or p.dim() == 2 and p.shape[0] == hidden for p in module.parameters())
 
 
 def readable_shared(shared: nn.Module) -> bool:
@@ -159,12 +196,23 @@ def swiglu_ffn(ffn: nn.Module) -> bool:
     return act_module(ffn) is None and swiglu_parameters(ffn) is not None and fused
 
 
-def shared_sites(ffn: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Where an MoE block's shared experts' a is read (their activation module's output, or for a clamped
+def shared_sites(ffn: nn.Module, shared: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Where one of an MoE block's shared experts' a is read (their activation module's output, or for a clamped
     SwiGLU their fused gate_up projection's output), and their down projection."""
-    shared = shared_module(ffn)
     down, inputs, _ = projections(shared, hidden_size(experts_module(ffn)))
     return submodule(shared, inputs[0] if swiglu_ffn(shared) else act_module(shared)), submodule(shared, down)
+
+
+def shared_width(ffn: nn.Module, shared: nn.Module) -> int:
+    """Units of one of the block's shared experts (its down projection's input width)."""
+    return widths(shared_sites(ffn, shared)[1])[0]
+
+
+def routing_width(experts: nn.Module) -> int:
+    """Experts a token can be routed to: E, then LongCat-Flash's zero experts (slots that return the token
+    unchanged, with no neurons), for which its ``gate_up_proj`` holds rows and its ``down_proj`` none."""
+    stack = getattr(experts, "gate_up_proj", getattr(experts, "up_proj", None))
+    return max(stack.shape[0], expert_shape(experts)[0])
 
 
 def expert_shape(experts: nn.Module) -> tuple[int, int]:
@@ -177,8 +225,9 @@ def moe_width(ffn: nn.Module) -> int:
     """Neurons of an MoE block: E·I routed expert units, then the shared experts' units."""
     if (pair := parallel_experts(ffn)) is not None:
         return pair[1].weight.shape[0] * pair[1].weight.shape[2]
+    if (glu := glu_experts(ffn)) is not None:
+        return glu_shape(glu)[0] * glu_shape(glu)[1]
     n_experts, units = expert_shape(experts_module(ffn))
-    shared = shared_module(ffn)
     if (stacked := stacked_shared(ffn)) is not None:
         return n_experts * units + stacked_width(stacked)
-    return n_experts * units + (widths(shared_sites(ffn)[1])[0] if shared is not None else 0)
+    return n_experts * units + sum(shared_width(ffn, shared) for shared in shared_modules(ffn))

@@ -11,20 +11,22 @@ routed to e. The shared experts' units follow (``E·I + j``), probed like a dens
 projection's input: the model multiplies the expert's *output* by the routing weight, after the down projection.
 
 Routing (kind ``routing``) is the sentence's pooled routing weights over the E experts: per token, the weights
-the model gives its top-k experts (``top_k_weights``), 0 for the others.
+the model gives its top-k experts (``top_k_weights``), 0 for the others; LongCat-Flash's zero experts (routed
+slots that return the token unchanged, with no neurons) follow the E experts there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from neuronxa.stage_one import swiglu
-from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, shared_module, shared_sites,
-                                              softcapped, swiglu_ffn)
+from neuronxa.stage_one.expert_blocks import (beside, expert_shape, experts_module, routing_width, shared_modules,
+                                              shared_sites, shared_width, softcapped, swiglu_ffn)
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.stacked_shared import stacked_edit_hook, stacked_hooks, stacked_shared
 
@@ -100,13 +102,39 @@ def read_rows(experts: nn.Module, gate_up_rows: torch.Tensor, z: torch.Tensor, t
     return a, z, order // top_k_index.shape[1], expert
 
 
-def recomputed_rows(experts: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor) -> Rows:
+def expert_units(experts: nn.Module, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, m) of one expert on tokens x (rows): its activation and what multiplies it into z = a·m."""
+    return activation(experts, *gate_up(experts, expert, x))
+
+
+def expert_down(experts: nn.Module, expert: int) -> torch.Tensor:
+    """One expert's down projection as (I, H): z @ it is the expert's output (before the routing weight)."""
+    down = experts.down_proj[expert]
+    return down if getattr(experts, "is_transposed", False) else down.T
+
+
+@dataclass(frozen=True)
+class ExpertMath:
+    """How an experts module computes: its (E, I), an expert's (a, m) on its rows, an expert's down projection
+    (I, H). ``STACKED``: 3-D ``gate_up_proj`` and ``down_proj``; DBRX's GLU of 2-D stacks has its own
+    (glu_experts.py)."""
+
+    shape: Callable[[nn.Module], tuple[int, int]]
+    units: Callable[[nn.Module, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    down: Callable[[nn.Module, int], torch.Tensor]
+
+
+STACKED = ExpertMath(expert_shape, expert_units, expert_down)
+
+
+def recomputed_rows(experts: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor,
+                    math: ExpertMath = STACKED) -> Rows:
     """a and z of the routed pairs recomputed from each expert's weights (any experts implementation)."""
-    n_experts, units = expert_shape(experts)
+    n_experts, units = math.shape(experts)
     none = top_k_index.new_zeros(0)
     parts = [(x.new_zeros(0, units), x.new_zeros(0, units), none, none)]   # no pair routed: no rows
     for expert, token, _ in routed_pairs(top_k_index, n_experts):
-        a, multiplier = activation(experts, *gate_up(experts, expert, x[token]))
+        a, multiplier = math.units(experts, expert, x[token])
         parts.append((a, a * multiplier, token, torch.full_like(token, expert)))
     return tuple(torch.cat(part) for part in zip(*parts))
 
@@ -138,7 +166,7 @@ def pooled_rows(weights: torch.Tensor, rows: Rows, n_experts: int, kinds: tuple[
 
 def pooled_routing(weights: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
                    n_experts: int) -> torch.Tensor:
-    """The routing weights per token over all E experts (0 for the unrouted), pooled: (poolings, batch, E)."""
+    """The routing weights per token over ``n_experts`` slots (0 for the unrouted), pooled: (poolings, batch, n)."""
     poolings, batch, tokens = weights.shape
     dense = torch.zeros(top_k_index.shape[0], n_experts + 1, device=top_k_index.device)
     dense.scatter_(1, top_k_index.clamp(max=n_experts), top_k_weights.to(torch.float32))
@@ -154,14 +182,15 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
     routed: dict[str, torch.Tensor] = {}            # kind -> the routed experts' pooled states
     parts: dict[str, list[torch.Tensor]] = {}       # kind -> the shared experts' pooled states
     held, n_experts = {}, expert_shape(experts)[0]   # held: what the experts module received, its activation
+    slots = routing_width(experts)                   # routing: over the E experts and any zero experts
 
     def on_experts(module, args, kwargs):
-        x, index, routing = _experts_inputs(args, kwargs)
+        x, index, routing = experts_inputs(args, kwargs)
         held.update(weights=weights(x.device), index=index)
         if not reads_gate(module):
             routed.update(pooled_rows(held["weights"], recomputed_rows(module, x, index), n_experts, kinds))
         if "routing" in kinds:
-            store("routing", pooled_routing(held["weights"], index, routing, n_experts))
+            store("routing", pooled_routing(held["weights"], index, routing, slots))
 
     def on_gate(gate_up_rows: torch.Tensor) -> torch.Tensor:
         held.pop("a", None)
@@ -183,15 +212,16 @@ def moe_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor], s
         if isinstance(getattr(experts, "act_fn", None), nn.Module) and not softcapped(experts):   # a as computed
             handles.append(experts.act_fn.register_forward_hook(lambda m, i, out: held.__setitem__("a", out)))
     handles += shared_hooks(ffn, weights, parts, kinds)
-    handles.append((beside(ffn) or ffn).register_forward_hook(on_block))   # once the shared experts ran too
+    handles.append((beside(ffn) or [ffn])[-1].register_forward_hook(on_block))   # once the shared experts ran too
     return handles
 
 
 def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor],
                  parts: dict[str, list[torch.Tensor]], kinds: tuple[str, ...]) -> list:
-    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts'): a dense
-    FFN's, or those of stacks of 3-D weights (stacked_shared.py); none without shared experts."""
-    if shared_module(ffn) is None:
+    """Hooks appending the shared experts' pooled NAS and NAV to ``parts`` (after the routed experts'): dense
+    FFNs' (in the order they run), or those of stacks of 3-D weights (stacked_shared.py); none without shared
+    experts."""
+    if not shared_modules(ffn):
         stacked = stacked_shared(ffn)
         return [] if stacked is None else stacked_hooks(stacked, weights, parts, kinds)
 
@@ -200,15 +230,21 @@ def shared_hooks(ffn: nn.Module, weights: Callable[[torch.device], torch.Tensor]
             w = weights(states.device)
             parts.setdefault(kind, []).append(pool(w, value(states).reshape(*w.shape[1:], -1)))
 
-    act, down = shared_sites(ffn)
-    shared = shared_module(ffn)
-    a_of = (lambda out: swiglu.fused_a(shared, out)) if swiglu_ffn(shared) else (lambda out: out)
-    return [act.register_forward_hook(lambda m, i, out: on_shared("nas", lambda s: a_of(s) > 0, out)),
-            down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
+    def on_act(shared: nn.Module):
+        a_of = (lambda out: swiglu.fused_a(shared, out)) if swiglu_ffn(shared) else (lambda out: out)
+        return lambda module, inputs, out: on_shared("nas", lambda states: a_of(states) > 0, out)
+
+    handles = []
+    for shared in shared_modules(ffn):
+        act, down = shared_sites(ffn, shared)
+        handles += [act.register_forward_hook(on_act(shared)),
+                    down.register_forward_pre_hook(lambda m, i: on_shared("nav", torch.abs, i[0]))]
+    return handles
 
 
-def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(flat tokens, top_k_index, top_k_weights) from an experts module's call, however they were passed."""
+def experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens, top_k_index, top_k_weights) from an experts module's call, however they were passed; the tokens
+    flat (tokens, H), or (batch, tokens, H) where the module flattens them itself (DBRX)."""
     values = list(args) + list(kwargs.values())
     return values[0], values[1], values[2]
 
@@ -217,24 +253,23 @@ def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tens
 Edit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _edit_output(ffn: nn.Module, edit: Edit, neurons: torch.Tensor):
+def edit_output(experts: nn.Module, edit: Edit, neurons: torch.Tensor, math: ExpertMath = STACKED):
     """A forward hook on an experts module adding, for the routed pairs of experts with chosen units, what
-    editing those units' a changes in the output: w · down_e(z' − z) (any experts implementation)."""
-    experts = experts_module(ffn)
+    editing those units' a changes in the output: w · down_e(z' − z) (any experts implementation; the tokens and
+    the output flat or (batch, tokens, H))."""
 
     def hook(module, args, kwargs, output):
-        x, index, routing = _experts_inputs(args, kwargs)
-        n_experts, units = expert_shape(module)
-        output = output.clone()
+        x, index, routing = experts_inputs(args, kwargs)
+        x, n_experts, units = x.reshape(-1, x.shape[-1]), *math.shape(module)
+        edited = output.reshape(x.shape).clone()
         for expert, token, slot in routed_pairs(index, n_experts):
             chosen = neurons[(neurons // units) == expert]
             if len(chosen):
-                a, multiplier = activation(module, *gate_up(module, expert, x[token]))
+                a, multiplier = math.units(module, expert, x[token])
                 change = (edit(a, (chosen % units).to(a.device), chosen) - a) * multiplier
-                down = module.down_proj[expert]
-                delta = change @ down if getattr(module, "is_transposed", False) else change @ down.T
-                output.index_add_(0, token, (routing[token, slot, None] * delta).to(output.dtype))
-        return output
+                delta = change @ math.down(module, expert)
+                edited.index_add_(0, token, (routing[token, slot, None] * delta).to(edited.dtype))
+        return edited.reshape(output.shape)
 
     return experts.register_forward_hook(hook, with_kwargs=True)
 
@@ -249,14 +284,17 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     n_experts, units = expert_shape(experts_module(ffn))
     routed, handles = n_experts * units, []
     if (neurons < routed).any():
-        handles.append(_edit_output(ffn, edit, neurons[neurons < routed]))
-    if (neurons >= routed).any():
-        shared, module, stacked = neurons[neurons >= routed], shared_module(ffn), stacked_shared(ffn)
-        own = shared - routed   # the shared experts' own units
-        if stacked is not None:
-            handles.append(stacked_edit_hook(stacked, edit, own, shared))
-        elif swiglu_ffn(module):
-            handles += swiglu.on_a(module, *shared_sites(ffn), lambda a: edit(a, own.to(a.device), shared))
-        else:
-            handles.append(_edit_act(shared_sites(ffn)[0], edit, own, shared))
+        handles.append(edit_output(experts_module(ffn), edit, neurons[neurons < routed]))
+    shared = neurons[neurons >= routed]
+    if len(shared) and stacked_shared(ffn) is not None:
+        handles.append(stacked_edit_hook(stacked_shared(ffn), edit, shared - routed, shared))
+    for module in shared_modules(ffn) if len(shared) else []:   # their units one after another
+        width = shared_width(ffn, module)
+        chosen = shared[(shared >= routed) & (shared < routed + width)]
+        own, routed = chosen - routed, routed + width   # this shared FFN's own units
+        if len(chosen) and swiglu_ffn(module):
+            handles += swiglu.on_a(module, *shared_sites(ffn, module),
+                                   lambda a, own=own, chosen=chosen: edit(a, own.to(a.device), chosen))
+        elif len(chosen):
+            handles.append(_edit_act(shared_sites(ffn, module)[0], edit, own, chosen))
     return handles

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks, experts, parallel_experts, scaled_experts, swiglu
+from neuronxa.stage_one import expert_blocks, experts, glu_experts, parallel_experts, scaled_experts, swiglu
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.sites import (
@@ -110,10 +110,13 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
 
 def _moe_module(ffn: nn.Module):
     """The module whose ``moe_hooks`` and ``edit_hooks`` probe a mixture-of-experts block: JetMoe's pair of
-    parallel experts (parallel_experts.py), experts called with every token for every expert (Llama 4,
-    scaled_experts.py), else one experts module called with the routed tokens (experts.py)."""
+    parallel experts (parallel_experts.py), DBRX's GLU of 2-D stacks (glu_experts.py), experts called with every
+    token for every expert (Llama 4, scaled_experts.py), else one experts module called with the routed tokens
+    (experts.py)."""
     if expert_blocks.parallel_experts(ffn) is not None:
         return parallel_experts
+    if expert_blocks.glu_experts(ffn) is not None:
+        return glu_experts
     return scaled_experts if expert_blocks.scaled(ffn) else experts
 
 

@@ -78,7 +78,8 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
     """Path within a layer of its FFN (the layer's own path ``''`` when flat), or None when it has none."""
     for name, module in layer.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if name and (expert_blocks.experts_module(module) is not None or expert_blocks.parallel_experts(module)):
+        if name and (expert_blocks.experts_module(module) is not None or expert_blocks.parallel_experts(module)
+                     or expert_blocks.glu_experts(module) is not None):
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
                 and projections(module, hidden):
@@ -87,9 +88,10 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
 
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
-    """One line for a mixture-of-experts block that experts.py cannot probe, or one with a dense FFN (or a list of
-    them, as LongCat-Flash's) beside it in the layer that cannot be read as its shared experts (several, a list,
-    or the block has its own); a single one is placed beside the block (``expert_blocks.place_beside``), its units
+    """One line for a mixture-of-experts block that experts.py cannot probe, or one with dense FFNs beside it in
+    the layer that cannot be read as its shared experts (several children, or the block has its own, or one
+    without an activation module); those of the one child (a dense FFN, or a list of them, as LongCat-Flash's
+    ``mlps``, run in the list's order) are placed beside the block (``expert_blocks.place_beside``), their units
     read after the experts'."""
     hidden = _hidden_size(model)
     for index, layer in enumerate(layers):
@@ -99,14 +101,14 @@ def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
                   and (_FFN_NAME.search(name) or _FFN_NAME.search(type(child).__name__))
                   and any(projections(ffn, hidden) for ffn in (child if isinstance(child, nn.ModuleList) else [child]))]
         child = getattr(layer, beside[0]) if beside else None
-        if beside and (len(beside) > 1 or len(probed) > 1 or isinstance(child, nn.ModuleList)
-                       or expert_blocks.own_shared(probed[0]) is not None or not expert_blocks.readable_shared(child)):
+        dense = list(child) if isinstance(child, nn.ModuleList) else [child]
+        if beside and (len(beside) > 1 or len(probed) > 1 or expert_blocks.own_shared(probed[0]) is not None
+                       or not all(projections(ffn, hidden) and expert_blocks.readable_shared(ffn) for ffn in dense)):
             raise NeuronXAError(f"model type {model_type(model)!r} adds a dense FFN ({path}.{index}.{beside[0]}) "
                                 "beside its mixture-of-experts block that cannot be read as its shared experts "
-                                "(several, a list, the block's own beside it, or no activation module): not "
-                                "supported")
-        if beside:   # its units are read as the block's shared experts
-            expert_blocks.place_beside(probed[0], child)
+                                "(several, the block's own beside it, or no activation module): not supported")
+        if beside:   # their units are read as the block's shared experts
+            expert_blocks.place_beside(probed[0], dense)
         for name, module in layer.named_modules():
             if _MOE_CLASS.search(type(module).__name__) and id(module) not in inside and not _ATTENTION.search(name):
                 raise NeuronXAError(f"model type {model_type(model)!r} is a mixture-of-experts model "
@@ -192,6 +194,9 @@ def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
         names = {id(child): name for name, child in block.named_children()}
         first, second = (names[id(module)] for module in pair)
         return Sites(path, ffn_path, act_module(block), second, True, first, first)
+    if expert_blocks.glu_experts(block) is not None:   # DBRX: 2-D stacks in the experts' GLU
+        return Sites(path, ffn_path, "experts.mlp.activation_fn", "experts.mlp.w2", True, "experts.mlp.w1",
+                     "experts.mlp.v1")
     act = "experts.act_fn" if hasattr(expert_blocks.experts_module(block), "act_fn") else None
     return Sites(path, ffn_path, act, "experts.down_proj", True, "experts.gate_up_proj", "experts.gate_up_proj")
 
