@@ -112,11 +112,6 @@ MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2
        "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "longcat_flash", "mellum", "mimo_v2_flash",
        "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe",
        "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text", "solar_open", "zaya"}
-# refused with one line: experts that experts.py cannot read (none of the installed transformers')
-MOE_REFUSED: set[str] = set()
-# refused with one line: a dense FFN beside the MoE block in the layer that cannot be read as its shared experts
-# (none of the installed transformers': LongCat-Flash's list of two MLPs is read after its experts)
-DENSE_BESIDE: set[str] = set()
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
 # several residual streams per token (AltUp): NAS and NAV read, hidden states refused with one line
@@ -152,7 +147,7 @@ def causal_lm_types() -> list[str]:
 
 
 def supported() -> list[str]:
-    others = {*MOE, *MOE_REFUSED, *DENSE_BESIDE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
+    others = {*MOE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
               *UNSUPPORTED, *SKIPPED}
     return [kind for kind in causal_lm_types() if kind not in others]
 
@@ -345,23 +340,6 @@ def test_expert_states_match_a_recomputation_from_the_experts_weights(kind):
                         ("nas", "nav", "routing"), kind, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", sorted(MOE_REFUSED))
-def test_mixture_of_experts_that_cannot_be_read_is_refused_in_one_line(kind):
-    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' is a mixture-of-experts model \(\w+ at [\w.]+\): "
-                                            r"expert neurons are read from .*: not supported$"):
-        find_sites(tiny(kind))
-
-
-@pytest.mark.parametrize("kind", sorted(DENSE_BESIDE))
-def test_a_dense_ffn_beside_the_experts_is_refused_in_one_line(kind):
-    """A dense FFN beside the MoE block, in the layer, that cannot be read as the block's shared experts (a list
-    of them, as LongCat-Flash's): reading only the block would leave its units out silently."""
-    with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' adds a dense FFN \([\w.]+\) beside its "
-                                            r"mixture-of-experts block that cannot be read as its shared experts "
-                                            r"\(.*\): not supported$"):
-        find_sites(tiny(kind))
-
-
 @pytest.mark.parametrize("kind", sorted(NO_FFN | SPLIT_FFN))
 def test_no_ffn_is_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' has no feed-forward layers: .*model.sites$"):
@@ -430,7 +408,7 @@ def test_an_ffn_over_several_streams_of_tokens_is_refused_in_one_line(kind):
 
 
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
-    listed = [*MOE, *MOE_REFUSED, *DENSE_BESIDE - MOE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
+    listed = [*MOE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
               *UNSUPPORTED, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
