@@ -31,6 +31,7 @@ def base(tmp_path):
 def test_a_run_with_good_options_passes_and_hydra_is_told_its_mode_instead_of_composing_it_again(base,
                                                                                                   monkeypatch):
     from hydra._internal.hydra import Hydra
+    from hydra.plugins.sweeper import Sweeper
     from hydra.types import RunMode
 
     from neuronxa.config.jobs import Checked, known_mode
@@ -38,13 +39,17 @@ def test_a_run_with_good_options_passes_and_hydra_is_told_its_mode_instead_of_co
     assert check_command_line(base) == Checked(None)   # the command line's -m decides
     assert check_command_line([*base, "experiment=table3"]) == Checked(RunMode.MULTIRUN)
     assert check_command_line(["--help"]) is None
-    original = Hydra.get_mode
+    original, validate = Hydra.get_mode, Sweeper.validate_batch_is_legal
     with known_mode(Checked(RunMode.MULTIRUN)):
         monkeypatch.setattr(Hydra, "compose_config", lambda *a, **k: pytest.fail("composed again"))
         assert Hydra.get_mode(None, "config", base) == RunMode.MULTIRUN
-    assert Hydra.get_mode is original
+        basic, other = type("BasicSweeper", (), {})(), type("OtherSweeper", (), {"hydra_context": None})()
+        assert Sweeper.validate_batch_is_legal(basic, [["pooling=median"]]) is None   # the check composed each job
+        with pytest.raises(AttributeError):   # another sweeper's jobs are composed by Hydra as before
+            Sweeper.validate_batch_is_legal(other, [["pooling=median"]])
+    assert (Hydra.get_mode, Sweeper.validate_batch_is_legal) == (original, validate)
     with known_mode(None):
-        assert Hydra.get_mode is original
+        assert (Hydra.get_mode, Sweeper.validate_batch_is_legal) == (original, validate)
 
 
 @pytest.mark.parametrize("overrides, line", [

@@ -18,6 +18,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -67,17 +68,22 @@ def check_command_line(argv: list[str]) -> Checked | None:
 
 @contextmanager
 def known_mode(checked: Checked | None) -> Iterator[None]:
-    """Hydra composes the whole config once more only to read ``hydra.mode`` (``Hydra.get_mode``, the same
-    composition as the check's first): within this, it is told the mode the check found instead."""
+    """Compositions Hydra repeats of what the check has done, skipped within this: it composes the whole config
+    once more only to read ``hydra.mode`` (``Hydra.get_mode``, the check's first composition), and BasicSweeper
+    composes every job of a batch before launching it only to fail early (``Sweeper.validate_batch_is_legal``,
+    which it inherits: Hydra loads its plugins' classes anew), the check's composition of each job; the launcher
+    still composes each job it runs."""
     if checked is None:
         yield
         return
-    original = Hydra.get_mode
+    originals = Hydra.get_mode, Sweeper.validate_batch_is_legal
     Hydra.get_mode = lambda self, config_name, overrides: checked.mode
+    Sweeper.validate_batch_is_legal = lambda self, batch: None if type(self).__name__ == "BasicSweeper" \
+        else originals[1](self, batch)   # another sweeper's jobs are not the ones the check composed
     try:
         yield
     finally:
-        Hydra.get_mode = original
+        Hydra.get_mode, Sweeper.validate_batch_is_legal = originals
 
 
 @contextmanager
