@@ -42,6 +42,7 @@ def test_background_plots_are_drawn_after_the_job_and_logged_to_its_finished_run
     Started.commands.clear()
     align_task.run(cfg, folder)
     assert not (folder / "plots").exists() and len(Started.commands) == 1
+    assert Started.commands[0][2:5] == ["neuronxa.tasks.drawing", str(folder), "--low-priority"]
     run = runs(cfg.tracking.uri, "neuronxa").iloc[0]
     assert run.status == "FINISHED" and Started.commands[0][-4:] == ["--run-id", run.run_id, "--tracking-uri",
                                                                       cfg.tracking.uri]
@@ -69,11 +70,15 @@ def test_plots_of_a_run_folder_drawn_on_demand(tiny_folder, tmp_path, monkeypatc
         path.name for path in (folder / "plots").iterdir()}
 
 
-def test_drawing_a_folder_that_is_no_run_says_so(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        drawing.main([str(tmp_path)])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is no alignment run folder")
+def test_drawing_a_folder_that_is_no_run_says_so(tmp_path, capsys, monkeypatch):
+    niced = []
+    monkeypatch.setattr(drawing.os, "nice", niced.append)
+    for low in ([], ["--low-priority"]):
+        with pytest.raises(SystemExit) as exit_:
+            drawing.main([str(tmp_path), *low])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: {tmp_path} is no alignment run folder")
+    assert niced == [19]   # only when asked to
 
 
 @pytest.mark.cli

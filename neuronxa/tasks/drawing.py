@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +99,10 @@ def draw(run: Path) -> list[Path]:
 
 def in_background(run: Path, run_id: str | None, *, uri: str) -> None:
     """Start drawing the plots of ``run`` in a separate process that outlives the job; with ``run_id``, it logs
-    them to that MLflow run at ``uri``. Its output goes to ``plots.log`` in the run folder."""
-    command = [sys.executable, "-m", __name__, str(run)] + (["--run-id", run_id, "--tracking-uri", uri] if run_id
-                                                           else [])
+    them to that MLflow run at ``uri``. Its output goes to ``plots.log`` in the run folder. It runs at the lowest
+    CPU priority, so that the jobs after this one (a sweep's next job) are not slowed by it."""
+    command = [sys.executable, "-m", __name__, str(run), "--low-priority"] + (
+        ["--run-id", run_id, "--tracking-uri", uri] if run_id else [])
     with open(run / LOG_NAME, "w") as output:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -114,7 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="an alignment run's folder (where its scores.csv is)")
     parser.add_argument("--run-id", help="the MLflow run to log the plots to (with --tracking-uri)")
     parser.add_argument("--tracking-uri", help="its tracking store, e.g. sqlite:///outputs/mlflow.db")
+    parser.add_argument("--low-priority", action="store_true", help="draw at the lowest CPU priority (as a job's "
+                        "background drawing does)")
     args = parser.parse_args(argv)
+    if args.low_priority and hasattr(os, "nice"):
+        os.nice(19)
     try:
         made = draw(args.run)
     except NeuronXAError as error:
