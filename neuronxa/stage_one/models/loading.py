@@ -23,7 +23,10 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                "reformer": "its LSH attention hashes the batch's tokens, padding included, with rotations drawn anew "
                            "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
                            "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
-                           "of its attention chunk length"}
+                           "of its attention chunk length",
+               "cpmant": "it prepends its prompt tokens (prompt_length of them) to every input inside its forward "
+                         "pass, so its layers run on more positions than the input has tokens, and it takes padding "
+                         "from token id 0 (as left padding) rather than from the attention mask"}
 
 
 def refuse_unsupported(kind: str) -> None:
