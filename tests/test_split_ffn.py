@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from helpers import tiny_model
+from neuronxa.stage_one.sites import Sites, find_sites, module_paths
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, split_ffn
 
 H, I = 8, 12
@@ -58,3 +60,12 @@ def test_an_ffn_with_its_own_projections_is_read_from_them_first():
     mlp = part(up_proj=nn.Linear(H, I), act_fn=nn.SiLU(), down_proj=nn.Linear(I, H),
                extra=part(dense=nn.Linear(H, I), act=nn.ReLU()))
     assert ffn_parts(mlp, H) == (*projections(mlp, H), act_module(mlp)) == ("down_proj", ["up_proj"], I, "act_fn")
+
+
+def test_the_default_models_sites_and_recorded_paths_stay_as_they_were():
+    """Gemma 3 (the default model's type) and GPT-2: the sites and cache metadata found before split FFNs were."""
+    gemma, gpt2 = tiny_model("gemma3"), tiny_model("gpt2")
+    assert find_sites(gemma) == Sites("layers", "mlp", "act_fn", "down_proj", True, "gate_proj", "up_proj")
+    assert module_paths(gemma) == {"nas": "layers.{layer}.mlp.act_fn (output)",
+                                   "nav": "layers.{layer}.mlp.down_proj (input)", "hidden": "layers.{layer} (output)"}
+    assert find_sites(gpt2) == Sites("h", "mlp", "act", "c_proj", False)
