@@ -3,9 +3,12 @@ torch modules, hidden 8, width 12; the models of transformers that have them are
 
 from __future__ import annotations
 
+import pytest
 from torch import nn
 
 from helpers import tiny_model
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import models
 from neuronxa.stage_one.sites import Sites, find_sites, module_paths
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, split_ffn
 
@@ -69,3 +72,16 @@ def test_the_default_models_sites_and_recorded_paths_stay_as_they_were():
     assert module_paths(gemma) == {"nas": "layers.{layer}.mlp.act_fn (output)",
                                    "nav": "layers.{layer}.mlp.down_proj (input)", "hidden": "layers.{layer} (output)"}
     assert find_sites(gpt2) == Sites("h", "mlp", "act", "c_proj", False)
+
+
+def test_xmod_without_a_default_language_is_refused_in_one_line_before_it_is_built(tmp_path):
+    from transformers import XmodConfig
+
+    XmodConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=12, vocab_size=100,
+               is_decoder=True).save_pretrained(tmp_path)
+    with pytest.raises(NeuronXAError, match=r"^model type 'xmod' picks its language adapters by lang_ids, .*"
+                                            r"set default_language in its config.json"):
+        models.meta_model(models.model_spec(str(tmp_path)))
+    XmodConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=12, vocab_size=100,
+               is_decoder=True, default_language="en_XX").save_pretrained(tmp_path)
+    assert find_sites(models.meta_model(models.model_spec(str(tmp_path)))).down == "output.dense"

@@ -73,6 +73,9 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     config = dict(model_config(spec, models_dir=models_dir))
     kind = config.pop("model_type")
     refuse_unsupported(kind)
+    if kind == "xmod" and not config.get("default_language"):   # else its forward fails on the first batch
+        raise NeuronXAError("model type 'xmod' picks its language adapters by lang_ids, which are not passed: set "
+                            "default_language in its config.json to one of its config's languages")
     import torch
 
     try:
