@@ -22,17 +22,18 @@ def part(**children: nn.Module) -> nn.Module:
     return module
 
 
-def encoder_layer(act: nn.Module | None = None) -> nn.Module:
-    """BERT's layer: attention (its output projection H -> H), intermediate (dense H -> I, activation), output
-    (dense I -> H, LayerNorm)."""
+def encoder_layer() -> nn.Module:
+    """BERT's layer: attention (its output projection H -> H, and here an activation module beside it),
+    intermediate (dense H -> I, activation), output (dense I -> H, LayerNorm)."""
     attention = part(self=part(query=nn.Linear(H, H), key=nn.Linear(H, H), value=nn.Linear(H, H)),
                      output=part(dense=nn.Linear(H, H), LayerNorm=nn.LayerNorm(H), act=nn.Tanh()))
-    return part(attention=attention, intermediate=part(dense=nn.Linear(H, I), intermediate_act_fn=act or nn.GELU()),
+    return part(attention=attention, intermediate=part(dense=nn.Linear(H, I), intermediate_act_fn=nn.GELU()),
                 output=part(dense=nn.Linear(I, H), LayerNorm=nn.LayerNorm(H), dropout=nn.Dropout()))
 
 
 def test_an_encoder_layer_splits_its_ffn_into_intermediate_and_output():
-    assert split_ffn(encoder_layer(), H) == ("output.dense", ["intermediate.dense"], I, "intermediate.intermediate_act_fn")
+    assert split_ffn(encoder_layer(), H) == ("output.dense", ["intermediate.dense"], I,
+                                             "intermediate.intermediate_act_fn")
     assert ffn_parts(encoder_layer(), H) == split_ffn(encoder_layer(), H)
 
 
