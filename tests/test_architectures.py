@@ -17,6 +17,7 @@ import re
 import statistics
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -89,6 +90,13 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
                               num_kv_shared_layers=0, activation_sparsity_pattern=[0.95, 0.0], laurel_rank=4,
                               hidden_size_per_layer_input=8, vocab_size_per_layer_input=100, sliding_window=4,
                               altup_num_inputs=2),
+         # encoders run as decoders, their FFN split over two modules (intermediate and output; CPM-Ant's w_in
+         # and w_out, whose width is its dim_ff)
+         **dict.fromkeys(["bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie",
+                          "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
+                          "xlm-roberta-xl"], dict(is_decoder=True)),
+         "xmod": dict(is_decoder=True, default_language="en_XX"),   # no lang_ids given: this language's adapter
+         "cpmant": dict(dim_ff=48),   # its FFN is split too (w_in, w_out), but the type is refused
          # the decoders of encoder-decoder models (BART and its kin) as causal LMs: their sizes have other names
          **dict.fromkeys(["bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "mvp",
                           "pegasus", "plbart", "trocr", "whisper"], ENCODER_DECODER),
@@ -116,19 +124,15 @@ MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2
 NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
 # several residual streams per token (AltUp): NAS and NAV read, hidden states refused with one line
 STREAMS = {"gemma3n_text"}
-# refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
-# serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
-# refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks, and
-# Reformer (its LSH attention makes a sentence's states depend on its batch and run); musicgen's causal LM cannot be
+# refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks,
+# Reformer (its LSH attention makes a sentence's states depend on its batch and run) and CPM-Ant (prompt tokens
+# prepended inside its forward pass, padding read from token id 0); musicgen's causal LM cannot be
 # built from its own config: its decoder's (musicgen_decoder) is tested
-UNSUPPORTED = {"musicgen", "musicgen_melody", "reformer"}
+UNSUPPORTED = {"cpmant", "musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
 # refused when run: a decoder whose FFN runs on its main stream and its n-gram streams side by side (ProphetNet)
 NGRAM = {"prophetnet"}
-SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data2vec-text", "electra", "ernie",
-             "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
-             "xlm-roberta-xl", "xmod"}
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
@@ -147,7 +151,7 @@ def causal_lm_types() -> list[str]:
 
 
 def supported() -> list[str]:
-    others = {*MOE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
+    others = {*MOE, *NO_FFN, *STREAMS, *RECURRENT, *NGRAM,
               *UNSUPPORTED, *SKIPPED}
     return [kind for kind in causal_lm_types() if kind not in others]
 
@@ -173,10 +177,24 @@ DOWN = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "proj_dow
 ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1", "activation_function")
 
 
+def split_halves(layer) -> SimpleNamespace | None:
+    """The FFN of a layer that splits it over two modules, under the names ``recompute`` reads: BERT's (and its
+    kin's) intermediate (dense, activation) and output (dense); CPM-Ant's ffn.ffn.w_in (gate w_0, up w_1,
+    activation) and w_out. None for other layers."""
+    if hasattr(getattr(layer, "intermediate", None), "intermediate_act_fn") and hasattr(layer, "output"):
+        return SimpleNamespace(up_proj=layer.intermediate.dense, act_fn=layer.intermediate.intermediate_act_fn,
+                               down_proj=layer.output.dense)
+    ffn = getattr(getattr(layer, "ffn", None), "ffn", None)
+    if hasattr(ffn, "w_in"):
+        return SimpleNamespace(gate_proj=ffn.w_in.w_0, up_proj=ffn.w_in.w_1, act_fn=ffn.w_in.act, down_proj=ffn.w_out)
+    return None
+
+
 def ffn_of(layer):
-    """The layer's FFN module: a child so named, else one deeper (Zamba's, in its layer's shared transformer
-    block), else the layer itself (its FFN projections sit on it, as OPT's do)."""
-    found = next((getattr(layer, name) for name in FFN_NAMES if hasattr(layer, name)), None)
+    """The layer's FFN module: its two halves where split (``split_halves``), else a child so named, else one
+    deeper (Zamba's, in its layer's shared transformer block), else the layer itself (its FFN projections sit on
+    it, as OPT's do)."""
+    found = split_halves(layer) or next((getattr(layer, name) for name in FFN_NAMES if hasattr(layer, name)), None)
     if found is None:
         found = next((module for path, module in layer.named_modules() if path.rsplit(".", 1)[-1] in FFN_NAMES),
                      None)
@@ -340,7 +358,7 @@ def test_expert_states_match_a_recomputation_from_the_experts_weights(kind):
                         ("nas", "nav", "routing"), kind, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", sorted(NO_FFN | SPLIT_FFN))
+@pytest.mark.parametrize("kind", sorted(NO_FFN))
 def test_no_ffn_is_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=rf"^model type '{kind}' has no feed-forward layers: .*model.sites$"):
         find_sites(tiny(kind))
@@ -380,12 +398,12 @@ def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_
     its sites are searched or named."""
     import transformers
 
-    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its LSH attention)"
+    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its LSH attention|it prepends)"
     (tmp_path / "config.json").write_text(f'{{"model_type": "{kind}"}}')
     with pytest.raises(NeuronXAError, match=said):
         models.meta_model(models.model_spec(str(tmp_path)))
     name = kind.title().replace("_", "")   # Musicgen, MusicgenMelody: their decoder alone
-    model = tiny(kind) if kind == "reformer" else getattr(transformers, f"{name}ForCausalLM")(getattr(
+    model = tiny(kind) if not kind.startswith("musicgen") else getattr(transformers, f"{name}ForCausalLM")(getattr(
         transformers, f"{name}DecoderConfig")(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                               num_attention_heads=4, ffn_dim=48, num_codebooks=2))
     with pytest.raises(NeuronXAError, match=said):
@@ -408,7 +426,7 @@ def test_an_ffn_over_several_streams_of_tokens_is_refused_in_one_line(kind):
 
 
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
-    listed = [*MOE, *NO_FFN, *STREAMS, *SPLIT_FFN, *RECURRENT, *NGRAM,
+    listed = [*MOE, *NO_FFN, *STREAMS, *RECURRENT, *NGRAM,
               *UNSUPPORTED, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
@@ -435,7 +453,7 @@ def test_the_ffn_states_of_several_residual_streams_match_a_recomputation(kind):
 
 
 def test_named_sites_serve_an_ffn_split_over_two_modules():
-    model, tokenizer = tiny("bert", is_decoder=True), tiny_tokenizer()
+    model, tokenizer = tiny("bert"), tiny_tokenizer()
     layers = model.base_model.encoder.layer
     name_sites(model, Sites(layers="encoder.layer", ffn="", act="intermediate.intermediate_act_fn",
                             down="output.dense", gated=False))

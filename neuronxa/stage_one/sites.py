@@ -7,7 +7,9 @@ neuron count. Found by structure:
   number of layers, so that a vision tower's list is not taken; never a list nested in another list's item);
 - the FFN: the first module of a layer called (or whose class is called) MLP / feed-forward / FFN that holds a
   down projection (a Linear or GPT-2 Conv1D from the FFN width to the hidden size) and an input projection (from
-  the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM);
+  the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM); or
+  either split over two children, input projections and activation module in one, the down projection in the
+  other (BERT's ``intermediate`` and ``output``, CPM-Ant's ``w_in`` and ``w_out``: structure.split_ffn);
 - gated: two input projections (gate and up, the gate named ``gate*`` or ``w1``) or a fused one;
 - the activation: an activation module of the FFN (parameter-free or not, e.g. xIELU); where ``a`` is computed by a
   plain function, it is the gate projection's output through the config's activation (``hidden_act``), or, when
@@ -30,7 +32,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks
 from neuronxa.stage_one.models.loading import refuse_unsupported
 from neuronxa.stage_one.site_paths import Sites
-from neuronxa.stage_one.structure import act_module, projections, submodule, widths
+from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
 
 __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
            "ffns", "find_sites", "has_experts", "layer_list", "layer_widths", "model_type", "module_paths",
@@ -82,9 +84,9 @@ def _ffn_path(layer: nn.Module, hidden: int) -> str | None:
                      or expert_blocks.glu_experts(module) is not None):
             return name
         if name and (_FFN_NAME.search(last) or _FFN_NAME.search(type(module).__name__)) \
-                and projections(module, hidden):
+                and ffn_parts(module, hidden):
             return name
-    return "" if projections(layer, hidden) else None
+    return "" if ffn_parts(layer, hidden) else None
 
 
 def _refuse_moe(model: nn.Module, layers: nn.ModuleList, path: str) -> None:
@@ -173,9 +175,8 @@ def _search(model: nn.Module) -> Sites:
     ffns = [ffn for ffn in found if not expert_blocks.probed(ffn)]
     if not ffns:
         return replace(_moe_sites(path, ffn_path, found[0]), without=without)
-    down, inputs, width = projections(ffns[0], hidden)
+    down, inputs, width, act = ffn_parts(ffns[0], hidden)
     gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
-    act = act_module(ffns[0])
     if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
         act = None   # one module shared by all layers: its hooks could not tell the layers apart
     if not gated:

@@ -34,7 +34,7 @@ def projections(ffn: nn.Module, hidden: int) -> tuple[str, list[str], int] | Non
     """The FFN's down projection (from its width to ``hidden``), its input projections (from ``hidden`` to the
     width, or twice it when gate and up are fused) and its width, from the FFN's own Linear children; None when
     it has no such pair."""
-    linear = {name: widths(child) for name, child in ffn.named_children() if widths(child)}
+    linear = _linear(ffn)
     downs = [name for name, (i, o) in linear.items() if o == hidden and i != hidden]
     for down in downs:
         width = linear[down][0]
@@ -42,6 +42,11 @@ def projections(ffn: nn.Module, hidden: int) -> tuple[str, list[str], int] | Non
         if inputs:
             return down, inputs, width
     return None
+
+
+def _linear(module: nn.Module) -> dict[str, tuple[int, int]]:
+    """The widths of the module's Linear (or Conv1D) children, by name."""
+    return {name: widths(child) for name, child in module.named_children() if widths(child)}
 
 
 def act_module(ffn: nn.Module) -> str | None:
@@ -52,3 +57,33 @@ def act_module(ffn: nn.Module) -> str | None:
                 and _ACT_CLASS.search(type(child).__name__):
             return name
     return None
+
+
+def split_ffn(ffn: nn.Module, hidden: int) -> tuple[str, list[str], int, str] | None:
+    """An FFN split over two children (BERT's ``intermediate`` and ``output``, CPM-Ant's ``w_in`` and ``w_out``):
+    the down projection (from the width to ``hidden``: another child, or its Linear child), the input projections
+    (from ``hidden`` to the width, or twice it when fused) and the activation module held by one child, and the
+    width, as paths within ``ffn``; None when it has no such pair. Projections from ``hidden`` to ``hidden`` (an
+    attention's) are never taken."""
+    children = dict(ffn.named_children())
+    for name, child in children.items():
+        inputs = {f"{name}.{sub}": out for sub, (i, out) in _linear(child).items() if i == hidden and out != hidden}
+        if not inputs or (act := act_module(child)) is None:
+            continue
+        for other, module in children.items():
+            downs = {other: widths(module)} if widths(module) else \
+                {f"{other}.{sub}": pair for sub, pair in _linear(module).items()}
+            for down, (width, out) in downs.items():
+                if other != name and out == hidden and width != hidden \
+                        and all(size in (width, 2 * width) for size in inputs.values()):
+                    return down, list(inputs), width, f"{name}.{act}"
+    return None
+
+
+def ffn_parts(ffn: nn.Module, hidden: int) -> tuple[str, list[str], int, str | None] | None:
+    """The FFN's down projection, input projections, width and activation module (None where a function computes
+    a): its own children's (``projections``, ``act_module``), else those of an FFN split over two children
+    (``split_ffn``); None when it has neither."""
+    if (found := projections(ffn, hidden)) is not None:
+        return (*found, act_module(ffn))
+    return split_ffn(ffn, hidden)

@@ -23,7 +23,10 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                "reformer": "its LSH attention hashes the batch's tokens, padding included, with rotations drawn anew "
                            "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
                            "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
-                           "of its attention chunk length"}
+                           "of its attention chunk length",
+               "cpmant": "it prepends its prompt tokens (prompt_length of them) to every input inside its forward "
+                         "pass, so its layers run on more positions than the input has tokens, and it takes padding "
+                         "from token id 0 (as left padding) rather than from the attention mask"}
 
 
 def refuse_unsupported(kind: str) -> None:
@@ -70,6 +73,9 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     config = dict(model_config(spec, models_dir=models_dir))
     kind = config.pop("model_type")
     refuse_unsupported(kind)
+    if kind == "xmod" and not config.get("default_language"):   # else its forward fails on the first batch
+        raise NeuronXAError("model type 'xmod' picks its language adapters by lang_ids, which are not passed: set "
+                            "default_language in its config.json to one of its config's languages")
     import torch
 
     try:
