@@ -91,6 +91,7 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          # Llama 4's and Qwen 3.5's causal LMs are their text models (Llama4ForCausalLM, ...), without the tower
          **dict.fromkeys(["llama4", "qwen3_5", "qwen3_5_moe"], dict(text_config=TINY)),
          "gemma4_text": GEMMA4,
+         "mllama": dict(text_config=dict(TINY, cross_attention_layers=[1]), vision_config=VISION),
          "gemma4": dict(text_config=GEMMA4, vision_config=dict(VISION, head_dim=8, num_key_value_heads=2,
                                                                 position_embedding_size=16)),
          "mamba2": dict(head_dim=16, n_groups=1, state_size=8, chunk_size=16, time_step_rank=4),
@@ -134,9 +135,10 @@ STREAMS = {"gemma3n_text"}
 # refused: encoders run as decoders, whose FFN is split over two modules (intermediate, output): named sites
 # serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks, and
-# Reformer (its LSH attention makes a sentence's states depend on its batch and run); musicgen's causal LM cannot be
-# built from its own config: its decoder's (musicgen_decoder) is tested
-UNSUPPORTED = {"musicgen", "musicgen_melody", "reformer"}
+# Reformer (its LSH attention makes a sentence's states depend on its batch and run), Mllama (its cross-attention
+# layers are skipped on text alone); musicgen's causal LM cannot be built from its own config: its decoder's
+# (musicgen_decoder) is tested
+UNSUPPORTED = {"mllama", "musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
 # refused when run: a decoder whose FFN runs on its main stream and its n-gram streams side by side (ProphetNet)
@@ -151,7 +153,7 @@ SKIPPED = {
                     "alone"),
     **dict.fromkeys(["blt", "dots3_note", "emu3", "gemma3n", "gemma4_unified", "git",
                      "got_ocr2", "moss_transcribe_diarize", "phi4_multimodal",
-                     "roc_bert", "hy_v4", "mllama"], _TOWER),
+                     "roc_bert", "hy_v4"], _TOWER),
 }
 
 
@@ -395,12 +397,12 @@ def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_
     its sites are searched or named."""
     import transformers
 
-    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its LSH attention)"
+    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its LSH attention|its cross-attention)"
     (tmp_path / "config.json").write_text(f'{{"model_type": "{kind}"}}')
     with pytest.raises(NeuronXAError, match=said):
         models.meta_model(models.model_spec(str(tmp_path)))
     name = kind.title().replace("_", "")   # Musicgen, MusicgenMelody: their decoder alone
-    model = tiny(kind) if kind == "reformer" else getattr(transformers, f"{name}ForCausalLM")(getattr(
+    model = tiny(kind) if kind in ("reformer", "mllama") else getattr(transformers, f"{name}ForCausalLM")(getattr(
         transformers, f"{name}DecoderConfig")(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                               num_attention_heads=4, ffn_dim=48, num_codebooks=2))
     with pytest.raises(NeuronXAError, match=said):

@@ -23,7 +23,10 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                "reformer": "its LSH attention hashes the batch's tokens, padding included, with rotations drawn anew "
                            "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
                            "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
-                           "of its attention chunk length"}
+                           "of its attention chunk length",
+               **dict.fromkeys(["mllama", "mllama_text_model"], "its cross-attention layers (the text config's "
+                               "cross_attention_layers) run on image states only: on text alone its forward pass "
+                               "skips them, so they have no states")}
 
 
 def refuse_unsupported(kind: str) -> None:
