@@ -91,6 +91,18 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          # Llama 4's and Qwen 3.5's causal LMs are their text models (Llama4ForCausalLM, ...), without the tower
          **dict.fromkeys(["llama4", "qwen3_5", "qwen3_5_moe"], dict(text_config=TINY)),
          "gemma4_text": GEMMA4,
+         "emu3": dict(text_config=TINY), "gemma4_unified": dict(text_config=GEMMA4),
+         "got_ocr2": dict(text_config=TINY, vision_config=dict(VISION, output_channels=16, image_size=32,
+                                                                patch_size=16, window_size=2, global_attn_indexes=[0],
+                                                                mlp_dim=32)),
+         "moss_transcribe_diarize": dict(text_config=TINY, audio_config=dict(VISION, num_mel_bins=8,
+                                                                              max_source_positions=16)),
+         "phi4_multimodal": dict(vision_config=dict(VISION, crop_size=28), audio_config=dict(
+             hidden_size=16, intermediate_size=32, num_blocks=1, num_attention_heads=2, ext_pw_out_channel=16,
+             depthwise_separable_out_channel=16, nemo_conv_channels=16, input_size=8)),
+         "roc_bert": dict(is_decoder=True, pronunciation_embed_dim=8, pronunciation_vocab_size=10, shape_embed_dim=8,
+                          shape_vocab_size=10),
+         "git": dict(is_decoder=True, vision_config=VISION),
          "mllama": dict(text_config=dict(TINY, cross_attention_layers=[1]), vision_config=VISION),
          "gemma4": dict(text_config=GEMMA4, vision_config=dict(VISION, head_dim=8, num_key_value_heads=2,
                                                                 position_embedding_size=16)),
@@ -144,16 +156,14 @@ RECURRENT = {"hrm_text"}
 # refused when run: a decoder whose FFN runs on its main stream and its n-gram streams side by side (ProphetNet)
 NGRAM = {"prophetnet"}
 SPLIT_FFN = {"bert", "bert-generation", "big_bird", "camembert", "cpmant", "data2vec-text", "electra", "ernie",
-             "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
-             "xlm-roberta-xl", "xmod"}
+             "git", "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer",
+             "xlm-roberta", "xlm-roberta-xl", "xmod"}
 _TOWER = "a multimodal or audio model (its vision or audio tower stays large, or it needs other inputs)"
 SKIPPED = {
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
                     "alone"),
-    **dict.fromkeys(["blt", "dots3_note", "emu3", "gemma3n", "gemma4_unified", "git",
-                     "got_ocr2", "moss_transcribe_diarize", "phi4_multimodal",
-                     "roc_bert", "hy_v4"], _TOWER),
+    **dict.fromkeys(["blt", "dots3_note", "gemma3n", "hy_v4"], _TOWER),
 }
 
 

@@ -66,18 +66,32 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def causal_lm_class(config: dict):
+    """AutoModelForCausalLM, or the causal LM that ``architectures`` names in a config whose model type it maps to
+    none: a multimodal type's text causal LM saved alone (Emu3ForCausalLM saves the type emu3_text_model)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    named = [name for name in config.get("architectures") or () if name.endswith("ForCausalLM")]
+    if config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not named:
+        return transformers.AutoModelForCausalLM
+    return getattr(transformers, named[0], transformers.AutoModelForCausalLM)
+
+
 def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     """The causal LM built from its config on the meta device: its module tree without reading any weight."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = dict(model_config(spec, models_dir=models_dir))
+    built = causal_lm_class(config)
     kind = config.pop("model_type")
     refuse_unsupported(kind)
     import torch
 
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **config))
+            config = AutoConfig.for_model(kind, **config)
+            return built.from_config(config) if built is AutoModelForCausalLM else built(config)
     except (KeyError, ValueError) as error:
         raise NeuronXAError(f"model type {kind!r} is no causal LM that transformers can build: "
                             f"{str(error).splitlines()[0]}") from None
@@ -98,10 +112,11 @@ def load(
 
     ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over the GPUs, the CPU and, with
     ``offload_folder``, the disk (accelerate's big-model inference)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     spec = model_spec(name_or_path, revision)
     folder = local_path(spec, models_dir)
+    causal_lm = causal_lm_class(model_config(spec, models_dir=models_dir) if folder is not None else {})
     source = str(folder) if folder is not None else spec.name_or_path
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device)}
@@ -112,7 +127,7 @@ def load(
         if offload_folder:
             kwargs["offload_folder"] = offload_folder
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = causal_lm.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": spec.revision} if "revision" in kwargs else {}))
     except OSError as error:
         raise NeuronXAError(
