@@ -58,6 +58,12 @@ TOWER = dict(text_config=TINY, vision_config=VISION)
 # Gemma 4's text model: small per-layer inputs, a sliding layer then a full one with a small global head
 GEMMA4 = dict(TINY, vocab_size_per_layer_input=100, hidden_size_per_layer_input=8, sliding_window=4,
               layer_types=["sliding_attention", "full_attention"], global_head_dim=8)
+# dots.llm3's text model (indexed and sliding MLA layers)
+DOTS3 = dict(MLA, index_head_dim=8, index_n_heads=2, index_topk=4, sliding_window=4,
+             layer_types=["indexed_attention", "sliding_attention"],
+             shared_experts_intermediate_size=24, swa_num_attention_heads=4,
+             swa_num_key_value_heads=4, swa_q_lora_rank=16, swa_kv_lora_rank=16, swa_head_dim=8,
+             swa_qk_nope_head_dim=4, swa_v_head_dim=8)
 EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "nemotron_h": dict(time_step_limit=(0.0, 1e9), moe_shared_expert_intermediate_size=24),
          "granitemoeshared": dict(shared_intermediate_size=20),   # its shared_mlp, beside the MoE block
@@ -68,11 +74,11 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
                       attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
                       ffn_config=dict(ffn_hidden_size=24, moe_num_experts=4, moe_top_k=2)),
          "dots1": dict(n_shared_experts=1, first_k_dense_replace=1),
-         "dots3_note_text": dict(MLA, index_head_dim=8, index_n_heads=2, index_topk=4, sliding_window=4,
-                                 layer_types=["indexed_attention", "sliding_attention"],
-                                 shared_experts_intermediate_size=24, swa_num_attention_heads=4,
-                                 swa_num_key_value_heads=4, swa_q_lora_rank=16, swa_kv_lora_rank=16, swa_head_dim=8,
-                                 swa_qk_nope_head_dim=4, swa_v_head_dim=8),
+         "dots3_note_text": DOTS3,
+         # its causal LM is its text model's; its towers' adapters must write the text model's width
+         "dots3_note": dict(text_config=dict(TINY, **DOTS3), vision_config=dict(
+             VISION, mlp_layer_types=["dense"], adapter_in_dim=16, adapter_out_dim=32), audio_config=dict(
+             VISION, downsample_hidden_size=16, adapter_input_size=16, adapter_out_dim=32, feature_size=8)),
          "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
          "bamba": dict(MAMBA2, attn_layer_indices=[1]),
          "granitemoehybrid": dict(MAMBA2, layer_types=["linear_attention", "full_attention"]),
@@ -133,7 +139,7 @@ SENTENCES = ["all human beings are born free and equal in dignity and rights", "
 
 # mixture-of-experts: expert neurons (experts.py), checked against the recomputation of tests/helpers.py
 MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2", "deepseek_v3", "deepseek_v32",
-       "deepseek_v4", "dots1", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
+       "deepseek_v4", "dots1", "dots3_note", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
        "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid",
        "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "inkling2_text", "inkling_text", "jamba", "jetmoe",
        "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4", "llama4_text", "longcat_flash", "mellum",
@@ -163,7 +169,7 @@ SKIPPED = {
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
                     "alone"),
-    **dict.fromkeys(["blt", "dots3_note", "gemma3n", "hy_v4"], _TOWER),
+    **dict.fromkeys(["blt", "gemma3n", "hy_v4"], _TOWER),
 }
 
 
