@@ -97,6 +97,10 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          # Llama 4's and Qwen 3.5's causal LMs are their text models (Llama4ForCausalLM, ...), without the tower
          **dict.fromkeys(["llama4", "qwen3_5", "qwen3_5_moe"], dict(text_config=TINY)),
          "gemma4_text": GEMMA4,
+         # a patcher, a local encoder and decoder of one layer around a global transformer of two
+         "blt": dict(encoder_hash_byte_group_vocab=100, **{f"{part}_config": dict(TINY, num_hidden_layers=layers)
+                                                           for part, layers in (("patcher", 1), ("encoder", 1),
+                                                                                ("decoder", 1), ("global", 2))}),
          "emu3": dict(text_config=TINY), "gemma4_unified": dict(text_config=GEMMA4),
          "got_ocr2": dict(text_config=TINY, vision_config=dict(VISION, output_channels=16, image_size=32,
                                                                 patch_size=16, window_size=2, global_attn_indexes=[0],
@@ -154,9 +158,9 @@ STREAMS = {"gemma3n_text"}
 # serve them (see test_named_sites_serve_an_ffn_split_over_two_modules)
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks, and
 # Reformer (its LSH attention makes a sentence's states depend on its batch and run), Mllama (its cross-attention
-# layers are skipped on text alone); musicgen's causal LM cannot be built from its own config: its decoder's
-# (musicgen_decoder) is tested
-UNSUPPORTED = {"mllama", "musicgen", "musicgen_melody", "reformer"}
+# layers are skipped on text alone), BLT (its global transformer runs on patches of bytes); musicgen's causal LM
+# cannot be built from its own config: its decoder's (musicgen_decoder) is tested
+UNSUPPORTED = {"blt", "mllama", "musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
 # refused when run: a decoder whose FFN runs on its main stream and its n-gram streams side by side (ProphetNet)
@@ -169,7 +173,7 @@ SKIPPED = {
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
                     "alone"),
-    **dict.fromkeys(["blt", "gemma3n", "hy_v4"], _TOWER),
+    **dict.fromkeys(["gemma3n", "hy_v4"], _TOWER),
 }
 
 
@@ -413,12 +417,13 @@ def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_
     its sites are searched or named."""
     import transformers
 
-    said = rf"^model type '{kind}\w*' is not supported: (a text-to-music model|its LSH attention|its cross-attention)"
+    said = (rf"^model type '{kind}\w*' is not supported: "
+            "(a text-to-music model|its LSH attention|its cross-attention|a byte latent)")
     (tmp_path / "config.json").write_text(f'{{"model_type": "{kind}"}}')
     with pytest.raises(NeuronXAError, match=said):
         models.meta_model(models.model_spec(str(tmp_path)))
     name = kind.title().replace("_", "")   # Musicgen, MusicgenMelody: their decoder alone
-    model = tiny(kind) if kind in ("reformer", "mllama") else getattr(transformers, f"{name}ForCausalLM")(getattr(
+    model = tiny(kind) if not kind.startswith("musicgen") else getattr(transformers, f"{name}ForCausalLM")(getattr(
         transformers, f"{name}DecoderConfig")(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                               num_attention_heads=4, ffn_dim=48, num_codebooks=2))
     with pytest.raises(NeuronXAError, match=said):

@@ -24,6 +24,8 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                            "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
                            "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
                            "of its attention chunk length",
+               "blt": "a byte latent transformer, whose global transformer runs on patches of bytes (as many as its "
+                      "entropy patcher cuts, not one per token) between a local encoder and decoder over the bytes",
                **dict.fromkeys(["mllama", "mllama_text_model"], "its cross-attention layers (the text config's "
                                "cross_attention_layers) run on image states only: on text alone its forward pass "
                                "skips them, so they have no states")}
