@@ -97,6 +97,8 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          # Llama 4's and Qwen 3.5's causal LMs are their text models (Llama4ForCausalLM, ...), without the tower
          **dict.fromkeys(["llama4", "qwen3_5", "qwen3_5_moe"], dict(text_config=TINY)),
          "gemma4_text": GEMMA4,
+         # a low swiglu_limit, so that its experts' clamps bite; an indexer top-k over every key of the sentences
+         "hy_v4": dict(MLA, index_head_dim=8, index_n_heads=2, index_topk=64, swiglu_limit=0.5),
          # a patcher, a local encoder and decoder of one layer around a global transformer of two
          "blt": dict(encoder_hash_byte_group_vocab=100, **{f"{part}_config": dict(TINY, num_hidden_layers=layers)
                                                            for part, layers in (("patcher", 1), ("encoder", 1),
@@ -146,7 +148,7 @@ MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2
        "deepseek_v4", "dots1", "dots3_note", "dots3_note_text", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
        "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid",
        "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "inkling2_text", "inkling_text", "jamba", "jetmoe",
-       "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4", "llama4_text", "longcat_flash", "mellum",
+       "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "hy_v4", "llama4", "llama4_text", "longcat_flash", "mellum",
        "mimo_v2_flash", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe",
        "qwen2_moe", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text",
        "solar_open", "zaya"}
@@ -173,7 +175,7 @@ SKIPPED = {
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
                     "alone"),
-    **dict.fromkeys(["gemma3n", "hy_v4"], _TOWER),
+    **dict.fromkeys(["gemma3n"], _TOWER),
 }
 
 
@@ -458,7 +460,7 @@ def test_the_docs_list_exactly_the_architectures_that_pass():
         assert " ".join(listed.split()).split(", ") == passing
 
 
-@pytest.mark.parametrize("kind", ["deepseek_v4", *sorted(STREAMS)])
+@pytest.mark.parametrize("kind", ["deepseek_v4", "hy_v4", *sorted(STREAMS)])
 def test_several_residual_streams_are_refused_in_one_line(kind):
     with pytest.raises(NeuronXAError, match=r"^decoder layer 0's hidden states have shape \([\d, ]+\), not "
                                             r"\(batch, tokens, width\) \(several residual streams\?\): not supported$"):
@@ -613,9 +615,9 @@ def cli_stage_one(folder, tmp_path):
 
 @pytest.mark.cli
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", supported() + sorted(MOE - {"deepseek_v4"}))
+@pytest.mark.parametrize("kind", supported() + sorted(MOE - {"deepseek_v4", "hy_v4"}))
 def test_the_command_line_caches_the_recomputed_states(kind, saved, tmp_path):
-    """Every passing architecture (DeepSeek-V4's hidden states are refused) through the command line's code
+    """Every passing architecture (DeepSeek-V4's and HY-V4's hidden states are refused) through the command line's code
     path: its cached states (float16) against the same recomputation as the API tests."""
     from transformers import AutoTokenizer
 
