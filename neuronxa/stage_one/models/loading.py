@@ -125,9 +125,7 @@ def load(
     if folder is None and spec.revision:
         kwargs["revision"] = spec.revision
     if device_map:
-        kwargs["device_map"] = device_map
-        if offload_folder:
-            kwargs["offload_folder"] = offload_folder
+        kwargs.update(device_map=device_map, **({"offload_folder": offload_folder} if offload_folder else {}))
     try:
         model = causal_lm.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": spec.revision} if "revision" in kwargs else {}))
