@@ -32,7 +32,7 @@ from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.models import spec_from_config
 from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.probes import KINDS
-from neuronxa.stage_one.sites import Sites, find_sites, name_sites
+from neuronxa.stage_one.sites import Sites, find_sites, layer_list, name_sites
 from neuronxa.tasks.common import stage_one_options
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
@@ -632,3 +632,14 @@ def test_the_command_line_caches_the_recomputed_states(kind, saved, tmp_path):
                             for pooling, layers in by.items()} for kind_, by in recomputed.items()}
         assert_layers_close(lambda kind_, pooling, layer: store.read(language, kind_, pooling, layer), expected,
                             kinds, f"{kind} {language}", rtol=2 ** -9, atol=1e-3)
+
+
+def test_a_vision_tower_longer_than_the_language_model_is_not_taken_for_its_layers():
+    """Gemma 3's tower of three layers beside a language model of two: the decoder layers are the list as long
+    as the text config's num_hidden_layers (the released models' towers are shorter, 27 layers beside 34)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gemma3", text_config=TINY, vision_config=dict(VISION, num_hidden_layers=3))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert layer_list(model) == "language_model.layers"
