@@ -68,7 +68,7 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def causal_lm_class(config: dict):
+def _causal_lm_class(config: dict):
     """AutoModelForCausalLM, or the causal LM that ``architectures`` names in a config whose model type it maps to
     none: a multimodal type's text causal LM saved alone (Emu3ForCausalLM saves the type emu3_text_model)."""
     import transformers
@@ -85,7 +85,7 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = dict(model_config(spec, models_dir=models_dir))
-    built = causal_lm_class(config)
+    built = _causal_lm_class(config)
     kind = config.pop("model_type")
     refuse_unsupported(kind)
     import torch
@@ -118,7 +118,7 @@ def load(
 
     spec = model_spec(name_or_path, revision)
     folder = local_path(spec, models_dir)
-    causal_lm = causal_lm_class(model_config(spec, models_dir=models_dir) if folder is not None else {})
+    causal_lm = _causal_lm_class(model_config(spec, models_dir=models_dir) if folder is not None else {})
     source = str(folder) if folder is not None else spec.name_or_path
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device)}
