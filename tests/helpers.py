@@ -237,10 +237,13 @@ def expert_states(experts, x, index, weights):
 
 
 def clamped_swiglu(module, gate, up):
-    """a and z of the clamped SwiGLU: gpt_oss's alpha and limit, or MiniMax-M3's swiglu_alpha and swiglu_limit."""
-    alpha = module.alpha if hasattr(module, "alpha") else module.swiglu_alpha
+    """a and z of the clamped SwiGLU: gpt_oss's alpha and limit, or MiniMax-M3's swiglu_alpha and swiglu_limit;
+    HY-V4's swiglu_limit alone: SiLU of the clamped gate times the clamped up (no 1 added)."""
     limit = module.limit if hasattr(module, "limit") else module.swiglu_limit
     gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+    if not hasattr(module, "alpha") and not hasattr(module, "swiglu_alpha"):   # HY-V4
+        return torch.nn.functional.silu(gate), torch.nn.functional.silu(gate) * up
+    alpha = module.alpha if hasattr(module, "alpha") else module.swiglu_alpha
     a = gate * torch.sigmoid(alpha * gate)
     return a, (up + 1) * a
 

@@ -1,7 +1,8 @@
 """The clamped SwiGLU that gpt-oss's experts and MiniMax-M3's experts and shared experts compute inside their
 forward, with no activation module: a = g·σ(α·g) of the gate clamped from above (g = min(gate, limit)), and the
 down projection's input z = a·(clamp(up, ±limit) + 1). gpt-oss names the two constants ``alpha`` and ``limit``,
-MiniMax-M3 ``swiglu_alpha`` and ``swiglu_limit``. MiniMax-M3's shared experts and dense layers are dense FFNs of
+MiniMax-M3 ``swiglu_alpha`` and ``swiglu_limit``. HY-V4's experts name ``swiglu_limit`` alone (no activation
+module): a = SiLU(min(gate, limit)) (α = 1) and z = a·clamp(up, ±limit), without the 1 added to up. MiniMax-M3's shared experts and dense layers are dense FFNs of
 this kind (one fused ``gate_up_proj``, the gate half first): their a is computed from that projection's output,
 and an edited a' gives z = a'·(clamp(up, ±limit) + 1) at the down projection's input."""
 
@@ -15,17 +16,20 @@ from torch import nn
 _NAMES = (("alpha", "limit"), ("swiglu_alpha", "swiglu_limit"))
 
 
-def swiglu_parameters(module: nn.Module) -> tuple[float, float] | None:
-    """(α, limit) of a module that computes a clamped SwiGLU, or None."""
-    return next(((getattr(module, alpha), getattr(module, limit)) for alpha, limit in _NAMES
-                 if hasattr(module, alpha) and hasattr(module, limit)), None)
+def swiglu_parameters(module: nn.Module) -> tuple[float, float, float] | None:
+    """(α, limit, what is added to the clamped up) of a module that computes a clamped SwiGLU, or None."""
+    found = next(((getattr(module, alpha), getattr(module, limit), 1.0) for alpha, limit in _NAMES
+                  if hasattr(module, alpha) and hasattr(module, limit)), None)
+    if found is None and hasattr(module, "swiglu_limit") and not hasattr(module, "act_fn"):   # HY-V4
+        return 1.0, module.swiglu_limit, 0.0
+    return found
 
 
 def clamped_swiglu(module: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, m): the activation and what multiplies it into the down projection's input z = a·m."""
-    alpha, limit = swiglu_parameters(module)
+    alpha, limit, offset = swiglu_parameters(module)
     gate = gate.clamp(max=limit)
-    return gate * torch.sigmoid(gate * alpha), up.clamp(-limit, limit) + 1
+    return gate * torch.sigmoid(gate * alpha), up.clamp(-limit, limit) + offset
 
 
 def fused_a(module: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:

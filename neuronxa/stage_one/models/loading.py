@@ -26,7 +26,12 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                            "of its attention chunk length",
                "cpmant": "it prepends its prompt tokens (prompt_length of them) to every input inside its forward "
                          "pass, so its layers run on more positions than the input has tokens, and it takes padding "
-                         "from token id 0 (as left padding) rather than from the attention mask"}
+                         "from token id 0 (as left padding) rather than from the attention mask",
+               "blt": "a byte latent transformer, whose global transformer runs on patches of bytes (as many as its "
+                      "entropy patcher cuts, not one per token) between a local encoder and decoder over the bytes",
+               **dict.fromkeys(["mllama", "mllama_text_model"], "its cross-attention layers (the text config's "
+                               "cross_attention_layers) run on image states only: on text alone its forward pass "
+                               "skips them, so they have no states")}
 
 
 def refuse_unsupported(kind: str) -> None:
@@ -66,11 +71,24 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _causal_lm_class(config: dict):
+    """AutoModelForCausalLM, or the causal LM that ``architectures`` names in a config whose model type it maps to
+    none: a multimodal type's text causal LM saved alone (Emu3ForCausalLM saves the type emu3_text_model)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    named = [name for name in config.get("architectures") or () if name.endswith("ForCausalLM")]
+    if config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not named:
+        return transformers.AutoModelForCausalLM
+    return getattr(transformers, named[0], transformers.AutoModelForCausalLM)
+
+
 def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     """The causal LM built from its config on the meta device: its module tree without reading any weight."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = dict(model_config(spec, models_dir=models_dir))
+    built = _causal_lm_class(config)
     kind = config.pop("model_type")
     refuse_unsupported(kind)
     if kind == "xmod" and not config.get("default_language"):   # else its forward fails on the first batch
@@ -80,7 +98,8 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
 
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **config))
+            config = AutoConfig.for_model(kind, **config)
+            return built.from_config(config) if built is AutoModelForCausalLM else built(config)
     except (KeyError, ValueError) as error:
         raise NeuronXAError(f"model type {kind!r} is no causal LM that transformers can build: "
                             f"{str(error).splitlines()[0]}") from None
@@ -101,21 +120,20 @@ def load(
 
     ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over the GPUs, the CPU and, with
     ``offload_folder``, the disk (accelerate's big-model inference)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     spec = model_spec(name_or_path, revision)
     folder = local_path(spec, models_dir)
+    causal_lm = _causal_lm_class(model_config(spec, models_dir=models_dir) if folder is not None else {})
     source = str(folder) if folder is not None else spec.name_or_path
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device)}
     if folder is None and spec.revision:
         kwargs["revision"] = spec.revision
     if device_map:
-        kwargs["device_map"] = device_map
-        if offload_folder:
-            kwargs["offload_folder"] = offload_folder
+        kwargs.update(device_map=device_map, **({"offload_folder": offload_folder} if offload_folder else {}))
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = causal_lm.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": spec.revision} if "revision" in kwargs else {}))
     except OSError as error:
         raise NeuronXAError(
