@@ -223,6 +223,8 @@ def expert_states(experts, x, index, weights):
                 z = a * torch.tanh(up / experts.act_fn.up_softcap.softcap) * experts.act_fn.up_softcap.softcap
             elif hasattr(experts, "act_fn"):   # [gate; up], an activation module
                 gate, up = h[:units], h[units:]
+                if isinstance(getattr(experts, "limit", None), float):   # DeepSeek-V4 clamps both first
+                    gate, up = gate.clamp(max=experts.limit), up.clamp(-experts.limit, experts.limit)
                 a = experts.act_fn(gate)
                 z = a * up
             else:                            # clamped SwiGLU: gpt_oss (gate and up interleaved), MiniMax-M3
@@ -260,8 +262,11 @@ def shared_states(mlp, x):
     if not hasattr(mlp, "gate_proj"):   # ungated (nemotron_h)
         a = mlp.act_fn(mlp.up_proj(x))
         return a, a
-    a = mlp.act_fn(mlp.gate_proj(x)) if hasattr(mlp, "act_fn") else mlp.activation_fn(mlp.gate_proj(x))
-    return a, a * mlp.up_proj(x)
+    gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    if isinstance(getattr(mlp, "limit", None), float):   # DeepSeek-V4 clamps both first
+        gate, up = gate.clamp(max=mlp.limit), up.clamp(-mlp.limit, mlp.limit)
+    a = mlp.act_fn(gate) if hasattr(mlp, "act_fn") else mlp.activation_fn(gate)
+    return a, a * up
 
 
 def shared_down(mlp):

@@ -145,7 +145,9 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          **dict.fromkeys(["axk1", "axk2", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
                           "glm_moe_dsa", "minicpm3", "youtu"], MLA),
          # 4 experts and 2 zero experts (default 256); 2 layers: its num_hidden_layers is twice its num_layers
-         "longcat_flash": dict(MLA, zero_expert_num=2, num_hidden_layers=4)}
+         "longcat_flash": dict(MLA, zero_expert_num=2, num_hidden_layers=4),
+         # a SwiGLU limit the tiny model's gates and ups reach (default 10), so that the experts' clamps are checked
+         "deepseek_v4": dict(swiglu_limit=0.02)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
@@ -394,6 +396,17 @@ def test_expert_states_match_a_recomputation_from_the_experts_weights(kind):
                            kinds=("nas", "nav", "routing"))
     assert_layers_close(lambda kind_, pooling, layer: states[kind_][pooling][layer], expected_states(kind),
                         ("nas", "nav", "routing"), kind, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "batched_mm"])
+def test_clamped_experts_recomputed_for_their_pairs_clamp_as_the_model(implementation):
+    """DeepSeek-V4's experts clamp gate and up before their activation module (its tiny limit is reached):
+    recomputed for the routed pairs (eager) or read in ``_apply_gate`` (batched_mm), as the model computes them."""
+    model = copy.deepcopy(moe_tiny("deepseek_v4"))
+    model.set_experts_implementation(implementation)
+    states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=len(SENTENCES), kinds=("nas", "nav"))
+    assert_layers_close(lambda kind_, pooling, layer: states[kind_][pooling][layer], expected_states("deepseek_v4"),
+                        ("nas", "nav"), "deepseek_v4", atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", sorted(NO_FFN))

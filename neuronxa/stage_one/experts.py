@@ -61,7 +61,7 @@ def activation(experts: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> tupl
         gate = gate.float()
         return (act.gate_softcap(gate) * torch.sigmoid(gate)).to(dtype), act.up_softcap(up.float()).to(dtype)
     if hasattr(experts, "act_fn"):
-        return experts.act_fn(gate), up
+        return swiglu.limited_act(experts, gate, up)
     return swiglu.clamped_swiglu(experts, gate, up)
 
 

@@ -54,3 +54,12 @@ def on_a(module: nn.Module, gate_up: nn.Module, down: nn.Module,
         return None if z is None else (z.to(inputs[0].dtype), *inputs[1:])
 
     return [gate_up.register_forward_hook(on_gate_up), down.register_forward_pre_hook(on_down)]
+
+
+def limited_act(experts: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, m) of experts with an activation module: ``act_fn(gate)`` and up, both clamped first where the experts
+    keep a numeric ``limit`` (DeepSeek-V4: gate from above, up to ±limit, as its forward does)."""
+    limit = getattr(experts, "limit", None)
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+        gate, up = gate.clamp(max=limit), up.clamp(min=-limit, max=limit)
+    return experts.act_fn(gate), up
