@@ -226,7 +226,8 @@ def moe_width(ffn: nn.Module) -> int:
     if (pair := parallel_experts(ffn)) is not None:
         return pair[1].weight.shape[0] * pair[1].weight.shape[2]
     if (glu := glu_experts(ffn)) is not None:
-        return glu_shape(glu)[0] * glu_shape(glu)[1]
+        n_experts, units, _ = glu_shape(glu)
+        return n_experts * units
     n_experts, units = expert_shape(experts_module(ffn))
     if (stacked := stacked_shared(ffn)) is not None:
         return n_experts * units + stacked_width(stacked)

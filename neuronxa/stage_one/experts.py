@@ -285,9 +285,9 @@ def edit_hooks(ffn: nn.Module, neurons: torch.Tensor, edit: Edit) -> list:
     routed, handles = n_experts * units, []
     if (neurons < routed).any():
         handles.append(edit_output(experts_module(ffn), edit, neurons[neurons < routed]))
-    shared = neurons[neurons >= routed]
-    if len(shared) and stacked_shared(ffn) is not None:
-        handles.append(stacked_edit_hook(stacked_shared(ffn), edit, shared - routed, shared))
+    shared, stacked = neurons[neurons >= routed], stacked_shared(ffn)
+    if len(shared) and stacked is not None:
+        handles.append(stacked_edit_hook(stacked, edit, shared - routed, shared))
     for module in shared_modules(ffn) if len(shared) else []:   # their units one after another
         width = shared_width(ffn, module)
         chosen = shared[(shared >= routed) & (shared < routed + width)]

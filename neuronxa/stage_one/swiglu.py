@@ -2,9 +2,11 @@
 forward, with no activation module: a = g·σ(α·g) of the gate clamped from above (g = min(gate, limit)), and the
 down projection's input z = a·(clamp(up, ±limit) + 1). gpt-oss names the two constants ``alpha`` and ``limit``,
 MiniMax-M3 ``swiglu_alpha`` and ``swiglu_limit``. HY-V4's experts name ``swiglu_limit`` alone (no activation
-module): a = SiLU(min(gate, limit)) (α = 1) and z = a·clamp(up, ±limit), without the 1 added to up. MiniMax-M3's shared experts and dense layers are dense FFNs of
-this kind (one fused ``gate_up_proj``, the gate half first): their a is computed from that projection's output,
-and an edited a' gives z = a'·(clamp(up, ±limit) + 1) at the down projection's input."""
+module): a = SiLU(min(gate, limit)) (α = 1) and z = a·clamp(up, ±limit), without the 1 added to up. MiniMax-M3's
+shared experts and dense layers are dense FFNs of this kind (one fused ``gate_up_proj``, the gate half first):
+their a is computed from that projection's output, and an edited a' gives z = a'·(clamp(up, ±limit) + 1) at the
+down projection's input. DeepSeek-V4's experts clamp gate and up the same way before their activation module
+(``limited_act``)."""
 
 from __future__ import annotations
 
