@@ -164,8 +164,9 @@ MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2
        "solar_open", "zaya"}
 # refused: no feed-forward network (state-space and recurrent layers only)
 NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
-# several residual streams per token (AltUp): NAS and NAV read, hidden states refused with one line
-STREAMS = {"gemma3n_text"}
+# several residual streams per token: the axis that holds them in a decoder layer's output (the hidden state is
+# all of them side by side, stream by stream)
+STREAMS = {"gemma3n_text": 0, "deepseek_v4": 2, "hy_v4": 2}
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks,
 # Reformer (its LSH attention makes a sentence's states depend on its batch and run), CPM-Ant (prompt tokens
 # prepended inside its forward pass, padding read from token id 0), Mllama (its cross-attention layers are skipped
@@ -192,7 +193,7 @@ def causal_lm_types() -> list[str]:
 
 
 def supported() -> list[str]:
-    others = {*MOE, *NO_FFN, *STREAMS, *RECURRENT, *NGRAM, *UNSUPPORTED, *SKIPPED}
+    others = {*MOE, *NO_FFN, *RECURRENT, *NGRAM, *UNSUPPORTED, *SKIPPED}
     return [kind for kind in causal_lm_types() if kind not in others]
 
 
@@ -304,7 +305,7 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
             model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
             for hook in hooks:
                 hook.remove()
-            per_layer = [{"hidden": seen["hidden", index].reshape(ids.shape[1], -1)} for index in range(len(layers))]
+            per_layer = [{"hidden": side_by_side(kind, seen["hidden", index], ids.shape[1])} for index in range(len(layers))]
             for index, ffn in ffns.items():
                 a, z = recompute(kind, ffn, seen["x", index], model.config, index)
                 torch.testing.assert_close(z, seen["z", index], atol=1e-5, rtol=1e-4)   # z is what down receives
@@ -316,6 +317,14 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
                     states[kind_][pooling].append((index, value))
     return {k: {p: [np.stack(found) if (found := [v for i, v in rows if i == layer]) else None   # per layer
                     for layer in range(len(layers))] for p, rows in by.items()} for k, by in states.items()}
+
+
+def side_by_side(kind: str, output: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A decoder layer's output for one sentence as (tokens, width), its residual streams (if several) side by
+    side, stream by stream."""
+    if kind in STREAMS:
+        output = output.movedim(STREAMS[kind], -2)   # (1, tokens, streams, width)
+    return output.reshape(tokens, -1)
 
 
 def find_layers(model):
@@ -478,7 +487,7 @@ def test_an_ffn_over_several_streams_of_tokens_is_refused_in_one_line(kind):
 
 
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
-    listed = [*MOE, *NO_FFN, *STREAMS, *RECURRENT, *NGRAM,
+    listed = [*MOE, *NO_FFN, *RECURRENT, *NGRAM,
               *UNSUPPORTED, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
@@ -490,18 +499,20 @@ def test_the_docs_list_exactly_the_architectures_that_pass():
         assert " ".join(listed.split()).split(", ") == passing
 
 
-@pytest.mark.parametrize("kind", ["deepseek_v4", "hy_v4", *sorted(STREAMS)])
-def test_several_residual_streams_are_refused_in_one_line(kind):
-    with pytest.raises(NeuronXAError, match=r"^decoder layer 0's hidden states have shape \([\d, ]+\), not "
-                                            r"\(batch, tokens, width\) \(several residual streams\?\): not supported$"):
-        pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES[:1])
-
-
 @pytest.mark.parametrize("kind", sorted(STREAMS))
-def test_the_ffn_states_of_several_residual_streams_match_a_recomputation(kind):
-    states = pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES, batch_size=3, kinds=("nas", "nav"))
-    assert_layers_close(lambda kind_, pooling, layer: states[kind_][pooling][layer], expected_states(kind),
-                        ("nas", "nav"), kind, atol=1e-4, rtol=1e-4)
+def test_the_hidden_state_of_several_residual_streams_is_all_of_them_side_by_side(kind):
+    """Layer 0's hidden state, mean-pooled, in padded batches: each stream of transformers' output_hidden_states
+    (the layer's output, whichever axis holds the streams) mean-pooled alone, then concatenated."""
+    model, tokenizer = model_of(kind), tiny_tokenizer()
+    states = pooled_states(model, tokenizer, SENTENCES, batch_size=3, kinds=("hidden",))
+    for row, sentence in enumerate(SENTENCES):
+        with torch.no_grad():
+            output = model.base_model(**tokenizer(sentence, return_tensors="pt"), output_hidden_states=True,
+                                      use_cache=False).hidden_states[1]
+        first = STREAMS[kind] == 0   # (streams, 1, tokens, width), else (1, tokens, streams, width)
+        streams = output.squeeze(1 if first else 0).unbind(0 if first else 1)
+        expected = torch.cat([stream.mean(0) for stream in streams])
+        np.testing.assert_allclose(states["hidden"]["mean"][0][row], expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_named_sites_serve_an_ffn_split_over_two_modules():
@@ -645,10 +656,10 @@ def cli_stage_one(folder, tmp_path):
 
 @pytest.mark.cli
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", supported() + sorted(MOE - {"deepseek_v4", "hy_v4"}))
+@pytest.mark.parametrize("kind", supported() + sorted(MOE))
 def test_the_command_line_caches_the_recomputed_states(kind, saved, tmp_path):
-    """Every passing architecture (DeepSeek-V4's and HY-V4's hidden states are refused) through the command line's code
-    path: its cached states (float16) against the same recomputation as the API tests."""
+    """Every passing architecture through the command line's code path: its cached states (float16) against the
+    same recomputation as the API tests."""
     from transformers import AutoTokenizer
 
     store = cli_stage_one(saved(kind), tmp_path)

@@ -5,7 +5,8 @@ Sites, named as TransformerLens names them (``blocks.{layer}...``):
   NAS per token is ``1[a > 0]``.
 - ``mlp.hook_post``: the intermediate ``z`` (input of the down projection; ``a * up_proj x`` when gated, ``a``
   otherwise). NAV per token is ``|z|``.
-- ``hook_resid_post``: the decoder layer's output (the residual stream), for the embedding baselines.
+- ``hook_resid_post``: the decoder layer's output (the residual stream), for the embedding baselines; where a
+  model keeps several residual streams per token, all of them, concatenated in the width (streams.py).
 Per-token states never leave the device: each hook contracts them at once with the pooling weights. Where the
 model computes them under another leading shape (OPT flattens batch and tokens; XLNet runs its layers on
 (tokens, batch, width), which structure cannot tell: ``TOKENS_FIRST``), they are reshaped to (batch, tokens, width)
@@ -37,6 +38,7 @@ from neuronxa.stage_one.sites import (
     submodule,
     widths,
 )
+from neuronxa.stage_one.streams import joined, stream_axis
 
 __all__ = ["KINDS", "MOE_KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "act_modules", "architecture",
            "decoder_layers", "edit_hooks", "ffn_width", "kinds_of", "layer_widths", "module_paths", "on_a",
@@ -138,6 +140,7 @@ class PoolingProbe:
         self.layers = every[:layers]
         self.stops_early = len(self.layers) < len(every)
         self.tokens_first = model_type(model) in TOKENS_FIRST
+        self.stream_axis = stream_axis(model)
         self.weights: torch.Tensor | None = None
         self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
@@ -192,7 +195,8 @@ class PoolingProbe:
 
     def _layer_hooks(self, index: int, layer: nn.Module) -> list:
         def on_layer(module, inputs, output):
-            self._store("hidden", index, output[0] if isinstance(output, (tuple, list)) else output)
+            output = output[0] if isinstance(output, (tuple, list)) else output
+            self._store("hidden", index, joined(output, self.stream_axis))
             if self.stops_early and index == len(self.layers) - 1:
                 raise StopForward
 
