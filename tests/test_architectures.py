@@ -168,8 +168,8 @@ NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
 STREAMS = {"gemma3n_text"}
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks,
 # Reformer (its LSH attention makes a sentence's states depend on its batch and run), Mllama (its cross-attention
-# layers are skipped on text alone) and BLT (its global transformer runs on patches of bytes); musicgen's causal LM cannot be built
-# from its own config: its decoder's (musicgen_decoder) is tested
+# layers are skipped on text alone) and BLT (its global transformer runs on patches of bytes); musicgen's causal LM
+# cannot be built from its own config: its decoder's (musicgen_decoder) is tested
 UNSUPPORTED = {"blt", "mllama", "musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
