@@ -135,7 +135,7 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
                           "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
                           "xlm-roberta-xl"], dict(is_decoder=True)),
          "xmod": dict(is_decoder=True, default_language="en_XX"),   # no lang_ids given: this language's adapter
-         "cpmant": dict(dim_ff=48),   # its FFN is split too (w_in, w_out), but the type is refused
+         "cpmant": dict(dim_ff=48),   # its FFN is split too (w_in, w_out)
          # the decoders of encoder-decoder models (BART and its kin) as causal LMs: their sizes have other names
          **dict.fromkeys(["bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "mvp",
                           "pegasus", "plbart", "trocr", "whisper"], ENCODER_DECODER),
@@ -168,15 +168,12 @@ NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
 # all of them side by side, stream by stream)
 STREAMS = {"gemma3n_text": 0, "deepseek_v4": 2, "hy_v4": 2}
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks,
-# Reformer (its LSH attention makes a sentence's states depend on its batch and run), CPM-Ant (prompt tokens
-# prepended inside its forward pass, padding read from token id 0), Mllama (its cross-attention layers are skipped
-# on text alone) and BLT (its global transformer runs on patches of bytes); musicgen's causal LM cannot be built
-# from its own config: its decoder's (musicgen_decoder) is tested
-UNSUPPORTED = {"blt", "cpmant", "mllama", "musicgen", "musicgen_melody", "reformer"}
+# Reformer (its LSH attention makes a sentence's states depend on its batch and run), Mllama (its cross-attention
+# layers are skipped on text alone) and BLT (its global transformer runs on patches of bytes); musicgen's causal LM
+# cannot be built from its own config: its decoder's (musicgen_decoder) is tested
+UNSUPPORTED = {"blt", "mllama", "musicgen", "musicgen_melody", "reformer"}
 # refused when run: layers that run several times per forward pass (hierarchical recurrence)
 RECURRENT = {"hrm_text"}
-# refused when run: a decoder whose FFN runs on its main stream and its n-gram streams side by side (ProphetNet)
-NGRAM = {"prophetnet"}
 SKIPPED = {
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative decoding, "
                     "which reads its backbone's key and value states (shared_kv_states) and does not run on tokens "
@@ -193,7 +190,7 @@ def causal_lm_types() -> list[str]:
 
 
 def supported() -> list[str]:
-    others = {*MOE, *NO_FFN, *RECURRENT, *NGRAM, *UNSUPPORTED, *SKIPPED}
+    others = {*MOE, *NO_FFN, *RECURRENT, *UNSUPPORTED, *SKIPPED}
     return [kind for kind in causal_lm_types() if kind not in others]
 
 
@@ -221,13 +218,17 @@ ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1", "activation_function
 def split_halves(layer) -> SimpleNamespace | None:
     """The FFN of a layer that splits it over two modules, under the names ``recompute`` reads: BERT's (and its
     kin's) intermediate (dense, activation) and output (dense); CPM-Ant's ffn.ffn.w_in (gate w_0, up w_1,
-    activation) and w_out. None for other layers."""
+    activation) and w_out; ProphetNet's feed_forward (intermediate, activation_fn, output). None for other
+    layers."""
     if hasattr(getattr(layer, "intermediate", None), "intermediate_act_fn") and hasattr(layer, "output"):
         return SimpleNamespace(up_proj=layer.intermediate.dense, act_fn=layer.intermediate.intermediate_act_fn,
                                down_proj=layer.output.dense)
     ffn = getattr(getattr(layer, "ffn", None), "ffn", None)
     if hasattr(ffn, "w_in"):
         return SimpleNamespace(gate_proj=ffn.w_in.w_0, up_proj=ffn.w_in.w_1, act_fn=ffn.w_in.act, down_proj=ffn.w_out)
+    ffn = getattr(layer, "feed_forward", None)
+    if isinstance(getattr(ffn, "intermediate", None), torch.nn.Linear) and hasattr(ffn, "activation_fn"):
+        return SimpleNamespace(up_proj=ffn.intermediate, act_fn=ffn.activation_fn, down_proj=ffn.output)
     return None
 
 
@@ -285,6 +286,12 @@ def pooled_by_hand(tokens: np.ndarray) -> dict[str, np.ndarray]:
     return {"weighted": weighted @ tokens, "mean": tokens.mean(axis=0), "last": tokens[-1]}
 
 
+# where a layer runs on more positions than the input's T tokens, the input's among them: ProphetNet's decoder
+# concatenates its main stream (the input) and its n-gram streams; CPM-Ant prepends its prompt tokens
+INPUT_ROWS = {"prophetnet": lambda config, tokens: slice(0, tokens),
+              "cpmant": lambda config, tokens: slice(config.prompt_length, config.prompt_length + tokens)}
+
+
 def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[str, dict[str, np.ndarray]]:
     """Per kind and pooling, per layer (sentences, width), from sentences run one at a time; the dense layers'
     NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves)."""
@@ -305,11 +312,13 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
             model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
             for hook in hooks:
                 hook.remove()
-            per_layer = [{"hidden": side_by_side(kind, seen["hidden", index], ids.shape[1])} for index in range(len(layers))]
+            keep = INPUT_ROWS[kind](model.config, ids.shape[1]) if kind in INPUT_ROWS else slice(None)
+            per_layer = [{"hidden": side_by_side(kind, seen["hidden", index][:, keep], ids.shape[1])}
+                         for index in range(len(layers))]
             for index, ffn in ffns.items():
                 a, z = recompute(kind, ffn, seen["x", index], model.config, index)
                 torch.testing.assert_close(z, seen["z", index], atol=1e-5, rtol=1e-4)   # z is what down receives
-                width = z.shape[-1]
+                a, z, width = a[:, keep], z[:, keep], z.shape[-1]
                 per_layer[index].update(nas=(a > 0).float().reshape(-1, width), nav=z.abs().reshape(-1, width))
         for index, found in enumerate(per_layer):
             for kind_, tokens in found.items():
@@ -459,7 +468,7 @@ def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_
     import transformers
 
     said = (rf"^model type '{kind}\w*' is not supported: "
-            "(a text-to-music model|its LSH attention|it prepends|its cross-attention|a byte latent)")
+            "(a text-to-music model|its LSH attention|its cross-attention|a byte latent)")
     (tmp_path / "config.json").write_text(f'{{"model_type": "{kind}"}}')
     with pytest.raises(NeuronXAError, match=said):
         models.meta_model(models.model_spec(str(tmp_path)))
@@ -479,16 +488,8 @@ def test_layers_that_run_twice_are_refused_in_one_line(kind):
         pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES[:1])
 
 
-@pytest.mark.parametrize("kind", sorted(NGRAM))
-def test_an_ffn_over_several_streams_of_tokens_is_refused_in_one_line(kind):
-    with pytest.raises(NeuronXAError, match=r"^decoder layer 0's nas states have shape \([\d, ]+\), not "
-                                            r"\(batch, tokens, width\) \(several residual streams\?\): not supported$"):
-        pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES[:1])
-
-
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
-    listed = [*MOE, *NO_FFN, *RECURRENT, *NGRAM,
-              *UNSUPPORTED, *SKIPPED]
+    listed = [*MOE, *NO_FFN, *RECURRENT, *UNSUPPORTED, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
 

@@ -1,7 +1,8 @@
 """Stage one's forward pass: sentences in, pooled NAS / NAV / hidden states (or activation counts) per layer out.
 
 Sentences are tokenized once, sorted by length into batches (little padding), right-padded (so that under
-causal attention real tokens never see padding), and run through the base model only (no LM head), with
+causal attention real tokens never see padding; left-padded with the id a model reads as padding where it reads
+padding from the ids, ``positions.py``), and run through the base model only (no LM head), with
 the probes pooling on the device.
 """
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from neuronxa.errors import NeuronXAError, check_whole
 from neuronxa.stage_one.options import check_max_length
 from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
+from neuronxa.stage_one.positions import check_no_padding_ids, padding
 from neuronxa.stage_one.probes import PoolingProbe, kinds_of
 from neuronxa.stage_one.store import FLOAT16_MAX
 
@@ -62,11 +64,14 @@ def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None
     return batches
 
 
-def padded(token_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask for one batch."""
+def padded(token_ids: list[list[int]], pad_id: int, device: torch.device,
+           left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (or left-padded) ids and attention mask for one batch."""
+    side = "left" if left else "right"
     ids = pad_sequence([torch.tensor(sentence, dtype=torch.long) for sentence in token_ids], batch_first=True,
-                       padding_value=pad_id)
-    mask = pad_sequence([torch.ones(len(sentence), dtype=torch.long) for sentence in token_ids], batch_first=True)
+                       padding_value=pad_id, padding_side=side)
+    mask = pad_sequence([torch.ones(len(sentence), dtype=torch.long) for sentence in token_ids], batch_first=True,
+                        padding_side=side)
     return ids.to(device), mask.to(device)
 
 
@@ -175,17 +180,18 @@ def _fill(held: torch.Tensor | list[torch.Tensor], pooled: torch.Tensor | list[t
 def probed_batches(model, tokenizer, token_ids: list[list[int]], *, kinds: tuple[str, ...], weights: Weights,
                    batch_size: int, progress: bool, layers: int | None = None,
                    batch_tokens: int | None = None) -> Iterator[tuple[list[int], torch.Tensor, dict]]:
-    """Run length-sorted, right-padded batches through the base model with the probes attached; yield each
+    """Run length-sorted, padded batches through the base model with the probes attached; yield each
     batch's indices, its pooling weights and the pooled states (``kind -> (layers, poolings, batch, width)``).
     ``weights(ids, attention, batch)`` gives the (poolings, batch, tokens) weights of a batch."""
     check_whole(batch_size, "batch_size", 1)
     probe = PoolingProbe(model, kinds, layers)
     device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id, left = padding(model, tokenizer)
+    check_no_padding_ids(model, token_ids)
     batches = length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens)
     with torch.inference_mode(), probe.attached():
         for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False, position=1):
-            ids, attention = padded([token_ids[i] for i in batch], pad_id, device)
+            ids, attention = padded([token_ids[i] for i in batch], pad_id, device, left)
             batch_weights = weights(ids, attention, batch)
             probe.reset(batch_weights)
             probe.run(model.base_model, input_ids=ids, attention_mask=attention, use_cache=False)

@@ -23,13 +23,16 @@ def check_pooling(name: str) -> None:
 def real_token_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor, bos_token_id: int | None,
                     skip_bos: bool, count_from: torch.Tensor | None = None) -> torch.Tensor:
     """1 for the tokens that pooling counts: real tokens, without a leading BOS when ``skip_bos``, and only from
-    position ``count_from[b]`` on in row b (e.g. a response after its prompt) when given."""
+    token ``count_from[b]`` on in row b (e.g. a response after its prompt) when given; tokens count from each
+    row's first real one (after its padding, where batches are left-padded)."""
     mask = attention_mask.to(torch.float32)
+    first = attention_mask.argmax(dim=1)   # each row's first real token: 0 unless left-padded
     if skip_bos and bos_token_id is not None:
-        mask[:, 0] = mask[:, 0] * (input_ids[:, 0] != bos_token_id)
+        rows = torch.arange(len(mask), device=mask.device)
+        mask[rows, first] = mask[rows, first] * (input_ids[rows, first] != bos_token_id)
     if count_from is not None:
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        mask = mask * (positions[None, :] >= count_from[:, None].to(mask.device))
+        positions = torch.arange(mask.shape[1], device=mask.device)[None, :] - first[:, None]
+        mask = mask * (positions >= count_from[:, None].to(mask.device))
     return mask
 
 

@@ -10,7 +10,8 @@ Sites, named as TransformerLens names them (``blocks.{layer}...``):
 Per-token states never leave the device: each hook contracts them at once with the pooling weights. Where the
 model computes them under another leading shape (OPT flattens batch and tokens; XLNet runs its layers on
 (tokens, batch, width), which structure cannot tell: ``TOKENS_FIRST``), they are reshaped to (batch, tokens, width)
-first. ``on_a`` is the one hook point of a per layer, for probes and interventions alike.
+first; where they run on more positions than the input has tokens (``positions.py``), the input's are kept.
+``on_a`` is the one hook point of a per layer, for probes and interventions alike.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, experts, glu_experts, parallel_experts, scaled_experts, swiglu
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
+from neuronxa.stage_one.positions import input_positions
 from neuronxa.stage_one.sites import (
     Sites,
     act_modules,
@@ -141,6 +143,7 @@ class PoolingProbe:
         self.stops_early = len(self.layers) < len(every)
         self.tokens_first = model_type(model) in TOKENS_FIRST
         self.stream_axis = stream_axis(model)
+        self.input_positions = input_positions(model)   # ProphetNet's main stream, CPM-Ant's input after its prompt
         self.weights: torch.Tensor | None = None
         self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
@@ -150,6 +153,8 @@ class PoolingProbe:
             if self._pooled[kind][layer] is not None:
                 raise NeuronXAError(f"decoder layer {layer} ran twice in one forward pass (a recurrent model?): "
                                     "its FFN states per token are not defined")
+            if self.input_positions is not None:
+                states = self.input_positions(states, self.weights.shape[-1])
             if states.numel() != self.weights[0].numel() * states.shape[-1]:
                 raise NeuronXAError(f"decoder layer {layer}'s {kind} states have shape {tuple(states.shape)}, not "
                                     "(batch, tokens, width) (several residual streams?): not supported")

@@ -24,9 +24,6 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                            "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
                            "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
                            "of its attention chunk length",
-               "cpmant": "it prepends its prompt tokens (prompt_length of them) to every input inside its forward "
-                         "pass, so its layers run on more positions than the input has tokens, and it takes padding "
-                         "from token id 0 (as left padding) rather than from the attention mask",
                "blt": "a byte latent transformer, whose global transformer runs on patches of bytes (as many as its "
                       "entropy patcher cuts, not one per token) between a local encoder and decoder over the bytes",
                **dict.fromkeys(["mllama", "mllama_text_model"], "its cross-attention layers (the text config's "
