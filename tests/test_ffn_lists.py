@@ -79,13 +79,17 @@ def recomputed(model, sentence: str) -> dict[str, list[np.ndarray]]:
 
 
 def test_pooled_states_of_padded_batches_match_the_recomputation():
+    """All layers, and the first alone (the forward pass stopped at layer_norm2[0])."""
     model = tiny_xlm()
     states = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3, poolings=("mean",))
+    first = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3, poolings=("mean",), layers=1)
     for row, sentence in enumerate(SENTENCES):
         for kind, layers in recomputed(model, sentence).items():
+            assert first[kind]["mean"].shape[0] == 1
             for layer, value in enumerate(layers):
-                np.testing.assert_allclose(states[kind]["mean"][layer, row], value, atol=1e-4, rtol=1e-4,
-                                           err_msg=f"{kind} layer {layer} sentence {row}")
+                for got in (states, first) if layer == 0 else (states,):
+                    np.testing.assert_allclose(got[kind]["mean"][layer, row], value, atol=1e-4, rtol=1e-4,
+                                               err_msg=f"{kind} layer {layer} sentence {row}")
 
 
 def test_deactivating_neurons_equals_zeroing_their_down_projection_inputs():

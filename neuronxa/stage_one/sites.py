@@ -9,7 +9,8 @@ neuron count. Found by structure:
   down projection (a Linear or GPT-2 Conv1D from the FFN width to the hidden size) and an input projection (from
   the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM); or
   either split over two children, input projections and activation module in one, the down projection in the
-  other (BERT's ``intermediate`` and ``output``, CPM-Ant's ``w_in`` and ``w_out``: structure.split_ffn);
+  other (BERT's ``intermediate`` and ``output``, CPM-Ant's ``w_in`` and ``w_out``: structure.split_ffn); or,
+  where no module of the layers is an FFN, the items of a list beside them (XLM's ``ffns``: ffn_lists.py);
 - gated: two input projections (gate and up, the gate named ``gate*`` or ``w1``) or a fused one;
 - the activation: an activation module of the FFN (parameter-free or not, e.g. xIELU); where ``a`` is computed by a
   plain function, it is the gate projection's output through the config's activation (``hidden_act``), or, when
@@ -216,8 +217,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def ffns(model: nn.Module) -> list[nn.Module | None]:
     """Each decoder layer's FFN module (None in a layer without one)."""
-    found = architecture(model)
-    return [ffn_lists.layer_ffn(model.base_model, found, index) for index in range(len(decoder_layers(model)))]
+    return [ffn_lists.layer_ffn(model.base_model, architecture(model), i) for i in range(len(decoder_layers(model)))]
 
 
 def act_modules(model: nn.Module) -> list[nn.Module]:
