@@ -151,3 +151,16 @@ def test_an_ffn_list_shorter_than_the_layers_is_refused_in_one_line():
     with pytest.raises(NeuronXAError, match=r"^model.sites.ffn_list: ffns is a ModuleList of 1, not a list as long "
                                             r"as model.sites.layers \(layer_norm2: 2 layers\)$"):
         name_sites(model, XLM_SITES)
+
+
+def test_the_neurons_task_reads_and_deactivates_the_neurons_of_the_ffn_list(xlm_folder, tmp_path):
+    import pandas as pd
+
+    from neuronxa.tasks import neurons as neurons_task
+
+    overrides = tiny_overrides(xlm_folder, tmp_path) + ["task=neurons", "task.languages=null", "dataset.max_units=2",
+                                                       "task.top_rate=0.1"]
+    neurons_task.run(composed(overrides), tmp_path / "run")
+    found = pd.read_csv(tmp_path / "run" / "neurons.csv")
+    assert len(found) > 0 and set(found.layer) <= {0, 1} and (found.neuron < 64).all()
+    assert pd.read_csv(tmp_path / "run" / "deactivation.csv", index_col=0).shape == (2, 2)
