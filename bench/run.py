@@ -45,7 +45,7 @@ from neuronxa.stage_one.forward import length_batches, model_device, padded, poo
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.pooling import POOLINGS
-from neuronxa.stage_one.probes import architecture, decoder_layers, on_a, submodule
+from neuronxa.stage_one.probes import architecture, decoder_layers, layer_ffn, on_a, submodule
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_two import registry, scoring
 
@@ -90,9 +90,9 @@ def naive_extraction(model, tokenizer, texts: list[str], max_length: int) -> flo
     captured = {}
     hooks = []
     arch = architecture(model)
-    for index, layer in enumerate(decoder_layers(model)):
-        ffn = submodule(layer, arch.ffn)
-        hooks += on_a(layer, arch, lambda a, index=index: captured.__setitem__(("a", index), a.float().cpu().numpy()))
+    for index in range(len(decoder_layers(model))):
+        ffn = layer_ffn(model.base_model, arch, index)
+        hooks += on_a(ffn, arch, lambda a, index=index: captured.__setitem__(("a", index), a.float().cpu().numpy()))
         hooks.append(submodule(ffn, arch.down).register_forward_pre_hook(
             lambda m, i, index=index: captured.__setitem__(("z", index), i[0].float().cpu().numpy())))
     start = time.perf_counter()

@@ -28,6 +28,7 @@ _EXPORTS = {
     "find_sites": "neuronxa.stage_one.sites",
     "name_sites": "neuronxa.stage_one.sites",
     "on_a": "neuronxa.stage_one.probes",
+    "layer_ffn": "neuronxa.stage_one.ffn_lists",
     "layer_widths": "neuronxa.stage_one.probes",
     "edit_hooks": "neuronxa.stage_one.probes",
     # stage two: scores, baselines, correlations

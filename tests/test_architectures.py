@@ -163,7 +163,7 @@ MOE = {"afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2
        "qwen2_moe", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp", "qwen4_exp_text",
        "solar_open", "zaya"}
 # refused: no feed-forward network (state-space and recurrent layers only)
-NO_FFN = {"mamba", "mamba2", "falcon_mamba", "xlm"}
+NO_FFN = {"mamba", "mamba2", "falcon_mamba"}
 # several residual streams per token: the axis that holds them in a decoder layer's output (the hidden state is
 # all of them side by side, stream by stream)
 STREAMS = {"gemma3n_text": 0, "deepseek_v4": 2, "hy_v4": 2}
@@ -210,8 +210,9 @@ def tiny(kind: str, **extra):
 FFN_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "mixer", "ff")
 GATED = (("gate_proj", "up_proj"), ("w1", "w3"), ("proj_up_gate", "proj_up"))   # (gate, up) pairs
 FUSED = ("gate_up_proj", "Wi", "fc1")                                          # gate then up, in one projection
-UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0", "layer_1")
-DOWN = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "proj_down", "Wo", "value", "2", "layer_2")
+UP = ("up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "key", "0", "layer_1", "lin1")
+DOWN = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "proj_down", "Wo", "value", "2", "layer_2",
+        "lin2")
 ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1", "activation_function")
 
 
@@ -296,8 +297,9 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
     """Per kind and pooling, per layer (sentences, width), from sentences run one at a time; the dense layers'
     NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves)."""
     layers, moe = find_layers(model), moe_blocks(model) if kind in MOE else {}
-    ffns = {index: ffn_of(layer) for index, layer in enumerate(layers)   # a hybrid's other mixers have no FFN
-            if index not in moe and any(hasattr(ffn_of(layer), name) for name in DOWN)}
+    holders = getattr(model.base_model, "ffns", layers)   # XLM: layer i's FFN is ffns[i], beside its layers
+    ffns = {index: ffn_of(holder) for index, holder in enumerate(holders)   # a hybrid's other mixers have no FFN
+            if index not in moe and any(hasattr(ffn_of(holder), name) for name in DOWN)}
     states = {kind_: {p: [] for p in ("weighted", "mean", "last")} for kind_ in ("nas", "nav", "hidden")}
     for sentence in sentences:
         ids = tokenizer(sentence, return_tensors="pt")["input_ids"]
@@ -337,7 +339,10 @@ def side_by_side(kind: str, output: torch.Tensor, tokens: int) -> torch.Tensor:
 
 
 def find_layers(model):
-    """The decoder layers: the longest ModuleList of the model."""
+    """The decoder layers: the longest ModuleList of the model; XLM's, whose outputs are the hidden states, its
+    last list of norms (layer_norm2), beside its lists of attentions, first norms and FFNs."""
+    if hasattr(model.base_model, "ffns"):
+        return model.base_model.layer_norm2
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     return max(lists, key=len)
 

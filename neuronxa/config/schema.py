@@ -34,7 +34,7 @@ class ModelConfig:
     device: str = "auto"
     device_map: Any = None           # "auto" or a mapping of module names to devices
     offload_folder: Optional[str] = None
-    # FFN probe sites of an exotic model, module paths {layers, ffn, act, down, gated[, gate, up, activation]}
+    # FFN probe sites of an exotic model, module paths {layers, ffn, act, down, gated[, gate, up, activation, ffn_list]}
     # (stage_one.sites.Sites; a mapping checked when stage one starts); None: found from the model's structure
     sites: Any = None
 

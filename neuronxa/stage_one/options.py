@@ -49,8 +49,9 @@ class StageOneOptions:
         key = {**identity, "corpus": corpus_name, "max_units": self.max_units, "max_length": self.max_length,
                "dtype": self.torch_dtype(), "skip_bos": self.skip_bos, "sites": SITE_NAMES}
         key = key if self.layers is None else {**key, "layers": self.layers}
-        named = None if self.sites is None else {name: value for name, value in asdict(self.sites).items()
-                                                 if name != "without"}   # found by structure, never named
+        named = None if self.sites is None else {   # without: found by structure, never named; ffn_list: if named
+            name: value for name, value in asdict(self.sites).items()
+            if name != "without" and (name != "ffn_list" or value is not None)}
         return key if named is None else {**key, "model_sites": named}
 
     def check(self, spec: ModelSpec, models_dir: str | None = None) -> None:

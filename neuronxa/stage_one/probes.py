@@ -24,6 +24,7 @@ from torch import nn
 
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, experts, glu_experts, parallel_experts, scaled_experts, swiglu
+from neuronxa.stage_one.ffn_lists import layer_ffn
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.positions import input_positions
@@ -43,22 +44,21 @@ from neuronxa.stage_one.sites import (
 from neuronxa.stage_one.streams import joined, stream_axis
 
 __all__ = ["KINDS", "MOE_KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "act_modules", "architecture",
-           "decoder_layers", "edit_hooks", "ffn_width", "kinds_of", "layer_widths", "module_paths", "on_a",
-           "submodule"]
+           "decoder_layers", "edit_hooks", "ffn_width", "kinds_of", "layer_ffn", "layer_widths", "module_paths",
+           "on_a", "submodule"]
 
 KINDS = ("nas", "nav", "hidden")
 MOE_KINDS = (*KINDS, "routing")   # mixture-of-experts models add their layers' pooled routing weights
 TOKENS_FIRST = {"xlnet"}   # model types whose layers run on (tokens, batch, width) states
 
 
-def on_a(layer: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Tensor | None]) -> list:
-    """Hooks that hand each forward pass's a of ``layer``'s FFN to ``edit``; where ``edit`` returns a tensor, it
-    replaces a downstream (the FFN then computes z from it). Returns the hook handles.
+def on_a(ffn: nn.Module, found: Sites, edit: Callable[[torch.Tensor], torch.Tensor | None]) -> list:
+    """Hooks that hand each forward pass's a of a decoder layer's FFN (``layer_ffn``) to ``edit``; where ``edit``
+    returns a tensor, it replaces a downstream (the FFN then computes z from it). Returns the hook handles.
 
     a is the output of the act module where there is one; else the down projection's input when not gated; else
     (gated, a computed by a function) the activation of the gate projection's output, and an edited a gives
     z = a' * up x at the down projection's input."""
-    ffn = submodule(layer, found.ffn)
     down = submodule(ffn, found.down)
     if found.act is not None:
         return [submodule(ffn, found.act).register_forward_hook(lambda module, inputs, output: edit(output))]
@@ -100,15 +100,15 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
     empty = sorted(index for index, (neurons, _) in edits.items() if len(neurons) and index in found.without)
     if empty:   # before any hook is attached
         raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another kind)")
-    for index, layer in enumerate(submodule(model.base_model, found.layers)):
+    for index in range(len(submodule(model.base_model, found.layers))):
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
             continue
-        ffn = submodule(layer, found.ffn)
+        ffn = layer_ffn(model.base_model, found, index)
         if expert_blocks.probed(ffn):
             handles += _moe_module(ffn).edit_hooks(ffn, neurons, edit)
         else:
-            handles += on_a(layer, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
+            handles += on_a(ffn, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
     return handles
 
 
@@ -177,7 +177,7 @@ class PoolingProbe:
     def _hooks(self, index: int, layer: nn.Module) -> list:
         if index in self.arch.without:   # no FFN: no neurons (collect gives it width 0)
             return self._layer_hooks(index, layer)
-        ffn = submodule(layer, self.arch.ffn)
+        ffn = layer_ffn(self.model.base_model, self.arch, index)
         if expert_blocks.probed(ffn):
             store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
             hooks = _moe_module(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds)
@@ -193,7 +193,7 @@ class PoolingProbe:
         def on_down(module, inputs):
             self._store("nav", index, inputs[0].abs())
 
-        handles = on_a(layer, self.arch, on_act)
+        handles = on_a(ffn, self.arch, on_act)
         if not a_is_z:
             handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
         return handles + self._layer_hooks(index, layer)

@@ -9,7 +9,8 @@ neuron count. Found by structure:
   down projection (a Linear or GPT-2 Conv1D from the FFN width to the hidden size) and an input projection (from
   the hidden size to that width, or twice it when gate and up are fused); else the layer itself (OPT, XGLM); or
   either split over two children, input projections and activation module in one, the down projection in the
-  other (BERT's ``intermediate`` and ``output``, CPM-Ant's ``w_in`` and ``w_out``: structure.split_ffn);
+  other (BERT's ``intermediate`` and ``output``, CPM-Ant's ``w_in`` and ``w_out``: structure.split_ffn); or,
+  where no module of the layers is an FFN, the items of a list beside them (XLM's ``ffns``: ffn_lists.py);
 - gated: two input projections (gate and up, the gate named ``gate*`` or ``w1``) or a fused one;
 - the activation: an activation module of the FFN (parameter-free or not, e.g. xIELU); where ``a`` is computed by a
   plain function, it is the gate projection's output through the config's activation (``hidden_act``), or, when
@@ -29,7 +30,7 @@ from weakref import WeakKeyDictionary
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one import expert_blocks
+from neuronxa.stage_one import expert_blocks, ffn_lists
 from neuronxa.stage_one.models.loading import refuse_unsupported
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
@@ -170,22 +171,24 @@ def _search(model: nn.Module) -> Sites:
     layers = submodule(model.base_model, path)
     _refuse_moe(model, layers, path)
     hidden = _hidden_size(model)
-    ffn_path, without = _ffn_of_every_layer(model, layers, path, hidden)
-    found = [submodule(layer, ffn_path) for index, layer in enumerate(layers) if index not in without]
+    path, listed = ffn_lists.beside(model, path, hidden)   # XLM: its FFNs in a list beside the layers
+    holders = submodule(model.base_model, listed or path)
+    ffn_path, without = _ffn_of_every_layer(model, holders, listed or path, hidden)
+    found = [submodule(holder, ffn_path) for index, holder in enumerate(holders) if index not in without]
     ffns = [ffn for ffn in found if not expert_blocks.probed(ffn)]
     if not ffns:
-        return replace(_moe_sites(path, ffn_path, found[0]), without=without)
+        return replace(_moe_sites(path, ffn_path, found[0]), without=without, ffn_list=listed)
     down, inputs, width, act = ffn_parts(ffns[0], hidden)
     gated = len(inputs) > 1 or widths(submodule(ffns[0], inputs[0]))[1] == 2 * width
     if act is not None and len({id(submodule(ffn, act)) for ffn in ffns}) < len(ffns):
         act = None   # one module shared by all layers: its hooks could not tell the layers apart
     if not gated:
-        return Sites(path, ffn_path, act, down, False, without=without)
+        return Sites(path, ffn_path, act, down, False, without=without, ffn_list=listed)
     gate = next((name for name in inputs if "gate" in name or name == "w1"), inputs[0])
     up = next((name for name in inputs if name != gate), gate)
     swiglu = expert_blocks.swiglu_ffn(ffns[0])   # computed in the forward, whatever the config names (MiniMax-M3)
     return Sites(path, ffn_path, act, down, True, gate, up,
-                 None if act else "clamped_swiglu" if swiglu else _activation(model), without)
+                 None if act else "clamped_swiglu" if swiglu else _activation(model), without, listed)
 
 
 def _moe_sites(path: str, ffn_path: str, block: nn.Module) -> Sites:
@@ -214,9 +217,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def ffns(model: nn.Module) -> list[nn.Module | None]:
     """Each decoder layer's FFN module (None in a layer without one)."""
-    found = architecture(model)
-    return [None if index in found.without else submodule(layer, found.ffn)
-            for index, layer in enumerate(decoder_layers(model))]
+    return [ffn_lists.layer_ffn(model.base_model, architecture(model), i) for i in range(len(decoder_layers(model)))]
 
 
 def act_modules(model: nn.Module) -> list[nn.Module]:
@@ -249,7 +250,7 @@ def has_experts(model: nn.Module) -> bool:
 def module_paths(model: nn.Module) -> dict[str, str]:
     """Module paths of the three sites, for the cache metadata (MoE layers: what the experts module receives)."""
     found = architecture(model)
-    ffn = f"{found.layers}.{{layer}}" + (f".{found.ffn}" if found.ffn else "")
+    ffn = f"{found.ffn_list or found.layers}.{{layer}}" + (f".{found.ffn}" if found.ffn else "")
     down = f"{ffn}.{found.down} (input)"
     if found.act is not None:
         nas = f"{ffn}.{found.act} (output)"
@@ -276,11 +277,14 @@ def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
     layers = _named_module(model.base_model, named.layers, "layers")
     if not isinstance(layers, nn.ModuleList):
         raise NeuronXAError(f"model.sites.layers: {named.layers} is a {type(layers).__name__}, not a list of layers")
+    if named.ffn_list is not None:
+        layers = ffn_lists.check_list(named, layers, _named_module(model.base_model, named.ffn_list, "ffn_list"))
     for index, layer in enumerate(layers):
-        ffn = _named_module(layer, named.ffn, "ffn", f"{named.layers}.{index}.")
+        within = f"{named.ffn_list or named.layers}.{index}."
+        ffn = _named_module(layer, named.ffn, "ffn", within)
         for field in ("act", "down", "gate", "up"):
             if getattr(named, field) is not None:
-                _named_module(ffn, getattr(named, field), field, f"{named.layers}.{index}.{named.ffn}.")
+                _named_module(ffn, getattr(named, field), field, f"{within}{named.ffn}{'.' * bool(named.ffn)}")
         if widths(submodule(ffn, named.down)) is None:
             raise NeuronXAError(f"model.sites.down: {named.down} is a {type(submodule(ffn, named.down)).__name__}, "
                                 "not a Linear or Conv1D projection")

@@ -70,7 +70,8 @@ def named_sites(model: DictConfig) -> Sites | None:
         return Sites(**given)
     except TypeError:
         raise NeuronXAError(f"model.sites: expected a mapping with layers, ffn, act, down, gated (and gate, up, "
-                            f"activation for a gated FFN without an act module), not {given!r}") from None
+                            f"activation for a gated FFN without an act module; ffn_list for FFNs in a list beside "
+                            f"the layers), not {given!r}") from None
 
 
 def stage_one(cfg: DictConfig, model: DictConfig, corpus: ParallelCorpus) -> StateStore:
