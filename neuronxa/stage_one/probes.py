@@ -24,6 +24,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, experts, glu_experts, parallel_experts, scaled_experts, swiglu
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
+from neuronxa.stage_one.skipped import entry_hooks, passed_on, skipped_layers
 from neuronxa.stage_one.sites import (
     Sites,
     act_modules,
@@ -95,7 +96,8 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
     found, handles = architecture(model), []   # the sites once: each lookup walks the module tree
     empty = sorted(index for index, (neurons, _) in edits.items() if len(neurons) and index in found.without)
     if empty:   # before any hook is attached
-        raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another kind)")
+        raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another "
+                            "kind, or the forward pass skips it on text alone)")
     for index, layer in enumerate(submodule(model.base_model, found.layers)):
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
@@ -138,6 +140,7 @@ class PoolingProbe:
         self.layers = every[:layers]
         self.stops_early = len(self.layers) < len(every)
         self.tokens_first = model_type(model) in TOKENS_FIRST
+        self.skipped = skipped_layers(model.config)   # on text alone: no FFN states, the stream passed on
         self.weights: torch.Tensor | None = None
         self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
@@ -167,6 +170,9 @@ class PoolingProbe:
         return self._weights_by_device[device]
 
     def _hooks(self, index: int, layer: nn.Module) -> list:
+        if index in self.skipped:   # never runs: its hidden state is the stream it passes on (skipped.py)
+            return entry_hooks(decoder_layers(self.model), self.skipped, lambda x: self._store("hidden", 0, x)) \
+                if index == 0 else []
         if index in self.arch.without:   # no FFN: no neurons (collect gives it width 0)
             return self._layer_hooks(index, layer)
         ffn = submodule(layer, self.arch.ffn)
@@ -226,6 +232,8 @@ class PoolingProbe:
         of (poolings, batch, width of the layer) where widths differ (mixture-of-experts models; ``routing`` is
         empty on dense layers, every kind but ``hidden`` on layers without an FFN)."""
         empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
+        if "hidden" in self._pooled:
+            self._pooled["hidden"] = passed_on(self._pooled["hidden"], self.skipped)
         for kind, states in self._pooled.items():   # dense layers route nothing; no FFN, no neurons
             empty_at = {*range(len(states))} if kind == "routing" else set() if kind == "hidden" else self.arch.without
             self._pooled[kind] = [empty if s is None and layer in empty_at else s for layer, s in enumerate(states)]

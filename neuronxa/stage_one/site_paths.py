@@ -14,7 +14,8 @@ class Sites:
     itself); ``act`` (output a; None where a function computes it), ``down`` (input z), ``gate`` and ``up`` within
     the FFN (the same path when fused); ``activation``: the function a is computed with where there is no ``act``
     module and the FFN is gated (a = activation(gate x), of the first ``width`` outputs when fused); ``without``:
-    the decoder layers that have no FFN (a hybrid's other mixers, Nemotron-H's): no neurons (width 0)."""
+    the decoder layers that have no FFN (a hybrid's other mixers, Nemotron-H's) or whose FFN never runs on text
+    (skipped.py): no neurons (width 0)."""
 
     layers: str
     ffn: str

@@ -32,6 +32,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks
 from neuronxa.stage_one.models.loading import refuse_unsupported
 from neuronxa.stage_one.site_paths import Sites
+from neuronxa.stage_one.skipped import with_skipped
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
 
 __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
@@ -171,6 +172,7 @@ def _search(model: nn.Module) -> Sites:
     _refuse_moe(model, layers, path)
     hidden = _hidden_size(model)
     ffn_path, without = _ffn_of_every_layer(model, layers, path, hidden)
+    without = with_skipped(model.config, without)   # and the layers the forward pass skips on text alone
     found = [submodule(layer, ffn_path) for index, layer in enumerate(layers) if index not in without]
     ffns = [ffn for ffn in found if not expert_blocks.probed(ffn)]
     if not ffns:
@@ -284,7 +286,7 @@ def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
         if widths(submodule(ffn, named.down)) is None:
             raise NeuronXAError(f"model.sites.down: {named.down} is a {type(submodule(ffn, named.down)).__name__}, "
                                 "not a Linear or Conv1D projection")
-    return named
+    return replace(named, without=with_skipped(model.config, named.without))
 
 
 def _named_module(module: nn.Module, path: str, field: str, within: str = "") -> nn.Module:

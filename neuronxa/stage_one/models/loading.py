@@ -29,9 +29,9 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                          "from token id 0 (as left padding) rather than from the attention mask",
                "blt": "a byte latent transformer, whose global transformer runs on patches of bytes (as many as its "
                       "entropy patcher cuts, not one per token) between a local encoder and decoder over the bytes",
-               **dict.fromkeys(["mllama", "mllama_text_model"], "its cross-attention layers (the text config's "
-                               "cross_attention_layers) run on image states only: on text alone its forward pass "
-                               "skips them, so they have no states")}
+               **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative "
+                               "decoding, which reads its backbone's key and value states (shared_kv_states) and "
+                               "does not run on tokens alone")}
 
 
 def refuse_unsupported(kind: str) -> None:
