@@ -85,6 +85,8 @@ def test_skipped_layers_have_no_neurons_and_pass_the_stream_on():
     assert [layer.shape for layer in states["nas"]["mean"]] == [(4, 0), (4, 48), (4, 0)]
     assert_recomputed(lambda kind, pooling, layer: states[kind][pooling][layer], recomputed(model),
                       atol=1e-4, rtol=1e-4)
+    first = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3, layers=1)   # a skipped layer alone
+    np.testing.assert_allclose(first["hidden"]["mean"][0], states["hidden"]["mean"][0], atol=1e-5, rtol=1e-5)
 
 
 def test_deactivation_reaches_the_self_attention_layers_and_refuses_a_skipped_one():
