@@ -27,6 +27,7 @@ _EXPORTS = {
     "Sites": "neuronxa.stage_one.sites",
     "find_sites": "neuronxa.stage_one.sites",
     "name_sites": "neuronxa.stage_one.sites",
+    "skipped_layers": "neuronxa.stage_one.skipped",
     "on_a": "neuronxa.stage_one.probes",
     "layer_ffn": "neuronxa.stage_one.ffn_lists",
     "layer_widths": "neuronxa.stage_one.probes",

@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from neuronxa.errors import NeuronXAError, check_whole
+from neuronxa.errors import check_whole
 from neuronxa.stage_one.options import check_max_length
 from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
 from neuronxa.stage_one.positions import check_no_padding_ids, padding

@@ -28,6 +28,7 @@ from neuronxa.stage_one.ffn_lists import layer_ffn
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.positions import input_positions
+from neuronxa.stage_one.skipped import entry_hooks, passed_on, skipped_layers
 from neuronxa.stage_one.sites import (
     Sites,
     act_modules,
@@ -99,7 +100,8 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
     found, handles = architecture(model), []   # the sites once: each lookup walks the module tree
     empty = sorted(index for index, (neurons, _) in edits.items() if len(neurons) and index in found.without)
     if empty:   # before any hook is attached
-        raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another kind)")
+        raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another "
+                            "kind, or the forward pass skips it on text alone)")
     for index in range(len(submodule(model.base_model, found.layers))):
         neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
         if not len(neurons):
@@ -144,6 +146,7 @@ class PoolingProbe:
         self.tokens_first = model_type(model) in TOKENS_FIRST
         self.stream_axis = stream_axis(model)
         self.input_positions = input_positions(model)   # ProphetNet's main stream, CPM-Ant's input after its prompt
+        self.skipped = skipped_layers(model.config)   # on text alone: no FFN states, the stream passed on
         self.weights: torch.Tensor | None = None
         self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
@@ -175,6 +178,9 @@ class PoolingProbe:
         return self._weights_by_device[device]
 
     def _hooks(self, index: int, layer: nn.Module) -> list:
+        if index in self.skipped:   # never runs: its hidden state is the stream it passes on (skipped.py)
+            return entry_hooks(decoder_layers(self.model), self.skipped, lambda x: self._store("hidden", 0, x)) \
+                if index == 0 else []
         if index in self.arch.without:   # no FFN: no neurons (collect gives it width 0)
             return self._layer_hooks(index, layer)
         ffn = layer_ffn(self.model.base_model, self.arch, index)
@@ -235,6 +241,8 @@ class PoolingProbe:
         of (poolings, batch, width of the layer) where widths differ (mixture-of-experts models; ``routing`` is
         empty on dense layers, every kind but ``hidden`` on layers without an FFN)."""
         empty = self.weights.new_zeros(*self.weights.shape[:2], 0)
+        if "hidden" in self._pooled:
+            self._pooled["hidden"] = passed_on(self._pooled["hidden"], self.skipped)
         for kind, states in self._pooled.items():   # dense layers route nothing; no FFN, no neurons
             empty_at = {*range(len(states))} if kind == "routing" else set() if kind == "hidden" else self.arch.without
             self._pooled[kind] = [empty if s is None and layer in empty_at else s for layer, s in enumerate(states)]

@@ -14,10 +14,10 @@ class Sites:
     itself); ``act`` (output a; None where a function computes it), ``down`` (input z), ``gate`` and ``up`` within
     the FFN (the same path when fused); ``activation``: the function a is computed with where there is no ``act``
     module and the FFN is gated (a = activation(gate x), of the first ``width`` outputs when fused); ``without``:
-    the decoder layers that have no FFN (a hybrid's other mixers, Nemotron-H's): no neurons (width 0);
-    ``ffn_list``: where the FFNs sit in a list beside the layers (XLM's ``ffns``), its path under the base model,
-    its i-th item holding layer i's FFN at ``ffn`` (``layers`` then names the list whose items' outputs are the
-    hidden states, XLM's ``layer_norm2``)."""
+    the decoder layers that have no FFN (a hybrid's other mixers, Nemotron-H's) or whose FFN never runs on text
+    (skipped.py): no neurons (width 0); ``ffn_list``: where the FFNs sit in a list beside the layers (XLM's
+    ``ffns``), its path under the base model, its i-th item holding layer i's FFN at ``ffn`` (``layers`` then names
+    the list whose items' outputs are the hidden states, XLM's ``layer_norm2``)."""
 
     layers: str
     ffn: str

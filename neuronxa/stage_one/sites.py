@@ -32,7 +32,9 @@ from torch import nn
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, ffn_lists
 from neuronxa.stage_one.models.loading import refuse_unsupported
+from neuronxa.stage_one.named_sites import checked_names
 from neuronxa.stage_one.site_paths import Sites
+from neuronxa.stage_one.skipped import with_skipped
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
 
 __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
@@ -174,6 +176,7 @@ def _search(model: nn.Module) -> Sites:
     path, listed = ffn_lists.beside(model, path, hidden)   # XLM: its FFNs in a list beside the layers
     holders = submodule(model.base_model, listed or path)
     ffn_path, without = _ffn_of_every_layer(model, holders, listed or path, hidden)
+    without = with_skipped(model.config, without)   # and the layers the forward pass skips on text alone
     found = [submodule(holder, ffn_path) for index, holder in enumerate(holders) if index not in without]
     ffns = [ffn for ffn in found if not expert_blocks.probed(ffn)]
     if not ffns:
@@ -273,27 +276,4 @@ def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
     if named is None:
         return find_sites(model)
     refuse_unsupported(model_type(model))
-    named.check()
-    layers = _named_module(model.base_model, named.layers, "layers")
-    if not isinstance(layers, nn.ModuleList):
-        raise NeuronXAError(f"model.sites.layers: {named.layers} is a {type(layers).__name__}, not a list of layers")
-    if named.ffn_list is not None:
-        layers = ffn_lists.check_list(named, layers, _named_module(model.base_model, named.ffn_list, "ffn_list"))
-    for index, layer in enumerate(layers):
-        within = f"{named.ffn_list or named.layers}.{index}."
-        ffn = _named_module(layer, named.ffn, "ffn", within)
-        for field in ("act", "down", "gate", "up"):
-            if getattr(named, field) is not None:
-                _named_module(ffn, getattr(named, field), field, f"{within}{named.ffn}{'.' * bool(named.ffn)}")
-        if widths(submodule(ffn, named.down)) is None:
-            raise NeuronXAError(f"model.sites.down: {named.down} is a {type(submodule(ffn, named.down)).__name__}, "
-                                "not a Linear or Conv1D projection")
-    return named
-
-
-def _named_module(module: nn.Module, path: str, field: str, within: str = "") -> nn.Module:
-    try:
-        return submodule(module, path)
-    except AttributeError:
-        raise NeuronXAError(f"model.sites.{field}: the model has no module {within}{path} (see the module paths "
-                            "that print(model) shows)") from None
+    return checked_names(model, named)

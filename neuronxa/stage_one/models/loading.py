@@ -5,6 +5,7 @@ Resolving ``auto`` on a machine without a GPU imports no torch (a job whose stat
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,15 +27,25 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                            "of its attention chunk length",
                "blt": "a byte latent transformer, whose global transformer runs on patches of bytes (as many as its "
                       "entropy patcher cuts, not one per token) between a local encoder and decoder over the bytes",
-               **dict.fromkeys(["mllama", "mllama_text_model"], "its cross-attention layers (the text config's "
-                               "cross_attention_layers) run on image states only: on text alone its forward pass "
-                               "skips them, so they have no states")}
+               **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative "
+                               "decoding, which reads its backbone's key and value states (shared_kv_states) and "
+                               "does not run on tokens alone")}
 
 
 def refuse_unsupported(kind: str) -> None:
     """One line naming why, for a model type the tool cannot read (``UNSUPPORTED``)."""
     if kind in UNSUPPORTED:
         raise NeuronXAError(f"model type {kind!r} is not supported: {UNSUPPORTED[kind]}")
+
+
+def missing_package(kind: str, error: ImportError) -> NeuronXAError:
+    """One line for a model whose modules need a package that is not installed (Gemma 3n's vision tower: timm),
+    naming it and how to install it."""
+    found = re.search(r"(\w+) requires the (\S+) library", str(error))
+    if found is None:
+        return NeuronXAError(f"model type {kind!r} cannot be built: {' '.join(str(error).split())}")
+    return NeuronXAError(f"model type {kind!r} needs the package {found[2]} ({found[1]}), which is not installed: "
+                         f"install it with `pip install {found[2]}`")
 
 
 def dtype_name(dtype: str, device: str) -> str:
@@ -100,6 +111,8 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     except (KeyError, ValueError) as error:
         raise NeuronXAError(f"model type {kind!r} is no causal LM that transformers can build: "
                             f"{str(error).splitlines()[0]}") from None
+    except ImportError as error:   # before any weight loads
+        raise missing_package(kind, error) from None
 
 
 def load(
