@@ -31,6 +31,7 @@ from torch import nn
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks
 from neuronxa.stage_one.models.loading import refuse_unsupported
+from neuronxa.stage_one.runs import probed_layers, schedule
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
 
@@ -213,18 +214,18 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def ffns(model: nn.Module) -> list[nn.Module | None]:
-    """Each decoder layer's FFN module (None in a layer without one)."""
+    """Each probed layer's FFN module (None in a layer without one; per run of a layer that runs several times)."""
     found = architecture(model)
     return [None if index in found.without else submodule(layer, found.ffn)
-            for index, layer in enumerate(decoder_layers(model))]
+            for index, layer in enumerate(probed_layers(model, decoder_layers(model)))]
 
 
 def act_modules(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's activation module (its forward output is a); empty where a function computes a (see
     ``on_a`` for a hook point that every dense architecture has), and for mixture-of-experts and hybrid models
-    (layers without an FFN)."""
+    (layers without an FFN) and layers that run several times."""
     act = architecture(model).act
-    return [] if act is None or has_experts(model) or architecture(model).without \
+    return [] if act is None or has_experts(model) or architecture(model).without or schedule(model) \
         else [submodule(ffn, act) for ffn in ffns(model)]
 
 
