@@ -8,10 +8,11 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from helpers import tiny_tokenizer
+from helpers import composed, tiny_tokenizer
 from recurrence import recomputed_runs, slot_hooks
 from test_architectures import SENTENCES, expected_states, tiny
 from neuronxa.errors import NeuronXAError
@@ -143,3 +144,36 @@ def test_a_layer_that_runs_twice_without_a_schedule_is_refused_in_one_line():
     model.config.num_hidden_layers = 3
     with pytest.raises(NeuronXAError, match=r"^decoder layer 0 ran twice in one forward pass \(a recurrent model\?\)"):
         pooled_states(model, tiny_tokenizer(), SENTENCES[:1])
+
+
+@pytest.mark.cli
+def test_the_neurons_task_finds_and_switches_off_neurons_of_each_run(tmp_path):
+    """The language-neurons task end to end on the saved tiny HRM-Text: its layers are the 12 runs, and each
+    language's neurons are switched off run by run."""
+    from neuronxa.tasks import neurons as neurons_task
+
+    folder = tmp_path / "hrm"
+    hrm().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("id\teng_Latn\tdeu_Latn\n" + "".join(
+        f"u{i}\t{SENTENCES[i]}\t{SENTENCES[(i + 1) % len(SENTENCES)]}\n" for i in range(len(SENTENCES))))
+    cfg = composed(["model=hf", f"model.name_or_path={folder}", "dataset=tsv", f"dataset.path={corpus}",
+                    "model.device=cpu", "model.dtype=float32", f"paths.outputs={tmp_path / 'outputs'}",
+                    "benchmark=none", "tracking.enabled=false", "score.plots=off", "task=neurons",
+                    "task.languages=null", "dataset.max_units=2", "task.top_rate=0.1"])
+    neurons_task.run(cfg, tmp_path / "neurons")
+    found = pd.read_csv(tmp_path / "neurons" / "neurons.csv")
+    assert len(found) and found.layer.between(0, 11).all() and found.neuron.between(0, 47).all()
+    assert len(pd.read_csv(tmp_path / "neurons" / "by_layer.csv", index_col=0)) == 12
+    assert pd.read_csv(tmp_path / "neurons" / "deactivation.csv", index_col=0).shape == (2, 2)
+
+
+def test_the_cache_metadata_names_the_lists_whose_layers_run():
+    from neuronxa.stage_one.sites import module_paths
+
+    assert module_paths(hrm()) == {"nas": "(L_module.layers|H_module.layers).{the layer of run {layer}}.mlp.act_fn "
+                                          "(output)",
+                                   "nav": "(L_module.layers|H_module.layers).{the layer of run {layer}}.mlp.down_proj "
+                                          "(input)",
+                                   "hidden": "(L_module.layers|H_module.layers).{the layer of run {layer}} (output)"}

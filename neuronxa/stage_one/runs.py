@@ -44,6 +44,15 @@ def probed_layers(model: nn.Module, layers: Sequence[nn.Module]) -> list[nn.Modu
     return list(layers) if order is None else [submodule(model.base_model, path)[index] for path, index in order]
 
 
+def layer_path(model: nn.Module, layers: str) -> str:
+    """The module path of probed layer ``{layer}``, for the cache metadata: ``layers.{layer}``; where layers run
+    several times, the scheduled lists' layer that runs it."""
+    order = schedule(model)
+    if order is None:
+        return f"{layers}.{{layer}}"
+    return f"({'|'.join(dict.fromkeys(path for path, _ in order))}).{{the layer of run {{layer}}}}"
+
+
 class Run:
     """The probed layer of a layer module's current call: its k-th call in a forward pass is ``slots[k]`` (one
     slot: always that one, nothing counted)."""

@@ -31,7 +31,7 @@ from torch import nn
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks
 from neuronxa.stage_one.models.loading import refuse_unsupported
-from neuronxa.stage_one.runs import probed_layers, schedule
+from neuronxa.stage_one.runs import layer_path, probed_layers, schedule
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
 
@@ -250,7 +250,7 @@ def has_experts(model: nn.Module) -> bool:
 def module_paths(model: nn.Module) -> dict[str, str]:
     """Module paths of the three sites, for the cache metadata (MoE layers: what the experts module receives)."""
     found = architecture(model)
-    ffn = f"{found.layers}.{{layer}}" + (f".{found.ffn}" if found.ffn else "")
+    ffn = layer_path(model, found.layers) + (f".{found.ffn}" if found.ffn else "")
     down = f"{ffn}.{found.down} (input)"
     if found.act is not None:
         nas = f"{ffn}.{found.act} (output)"
@@ -264,7 +264,7 @@ def module_paths(model: nn.Module) -> dict[str, str]:
     if any(moe) and expert_blocks.parallel_experts(blocks[0]) is None:   # JetMoe's rows: its sites above
         routed = f"a and z of the routed experts from {ffn}.experts (input), then the shared experts'"
         paths = {kind: routed if all(moe) else f"{path}; MoE layers: {routed}" for kind, path in paths.items()}
-    return {**paths, "hidden": f"{found.layers}.{{layer}} (output)"}
+    return {**paths, "hidden": f"{layer_path(model, found.layers)} (output)"}
 
 
 def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
