@@ -107,7 +107,7 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
         if not chosen:
             continue
         ffn = submodule(layer, found.ffn)
-        if expert_blocks.probed(ffn):
+        if expert_blocks.probed(ffn):   # one run: the one scheduled type (HRM-Text) is dense
             handles += _moe_module(ffn).edit_hooks(ffn, *chosen[run.slots[0]])
         else:
             handles += on_a(layer, found, lambda a, run=run, chosen=chosen: _edited(a, chosen.get(run())))
