@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from helpers import FIXTURES, ROOT, composed, moe_blocks, recomputed_experts, tiny_overrides, tiny_tokenizer
+from recurrence import recomputed_runs
 from neuronxa.data.readers import read_tsv
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
@@ -148,7 +149,9 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          # 4 experts and 2 zero experts (default 256); 2 layers: its num_hidden_layers is twice its num_layers
          "longcat_flash": dict(MLA, zero_expert_num=2, num_hidden_layers=4),
          # a SwiGLU limit the tiny model's gates and ups reach (default 10), so that the experts' clamps are checked
-         "deepseek_v4": dict(swiglu_limit=0.02)}
+         "deepseek_v4": dict(swiglu_limit=0.02),
+         # two high cycles of two low cycles, two layers per stack: 12 runs of its 4 layers
+         "hrm_text": dict(H_cycles=2, L_cycles=2)}
 MAX_PARAMETERS = 3_000_000   # beyond this the tiny config did not shrink the model (a vision or audio tower)
 
 SENTENCES = ["all human beings are born free and equal in dignity and rights", "tous", "la vie et droits",
@@ -176,8 +179,6 @@ UNSUPPORTED = {"blt", "gemma4_assistant", "gemma4_unified_assistant", "musicgen"
 # Gemma 4's draft models cannot be built from a config here: each layer reads the backbone's key and value states
 # (num_kv_shared_layers = num_hidden_layers), which Gemma 4's kv_sharing_modes refuses; refused from config.json
 DRAFTS = {"gemma4_assistant", "gemma4_unified_assistant"}
-# refused when run: layers that run several times per forward pass (hierarchical recurrence)
-RECURRENT = {"hrm_text"}
 SKIPPED = {
     "gemma3n": "its causal LM (Gemma3nForConditionalGeneration) builds a vision tower from timm (MobileNet-V5), "
                "which is no dependency of this tool; its text model is tested as gemma3n_text",
@@ -191,7 +192,7 @@ def causal_lm_types() -> list[str]:
 
 
 def supported() -> list[str]:
-    others = {*MOE, *NO_FFN, *RECURRENT, *UNSUPPORTED, *SKIPPED}
+    others = {*MOE, *NO_FFN, *UNSUPPORTED, *SKIPPED}
     return [kind for kind in causal_lm_types() if kind not in others]
 
 
@@ -296,7 +297,10 @@ INPUT_ROWS = {"prophetnet": lambda config, tokens: slice(0, tokens),
 
 def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[str, dict[str, np.ndarray]]:
     """Per kind and pooling, per layer (sentences, width), from sentences run one at a time; the dense layers'
-    NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves)."""
+    NAS and NAV only (None for a mixture-of-experts layer, which recomputed_experts serves); per run of a layer
+    where layers run several times (HRM-Text: tests/recurrence.py)."""
+    if kind == "hrm_text":
+        return recomputed_runs(model, tokenizer, sentences)
     layers, moe = find_layers(model), moe_blocks(model) if kind in MOE else {}
     holders = getattr(model.base_model, "ffns", layers)   # XLM: layer i's FFN is ffns[i], beside its layers
     ffns = {index: ffn_of(holder) for index, holder in enumerate(holders)   # a hybrid's other mixers have no FFN
@@ -502,14 +506,8 @@ def test_models_the_probes_cannot_represent_are_refused_in_one_line_before_they_
         name_sites(model, Sites("layers", "mlp", "act_fn", "down_proj", False))
 
 
-@pytest.mark.parametrize("kind", sorted(RECURRENT))
-def test_layers_that_run_twice_are_refused_in_one_line(kind):
-    with pytest.raises(NeuronXAError, match=r"^decoder layer 0 ran twice in one forward pass"):
-        pooled_states(tiny(kind), tiny_tokenizer(), SENTENCES[:1])
-
-
 def test_every_architecture_is_tested_or_skipped_with_a_reason():
-    listed = [*MOE, *NO_FFN, *RECURRENT, *UNSUPPORTED, *SKIPPED]
+    listed = [*MOE, *NO_FFN, *UNSUPPORTED, *SKIPPED]
     assert len(listed) == len(set(listed)) and set(listed) <= set(causal_lm_types())
 
 

@@ -21,7 +21,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.forward import probed_batches, tokenize
 from neuronxa.stage_one.experts import Edit
 from neuronxa.stage_one.pooling import pooling_weights, real_token_mask
-from neuronxa.stage_one.probes import decoder_layers, edit_hooks, has_experts
+from neuronxa.stage_one.probes import edit_hooks, has_experts, layer_widths
 
 Mode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -90,7 +90,7 @@ def intervene(model: nn.Module, neurons: pd.DataFrame | Iterable[tuple[int, int]
     frame = neuron_frame(neurons, value, mode)
     handles = []
     try:
-        handles = edit_hooks(model, layer_edits(frame, mode, len(decoder_layers(model))))
+        handles = edit_hooks(model, layer_edits(frame, mode, len(layer_widths(model))))
         yield
     finally:
         for handle in handles:

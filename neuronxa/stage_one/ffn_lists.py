@@ -18,11 +18,14 @@ __all__ = ["OUTPUTS", "beside", "check_list", "layer_ffn"]
 OUTPUTS = {"xlm": "layer_norm2"}   # model type -> the list whose items' outputs are the hidden states
 
 
-def layer_ffn(base: nn.Module, sites: Sites, index: int) -> nn.Module | None:
-    """The FFN of decoder layer ``index`` under the base model (None in a layer without one)."""
+def layer_ffn(base: nn.Module, sites: Sites, index: int, layer: nn.Module | None = None) -> nn.Module | None:
+    """The FFN of probed layer ``index`` under the base model (None in a layer without one): within ``layer``, the
+    module that runs it (by default item ``index`` of the layers), or item ``index`` of the list beside them."""
     if index in sites.without:
         return None
-    return submodule(submodule(base, sites.ffn_list or sites.layers)[index], sites.ffn)
+    if sites.ffn_list is not None or layer is None:
+        layer = submodule(base, sites.ffn_list or sites.layers)[index]
+    return submodule(layer, sites.ffn)
 
 
 def beside(model: nn.Module, path: str, hidden: int) -> tuple[str, str | None]:

@@ -11,7 +11,8 @@ Per-token states never leave the device: each hook contracts them at once with t
 model computes them under another leading shape (OPT flattens batch and tokens; XLNet runs its layers on
 (tokens, batch, width), which structure cannot tell: ``TOKENS_FIRST``), they are reshaped to (batch, tokens, width)
 first; where they run on more positions than the input has tokens (``positions.py``), the input's are kept.
-``on_a`` is the one hook point of a per layer, for probes and interventions alike.
+``on_a`` is the one hook point of a per layer, for probes and interventions alike. A layer that runs several times
+in one forward pass (HRM-Text's) gives one probed layer per run, numbered as the model numbers its runs (runs.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.positions import input_positions
 from neuronxa.stage_one.skipped import entry_hooks, passed_on, skipped_layers
+from neuronxa.stage_one.runs import Run, counting, layer_runs, probed_layers
 from neuronxa.stage_one.sites import (
     Sites,
     act_modules,
@@ -95,23 +97,34 @@ def kinds_of(model: nn.Module) -> tuple[str, ...]:
 
 def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts.Edit]]) -> list:
     """Hooks applying, per layer, ``edit`` (a, units, neurons) -> a to the activation a of its chosen ``neurons``
-    (layer -> (sorted neuron indices, edit)), in every kind of layer: dense FFN neurons through ``on_a``; expert
-    neurons e·I + j of MoE layers and their shared experts' units after them (see ``experts.edit_hooks``)."""
-    found, handles = architecture(model), []   # the sites once: each lookup walks the module tree
+    (layer -> (sorted neuron indices, edit)), in every kind of layer: dense FFN neurons through ``on_a`` (of a
+    layer that runs several times, on the run that is that layer only: runs.py); expert neurons e·I + j of MoE
+    layers and their shared experts' units after them (see ``experts.edit_hooks``)."""
+    found = architecture(model)   # the sites once: each lookup walks the module tree
     empty = sorted(index for index, (neurons, _) in edits.items() if len(neurons) and index in found.without)
     if empty:   # before any hook is attached
         raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another "
                             "kind, or the forward pass skips it on text alone)")
-    for index in range(len(submodule(model.base_model, found.layers))):
-        neurons, edit = edits.get(index, (torch.zeros(0, dtype=torch.long), None))
-        if not len(neurons):
+    runs = layer_runs(model, submodule(model.base_model, found.layers))
+    handles = counting(model, runs)
+    for layer, run in runs:
+        chosen = {slot: edits[slot] for slot in run.slots if slot in edits and len(edits[slot][0])}
+        if not chosen:
             continue
-        ffn = layer_ffn(model.base_model, found, index)
-        if expert_blocks.probed(ffn):
-            handles += _moe_module(ffn).edit_hooks(ffn, neurons, edit)
+        ffn = layer_ffn(model.base_model, found, run.slots[0], layer)
+        if expert_blocks.probed(ffn):   # one run: the one scheduled type (HRM-Text) is dense
+            handles += _moe_module(ffn).edit_hooks(ffn, *chosen[run.slots[0]])
         else:
-            handles += on_a(ffn, found, lambda a, neurons=neurons, edit=edit: edit(a, neurons.to(a.device), neurons))
+            handles += on_a(ffn, found, lambda a, run=run, chosen=chosen: _edited(a, chosen.get(run())))
     return handles
+
+
+def _edited(a: torch.Tensor, chosen: tuple[torch.Tensor, experts.Edit] | None) -> torch.Tensor | None:
+    """a edited at the chosen neurons (None: left as it is)."""
+    if chosen is None:
+        return None
+    neurons, edit = chosen
+    return edit(a, neurons.to(a.device), neurons)
 
 
 def _moe_module(ffn: nn.Module):
@@ -140,9 +153,11 @@ class PoolingProbe:
         self.model = model
         self.arch = architecture(model)
         self.kinds = kinds
-        every = list(decoder_layers(model))
+        every = probed_layers(model, decoder_layers(model))   # each run of a layer that runs several times
         self.layers = every[:layers]
         self.stops_early = len(self.layers) < len(every)
+        self.runs = [(layer, run) for layer, run in layer_runs(model, decoder_layers(model))
+                     if run.slots[0] < len(self.layers)]
         self.tokens_first = model_type(model) in TOKENS_FIRST
         self.stream_axis = stream_axis(model)
         self.input_positions = input_positions(model)   # ProphetNet's main stream, CPM-Ant's input after its prompt
@@ -177,35 +192,39 @@ class PoolingProbe:
             self._weights_by_device[device] = self.weights.to(device)
         return self._weights_by_device[device]
 
-    def _hooks(self, index: int, layer: nn.Module) -> list:
+    def _hooks(self, run: Run, layer: nn.Module) -> list:
+        """The probes of ``layer``, storing into the probed layer of its current run (``run()``)."""
+        index = run.slots[0]
         if index in self.skipped:   # never runs: its hidden state is the stream it passes on (skipped.py)
             return entry_hooks(decoder_layers(self.model), self.skipped, lambda x: self._store("hidden", 0, x)) \
                 if index == 0 else []
         if index in self.arch.without:   # no FFN: no neurons (collect gives it width 0)
-            return self._layer_hooks(index, layer)
-        ffn = layer_ffn(self.model.base_model, self.arch, index)
+            return self._layer_hooks(run, layer)
+        ffn = layer_ffn(self.model.base_model, self.arch, index, layer)
         if expert_blocks.probed(ffn):
-            store = lambda kind, pooled: self._store_pooled(kind, index, pooled)
+            store = lambda kind, pooled: self._store_pooled(kind, run(), pooled)
             hooks = _moe_module(ffn).moe_hooks(ffn, self._weights_on, store, self.kinds)
-            return hooks + self._layer_hooks(index, layer)
+            return hooks + self._layer_hooks(run, layer)
         a_is_z = not self.arch.gated
 
         def on_act(a: torch.Tensor) -> None:
+            index = run()
             self._store("act", index, a)   # a itself: not cached, for mean activations
             self._store("nas", index, a > 0)
             if a_is_z:
                 self._store("nav", index, a.abs())
 
         def on_down(module, inputs):
-            self._store("nav", index, inputs[0].abs())
+            self._store("nav", run(), inputs[0].abs())
 
         handles = on_a(ffn, self.arch, on_act)
         if not a_is_z:
             handles.append(submodule(ffn, self.arch.down).register_forward_pre_hook(on_down))
-        return handles + self._layer_hooks(index, layer)
+        return handles + self._layer_hooks(run, layer)
 
-    def _layer_hooks(self, index: int, layer: nn.Module) -> list:
+    def _layer_hooks(self, run: Run, layer: nn.Module) -> list:
         def on_layer(module, inputs, output):
+            index = run()
             output = output[0] if isinstance(output, (tuple, list)) else output
             self._store("hidden", index, joined(output, self.stream_axis))
             if self.stops_early and index == len(self.layers) - 1:
@@ -216,7 +235,7 @@ class PoolingProbe:
     @contextmanager
     def attached(self):
         """Hooks on for the duration of the block, removed afterwards even on error."""
-        handles = [h for index, layer in enumerate(self.layers) for h in self._hooks(index, layer)]
+        handles = counting(self.model, self.runs) + [h for layer, run in self.runs for h in self._hooks(run, layer)]
         try:
             yield self
         finally:

@@ -33,6 +33,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, ffn_lists
 from neuronxa.stage_one.models.loading import refuse_unsupported
 from neuronxa.stage_one.named_sites import checked_names
+from neuronxa.stage_one.runs import layer_path, probed_layers, schedule
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.skipped import with_skipped
 from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
@@ -219,16 +220,18 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def ffns(model: nn.Module) -> list[nn.Module | None]:
-    """Each decoder layer's FFN module (None in a layer without one)."""
-    return [ffn_lists.layer_ffn(model.base_model, architecture(model), i) for i in range(len(decoder_layers(model)))]
+    """Each probed layer's FFN module (None in a layer without one; per run of a layer that runs several times)."""
+    found = architecture(model)
+    return [ffn_lists.layer_ffn(model.base_model, found, index, layer)
+            for index, layer in enumerate(probed_layers(model, decoder_layers(model)))]
 
 
 def act_modules(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's activation module (its forward output is a); empty where a function computes a (see
     ``on_a`` for a hook point that every dense architecture has), and for mixture-of-experts and hybrid models
-    (layers without an FFN)."""
+    (layers without an FFN) and layers that run several times."""
     act = architecture(model).act
-    return [] if act is None or has_experts(model) or architecture(model).without \
+    return [] if act is None or has_experts(model) or architecture(model).without or schedule(model) \
         else [submodule(ffn, act) for ffn in ffns(model)]
 
 
@@ -253,7 +256,7 @@ def has_experts(model: nn.Module) -> bool:
 def module_paths(model: nn.Module) -> dict[str, str]:
     """Module paths of the three sites, for the cache metadata (MoE layers: what the experts module receives)."""
     found = architecture(model)
-    ffn = f"{found.ffn_list or found.layers}.{{layer}}" + (f".{found.ffn}" if found.ffn else "")
+    ffn = layer_path(model, found.ffn_list or found.layers) + (f".{found.ffn}" if found.ffn else "")
     down = f"{ffn}.{found.down} (input)"
     if found.act is not None:
         nas = f"{ffn}.{found.act} (output)"
@@ -267,7 +270,7 @@ def module_paths(model: nn.Module) -> dict[str, str]:
     if any(moe) and expert_blocks.parallel_experts(blocks[0]) is None:   # JetMoe's rows: its sites above
         routed = f"a and z of the routed experts from {ffn}.experts (input), then the shared experts'"
         paths = {kind: routed if all(moe) else f"{path}; MoE layers: {routed}" for kind, path in paths.items()}
-    return {**paths, "hidden": f"{found.layers}.{{layer}} (output)"}
+    return {**paths, "hidden": f"{layer_path(model, found.layers)} (output)"}
 
 
 def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
