@@ -44,7 +44,7 @@ def test_the_rows_the_recomputation_keeps_are_the_models_own_hidden_states(kind)
 def test_cpm_ant_reads_a_sentence_alike_alone_and_left_padded_whatever_the_tokenizers_pad_id():
     """CPM-Ant's batches are left-padded with id 0, the padding it reads, not with the tokenizer's pad id (here
     [UNK]'s, 2); BOS skipped, so that the left-padded pooling weights renumber from the first real token."""
-    model, tokenizer = tiny("cpmant"), tiny_tokenizer()
+    model, tokenizer = tiny("cpmant"), copy.deepcopy(tiny_tokenizer())   # the shared one keeps its pad token
     tokenizer.pad_token = "[UNK]"
     batched = pooled_states(model, tokenizer, SENTENCES, batch_size=len(SENTENCES), skip_bos=True)
     for row, sentence in enumerate(SENTENCES):
@@ -110,3 +110,14 @@ def test_a_layer_on_other_positions_than_its_table_says_is_refused_in_one_line()
 def test_a_sentence_holding_the_id_cpm_ant_reads_as_padding_is_refused_in_one_line():
     with pytest.raises(NeuronXAError, match=r"^sentence 1 holds token id 0, which cpmant reads as padding"):
         pooled_states(tiny("cpmant"), tiny_tokenizer(), ["tous", "tous <pad> la"])
+
+
+def test_cpm_ant_continues_a_prompt_alike_alone_and_left_padded_whatever_the_tokenizers_pad_id():
+    """The steering task's greedy continuations: prompts padded with id 0, the padding CPM-Ant reads (with the
+    tokenizer's pad id, [UNK]'s, the shorter prompt's continuation changes)."""
+    from neuronxa.neurons.steering import continuations
+
+    model, tokenizer = tiny("cpmant"), copy.deepcopy(tiny_tokenizer())
+    tokenizer.pad_token = "[UNK]"
+    prompts = SENTENCES[:2]
+    assert continuations(model, tokenizer, prompts, 4) == [continuations(model, tokenizer, [p], 4)[0] for p in prompts]

@@ -21,6 +21,7 @@ import torch
 
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one.forward import model_device
+from neuronxa.stage_one.positions import padding
 
 # ISO 639-3 (the corpus's codes without their script) -> the identifier's ISO 639-1 label
 IDENTIFIER_LABELS = {
@@ -120,13 +121,15 @@ def applied(model, cell: Intervention, sets: dict[str, NeuronSet]) -> Iterator[N
 
 def continuations(model, tokenizer, prompts: list[str], new_tokens: int) -> list[list[int]]:
     """The greedy continuation of each prompt (``new_tokens`` tokens at most, fewer after an end token): token
-    ids, prompts batched with left padding."""
+    ids, prompts batched with left padding (with the id the model reads as padding)."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model_device(model))
     finally:
         tokenizer.padding_side = side
+    pad_id, _ = padding(model, tokenizer)   # the id the model reads as padding (CPM-Ant: 0), else the tokenizer's
+    batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, pad_id)
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, top_p=None, top_k=None,
                              pad_token_id=tokenizer.pad_token_id)
