@@ -5,13 +5,19 @@ experts' inputs and weights. (Fixtures live in conftest.py, which builds them fr
 
 import inspect
 import math
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_module
 
 from moe_layouts import is_layout, is_stacked, layout_states, stacked_states, with_dense_beside
+from neuronxa.data.readers import read_tsv
+from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one import models
+from neuronxa.stage_one.cache import extract_corpus
 from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.probes import architecture, decoder_layers
 from neuronxa.stage_two.metrics import beaten
@@ -190,6 +196,18 @@ def composed(overrides: list[str], hydra: bool = False):
     """The config as ``python -m neuronxa.run`` composes it, found as the installed package's configs."""
     with initialize_config_module("neuronxa.conf", version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def assert_refused_before_weights_load(folder, tmp_path, monkeypatch, sites: str, said: str) -> None:
+    """Stage one of the model in ``folder`` on the toy corpus, with ``sites`` named in the config, ends with the
+    line beginning ``said`` before any weights load."""
+    from neuronxa.tasks.common import stage_one_options   # the tasks import the whole tool: only when needed
+
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("weights were loaded"))
+    cfg = composed(tiny_overrides(folder, tmp_path) + [sites])
+    with pytest.raises(NeuronXAError, match=f"^{re.escape(said)}"):
+        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), models.spec_from_config(cfg.model), tmp_path / "cache",
+                       options=stage_one_options(cfg, cfg.model))
 
 
 POOLS = ("weighted", "mean", "last")

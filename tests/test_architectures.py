@@ -23,7 +23,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import FIXTURES, ROOT, composed, moe_blocks, recomputed_experts, tiny_overrides, tiny_tokenizer
+from helpers import (
+    FIXTURES,
+    ROOT,
+    assert_refused_before_weights_load,
+    composed,
+    moe_blocks,
+    recomputed_experts,
+    tiny_overrides,
+    tiny_tokenizer,
+)
 from recurrence import recomputed_runs
 from neuronxa.data.readers import read_tsv
 from neuronxa.errors import NeuronXAError
@@ -608,11 +617,7 @@ def test_sites_named_in_the_config_key_the_cache_and_give_the_found_states(tiny_
     ("model.sites={layers: layers, down: down_proj}", "model.sites: expected a mapping with layers"),
 ])
 def test_bad_named_sites_fail_in_one_line_before_weights_load(tiny_folder, tmp_path, monkeypatch, sites, said):
-    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("weights were loaded"))
-    cfg = composed(tiny_overrides(tiny_folder, tmp_path) + [sites])
-    with pytest.raises(NeuronXAError, match=f"^{re.escape(said)}"):
-        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec_from_config(cfg.model), tmp_path / "cache",
-                       options=stage_one_options(cfg, cfg.model))
+    assert_refused_before_weights_load(tiny_folder, tmp_path, monkeypatch, sites, said)
 
 
 def save_tiny(kind: str, folder):

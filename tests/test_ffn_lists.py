@@ -8,18 +8,17 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from helpers import FIXTURES, composed, tiny_overrides, tiny_tokenizer
+from helpers import FIXTURES, assert_refused_before_weights_load, composed, tiny_overrides, tiny_tokenizer
 from neuronxa.data.readers import read_tsv
 from neuronxa.errors import NeuronXAError
 from neuronxa.neurons.deactivation import deactivated
-from neuronxa.stage_one import ffn_lists, models
+from neuronxa.stage_one import ffn_lists
 from neuronxa.stage_one.cache import extract_corpus
 from neuronxa.stage_one.forward import pooled_states
 from neuronxa.stage_one.models import spec_from_config
@@ -138,11 +137,7 @@ def test_an_ffn_list_named_in_the_config_keys_the_cache_and_gives_the_found_stat
     (NAMED.replace("down: lin2", "down: lin3"), "model.sites.down: the model has no module ffns.0.lin3"),
 ])
 def test_a_bad_ffn_list_fails_in_one_line_before_weights_load(xlm_folder, tmp_path, monkeypatch, sites, said):
-    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("weights were loaded"))
-    cfg = composed(tiny_overrides(xlm_folder, tmp_path) + [sites])
-    with pytest.raises(NeuronXAError, match=f"^{re.escape(said)}"):
-        extract_corpus(read_tsv(FIXTURES / "toy.tsv"), spec_from_config(cfg.model), tmp_path / "cache",
-                       options=stage_one_options(cfg, cfg.model))
+    assert_refused_before_weights_load(xlm_folder, tmp_path, monkeypatch, sites, said)
 
 
 def test_an_ffn_list_shorter_than_the_layers_is_refused_in_one_line():
