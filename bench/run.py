@@ -45,7 +45,8 @@ from neuronxa.stage_one.forward import length_batches, model_device, padded, poo
 from neuronxa.stage_one.models import ModelSpec
 from neuronxa.stage_one.options import StageOneOptions
 from neuronxa.stage_one.pooling import POOLINGS
-from neuronxa.stage_one.probes import architecture, decoder_layers, layer_ffn, on_a, submodule
+from neuronxa.stage_one.probes import architecture, on_a, submodule
+from neuronxa.stage_one.sites import ffns
 from neuronxa.stage_one.store import StateStore
 from neuronxa.stage_two import registry, scoring
 
@@ -90,8 +91,7 @@ def naive_extraction(model, tokenizer, texts: list[str], max_length: int) -> flo
     captured = {}
     hooks = []
     arch = architecture(model)
-    for index in range(len(decoder_layers(model))):
-        ffn = layer_ffn(model.base_model, arch, index)
+    for index, ffn in enumerate(ffns(model)):
         hooks += on_a(ffn, arch, lambda a, index=index: captured.__setitem__(("a", index), a.float().cpu().numpy()))
         hooks.append(submodule(ffn, arch.down).register_forward_pre_hook(
             lambda m, i, index=index: captured.__setitem__(("z", index), i[0].float().cpu().numpy())))

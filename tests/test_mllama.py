@@ -145,3 +145,23 @@ def test_the_neurons_task_finds_neurons_in_the_self_attention_layer_only(full_fo
     found = pd.read_csv(tmp_path / "neurons" / "neurons.csv")
     assert len(found) and set(found.layer) == {1} and (found.neuron < 48).all()
     assert pd.read_csv(tmp_path / "neurons" / "deactivation.csv", index_col=0).shape == (2, 2)
+
+
+def test_mean_activations_keep_every_layer_with_none_where_the_forward_pass_skips_it():
+    """The steering task's mean a per neuron: the self-attention layer's equals its silu(gate x) averaged over
+    every token of the sentences (BOS left out), recomputed from the FFN's input; the skipped layers' rows are
+    zero (width 0, padded)."""
+    from neuronxa.neurons.intervention import mean_activations
+
+    model, tokenizer = text_model(), tiny_tokenizer()
+    mlp, rows = model.model.layers[1].mlp, []
+    hook = mlp.gate_proj.register_forward_pre_hook(lambda m, i: rows.append(i[0][0, 1:]))   # tokens after BOS
+    with torch.no_grad():
+        for sentence in SENTENCES:
+            model.model(**tokenizer(sentence, return_tensors="pt"))
+    hook.remove()
+    expected = torch.nn.functional.silu(mlp.gate_proj(torch.cat(rows))).mean(dim=0).detach().numpy()
+    means = mean_activations(model, tokenizer, SENTENCES, batch_size=3)
+    assert means.shape == (3, TEXT["intermediate_size"])
+    np.testing.assert_allclose(means[1], expected, atol=1e-5, rtol=1e-5)
+    assert not means[[0, 2]].any()

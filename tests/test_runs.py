@@ -20,7 +20,7 @@ from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one import runs
 from neuronxa.stage_one.forward import activation_counts, pooled_states
-from neuronxa.stage_one.probes import KINDS, decoder_layers, layer_widths
+from neuronxa.stage_one.probes import KINDS, architecture, decoder_layers, layer_ffn, layer_widths
 
 # (H_cycles, L_cycles, layers per stack): the test model's, one L run per cycle, and one H cycle of three L runs
 CYCLES = [(2, 2, 2), (3, 1, 2), (1, 3, 1)]
@@ -46,6 +46,8 @@ def test_each_run_is_the_probed_layer_of_the_models_own_cache_slot(cycles):
     assert len(probed) == len(calls) and all(probed[slot] is layer for layer, slot in calls)
     for layer, run in runs.layer_runs(model, decoder_layers(model)):
         assert run.slots == tuple(slot for called, slot in calls if called is layer)
+    for layer, slot in calls:   # the public way to a run's FFN: that of the layer module called on that run
+        assert layer_ffn(model.base_model, architecture(model), slot) is layer.mlp
     schedule = runs.schedule(model)
     for h in range(h_cycles):
         for l in range(l_cycles + 1):
@@ -135,6 +137,17 @@ def test_a_layer_that_runs_more_often_than_its_schedule_says_is_refused_in_one_l
     with pytest.raises(NeuronXAError, match=r"^a decoder layer ran more than the 2 times its model type's schedule "
                                             r"gives it \(probed layers 0, 2\) in one forward pass: .*not defined$"):
         pooled_states(hrm(), tiny_tokenizer(), SENTENCES[:1])
+
+
+def test_expert_neurons_of_a_layer_that_runs_several_times_are_refused_in_one_line(monkeypatch):
+    """No installed type schedules a mixture-of-experts layer: were one to, its runs' experts could not be edited
+    apart, so deactivating them is refused before any hook is attached."""
+    model = tiny("qwen2_moe")
+    monkeypatch.setitem(runs.SCHEDULES, "qwen2_moe", lambda config: (("layers", 0), ("layers", 1), ("layers", 0)))
+    with pytest.raises(NeuronXAError, match=r"^expert neurons of a layer that runs several times in one forward "
+                                            r"pass cannot be edited run by run: not supported$"):
+        with deactivated(model, {0: [0]}):
+            pass
 
 
 def test_a_layer_that_runs_twice_without_a_schedule_is_refused_in_one_line():

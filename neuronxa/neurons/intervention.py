@@ -99,7 +99,8 @@ def intervene(model: nn.Module, neurons: pd.DataFrame | Iterable[tuple[int, int]
 
 def mean_activations(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 16,
                      max_length: int = 512) -> np.ndarray:
-    """The mean a of every neuron over the texts' tokens (a leading BOS left out): float32 (layers, neurons)."""
+    """The mean a of every neuron over the texts' tokens (a leading BOS left out): float32 (layers, neurons), a
+    layer narrower than the widest (none where it has no FFN) zero-padded."""
     if has_experts(model):
         raise NeuronXAError("mean activations are defined for dense FFN neurons only: an expert neuron has no a on "
                             "the tokens not routed to its expert (intervene with a given value instead)")
@@ -111,9 +112,19 @@ def mean_activations(model: nn.Module, tokenizer, texts: list[str], *, batch_siz
     total, counted = None, 0.0
     for _, batch_weights, pooled in probed_batches(model, tokenizer, token_ids, kinds=("act",), weights=weights,
                                                    batch_size=batch_size, progress=False):
-        summed = pooled["act"][:, 0].double().sum(dim=1)       # (layers, neurons)
+        summed = _summed_over_batch(pooled["act"])             # (layers, neurons)
         total = summed if total is None else total + summed
         counted += float(batch_weights.sum())
     if total is None or not counted:
         raise NeuronXAError("mean activations need at least one text with a token besides BOS")
     return (total / counted).float().cpu().numpy()
+
+
+def _summed_over_batch(act: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Per layer, a summed over a batch's sentences (each pooled by its tokens' sum): (layers, widest), from
+    (layers, 1, batch, width) or, where layers differ in width, a list of (1, batch, width of the layer)."""
+    if not isinstance(act, list):
+        return act[:, 0].double().sum(dim=1)
+    widest = max(layer.shape[-1] for layer in act)
+    return torch.stack([nn.functional.pad(layer[0].double().sum(dim=0), (0, widest - layer.shape[-1]))
+                        for layer in act])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
+from neuronxa.stage_one.runs import probed_layers
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.structure import ffn_parts, submodule
 
@@ -20,11 +21,14 @@ OUTPUTS = {"xlm": "layer_norm2"}   # model type -> the list whose items' outputs
 
 def layer_ffn(base: nn.Module, sites: Sites, index: int, layer: nn.Module | None = None) -> nn.Module | None:
     """The FFN of probed layer ``index`` under the base model (None in a layer without one): within ``layer``, the
-    module that runs it (by default item ``index`` of the layers), or item ``index`` of the list beside them."""
+    module that runs it (by default the layer that runs it: item ``index`` of the layers, or, where layers run
+    several times, the one of run ``index``), or item ``index`` of the list beside them."""
     if index in sites.without:
         return None
-    if sites.ffn_list is not None or layer is None:
-        layer = submodule(base, sites.ffn_list or sites.layers)[index]
+    if sites.ffn_list is not None:
+        layer = submodule(base, sites.ffn_list)[index]
+    elif layer is None:
+        layer = probed_layers(base, submodule(base, sites.layers))[index]
     return submodule(layer, sites.ffn)
 
 

@@ -112,7 +112,10 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
         if not chosen:
             continue
         ffn = layer_ffn(model.base_model, found, run.slots[0], layer)
-        if expert_blocks.probed(ffn):   # one run: the one scheduled type (HRM-Text) is dense
+        if expert_blocks.probed(ffn) and len(run.slots) > 1:   # the one scheduled type (HRM-Text) is dense
+            raise NeuronXAError("expert neurons of a layer that runs several times in one forward pass cannot be "
+                                "edited run by run: not supported")
+        if expert_blocks.probed(ffn):
             handles += _moe_module(ffn).edit_hooks(ffn, *chosen[run.slots[0]])
         else:
             handles += on_a(ffn, found, lambda a, run=run, chosen=chosen: _edited(a, chosen.get(run())))
