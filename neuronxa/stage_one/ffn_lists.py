@@ -12,7 +12,7 @@ from torch import nn
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.runs import probed_layers
 from neuronxa.stage_one.site_paths import Sites
-from neuronxa.stage_one.structure import ffn_parts, submodule
+from neuronxa.stage_one.structure import ffn_parts, model_type, submodule
 
 __all__ = ["OUTPUTS", "beside", "check_list", "layer_ffn"]
 
@@ -36,7 +36,7 @@ def beside(model: nn.Module, path: str, hidden: int) -> tuple[str, str | None]:
     """The decoder layers' path and, where no module in them is an FFN, that of a list beside them, as long,
     whose every item is an FFN (``OUTPUTS`` naming the layers; one line where it names none); else
     ``(path, None)``."""
-    base, kind = model.base_model, getattr(model.config, "model_type", type(model).__name__)
+    base, kind = model.base_model, model_type(model)
     layers = submodule(base, path)
     if any(ffn_parts(module, hidden) for module in layers.modules()):
         return path, None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.structure import submodule
+from neuronxa.stage_one.structure import model_type, submodule
 
 Schedule = tuple[tuple[str, int], ...]
 
@@ -34,7 +34,7 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {"hrm_text": _hrm_text}
 
 def schedule(model: nn.Module) -> Schedule | None:
     """Per probed layer, the layer that runs it, in the order they run; None where each decoder layer runs once."""
-    rule = SCHEDULES.get(getattr(model.config, "model_type", None))
+    rule = SCHEDULES.get(model_type(model))
     return None if rule is None else rule(model.config.get_text_config())
 
 

@@ -36,7 +36,7 @@ from neuronxa.stage_one.named_sites import checked_names
 from neuronxa.stage_one.runs import layer_path, probed_layers, schedule
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.skipped import with_skipped
-from neuronxa.stage_one.structure import act_module, ffn_parts, projections, submodule, widths
+from neuronxa.stage_one.structure import act_module, ffn_parts, model_type, projections, submodule, widths
 
 __all__ = ["ACTIVATIONS", "Sites", "act_modules", "architecture", "checked_sites", "decoder_layers", "ffn_width",
            "ffns", "find_sites", "has_experts", "layer_list", "layer_widths", "model_type", "module_paths",
@@ -61,10 +61,6 @@ def name_sites(model: nn.Module, sites: Sites | None) -> None:
         _NAMED.pop(model, None)
     else:
         _NAMED[model] = checked_sites(model, sites)
-
-
-def model_type(model: nn.Module) -> str:
-    return getattr(model.config, "model_type", type(model).__name__)
 
 
 def layer_list(model: nn.Module) -> str:

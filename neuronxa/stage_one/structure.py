@@ -12,6 +12,11 @@ _ACT_CLASS = re.compile(r"act|gelu|relu|silu|swish|sigmoid|tanh|glu|xielu", re.I
 _NOT_ACT = (nn.Linear, nn.Dropout, nn.LayerNorm, nn.Embedding, nn.Identity)
 
 
+def model_type(model: nn.Module) -> str:
+    """The model's type as its config names it (its class name where it has none)."""
+    return getattr(model.config, "model_type", type(model).__name__)
+
+
 def submodule(module: nn.Module, path: str) -> nn.Module:
     """``module.a.b`` for ``path='a.b'`` (the empty path is the module itself)."""
     for name in filter(None, path.split(".")):
