@@ -89,6 +89,24 @@ def test_skipped_layers_have_no_neurons_and_pass_the_stream_on():
     np.testing.assert_allclose(first["hidden"]["mean"][0], states["hidden"]["mean"][0], atol=1e-5, rtol=1e-5)
 
 
+def test_probing_up_to_a_skipped_layer_stops_the_forward_pass_after_the_last_layer_that_runs():
+    """Four layers, cross-attention at 0 and 2; the first three probed: the pass ends after layer 1 (layer 3 never
+    runs), and layer 2's hidden state is the stream layer 1 passes on, as in the full run."""
+    from transformers import MllamaForCausalLM, MllamaTextConfig
+
+    torch.manual_seed(0)
+    model = MllamaForCausalLM(MllamaTextConfig(**dict(TEXT, num_hidden_layers=4))).eval()
+    calls = []
+    hook = model.model.layers[3].register_forward_pre_hook(lambda m, i: calls.append(1))
+    first = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3, layers=3)
+    hook.remove()
+    assert not calls
+    full = pooled_states(model, tiny_tokenizer(), SENTENCES, batch_size=3)
+    for layer in range(3):
+        np.testing.assert_allclose(first["hidden"]["mean"][layer], full["hidden"]["mean"][layer], atol=1e-5,
+                                   rtol=1e-5)
+
+
 def test_deactivation_reaches_the_self_attention_layers_and_refuses_a_skipped_one():
     model, ids = text_model(), tiny_tokenizer()(SENTENCES[0], return_tensors="pt")["input_ids"]
     hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

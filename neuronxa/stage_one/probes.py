@@ -165,6 +165,8 @@ class PoolingProbe:
         self.stream_axis = stream_axis(model)
         self.input_positions = input_positions(model)   # ProphetNet's main stream, CPM-Ant's input after its prompt
         self.skipped = skipped_layers(model.config)   # on text alone: no FFN states, the stream passed on
+        # the last probed layer that runs (one the forward pass skips stores nothing): where to stop early
+        self.last_run = max((i for i in range(len(self.layers)) if i not in self.skipped), default=len(every))
         self.weights: torch.Tensor | None = None
         self._weights_by_device: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
@@ -230,7 +232,7 @@ class PoolingProbe:
             index = run()
             output = output[0] if isinstance(output, (tuple, list)) else output
             self._store("hidden", index, joined(output, self.stream_axis))
-            if self.stops_early and index == len(self.layers) - 1:
+            if self.stops_early and index == self.last_run:
                 raise StopForward
 
         return [layer.register_forward_hook(on_layer)]
