@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.forward import probed_batches, tokenize
+from neuronxa.stage_one.forward import padded_layers, probed_batches, tokenize
 from neuronxa.stage_one.experts import Edit
 from neuronxa.stage_one.pooling import pooling_weights, real_token_mask
 from neuronxa.stage_one.probes import edit_hooks, has_experts, layer_widths
@@ -125,6 +125,4 @@ def _summed_over_batch(act: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     (layers, 1, batch, width) or, where layers differ in width, a list of (1, batch, width of the layer)."""
     if not isinstance(act, list):
         return act[:, 0].double().sum(dim=1)
-    widest = max(layer.shape[-1] for layer in act)
-    return torch.stack([nn.functional.pad(layer[0].double().sum(dim=0), (0, widest - layer.shape[-1]))
-                        for layer in act])
+    return torch.from_numpy(padded_layers([layer[0].double().sum(dim=0).cpu().numpy() for layer in act]))
