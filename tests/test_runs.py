@@ -143,11 +143,14 @@ def test_expert_neurons_of_a_layer_that_runs_several_times_are_refused_in_one_li
     """No installed type schedules a mixture-of-experts layer: were one to, its runs' experts could not be edited
     apart, so deactivating them is refused before any hook is attached."""
     model = tiny("qwen2_moe")
+    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    before = hooks()
     monkeypatch.setitem(runs.SCHEDULES, "qwen2_moe", lambda config: (("layers", 0), ("layers", 1), ("layers", 0)))
     with pytest.raises(NeuronXAError, match=r"^expert neurons of a layer that runs several times in one forward "
                                             r"pass cannot be edited run by run: not supported$"):
         with deactivated(model, {0: [0]}):
             pass
+    assert hooks() == before   # none attached
 
 
 def test_a_layer_that_runs_twice_without_a_schedule_is_refused_in_one_line():

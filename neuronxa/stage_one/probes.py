@@ -29,7 +29,6 @@ from neuronxa.stage_one.ffn_lists import layer_ffn
 from neuronxa.stage_one.options import SITE_NAMES
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.positions import input_positions
-from neuronxa.stage_one.skipped import entry_hooks, passed_on, skipped_layers
 from neuronxa.stage_one.runs import Run, counting, layer_runs, probed_layers
 from neuronxa.stage_one.sites import (
     Sites,
@@ -44,6 +43,7 @@ from neuronxa.stage_one.sites import (
     submodule,
     widths,
 )
+from neuronxa.stage_one.skipped import entry_hooks, passed_on, skipped_layers
 from neuronxa.stage_one.streams import joined, stream_axis
 
 __all__ = ["KINDS", "MOE_KINDS", "SITE_NAMES", "PoolingProbe", "StopForward", "act_modules", "architecture",
@@ -106,19 +106,17 @@ def edit_hooks(model: nn.Module, edits: Mapping[int, tuple[torch.Tensor, experts
         raise NeuronXAError(f"decoder layer {empty[0]} has no FFN, so no neurons (its mixer is another "
                             "kind, or the forward pass skips it on text alone)")
     runs = layer_runs(model, submodule(model.base_model, found.layers))
+    chosen = [(layer_ffn(model.base_model, found, run.slots[0], layer), run, picked) for layer, run in runs
+              if (picked := {slot: edits[slot] for slot in run.slots if slot in edits and len(edits[slot][0])})]
+    if any(expert_blocks.probed(ffn) and len(run.slots) > 1 for ffn, run, _ in chosen):   # HRM-Text is dense
+        raise NeuronXAError("expert neurons of a layer that runs several times in one forward pass cannot be "
+                            "edited run by run: not supported")
     handles = counting(model, runs)
-    for layer, run in runs:
-        chosen = {slot: edits[slot] for slot in run.slots if slot in edits and len(edits[slot][0])}
-        if not chosen:
-            continue
-        ffn = layer_ffn(model.base_model, found, run.slots[0], layer)
-        if expert_blocks.probed(ffn) and len(run.slots) > 1:   # the one scheduled type (HRM-Text) is dense
-            raise NeuronXAError("expert neurons of a layer that runs several times in one forward pass cannot be "
-                                "edited run by run: not supported")
+    for ffn, run, picked in chosen:
         if expert_blocks.probed(ffn):
-            handles += _moe_module(ffn).edit_hooks(ffn, *chosen[run.slots[0]])
+            handles += _moe_module(ffn).edit_hooks(ffn, *picked[run.slots[0]])
         else:
-            handles += on_a(ffn, found, lambda a, run=run, chosen=chosen: _edited(a, chosen.get(run())))
+            handles += on_a(ffn, found, lambda a, run=run, picked=picked: _edited(a, picked.get(run())))
     return handles
 
 
