@@ -33,6 +33,7 @@ from helpers import (
     tiny_overrides,
     tiny_tokenizer,
 )
+from byte_patches import recomputed_patches
 from recurrence import recomputed_runs
 from neuronxa.data.readers import read_tsv
 from neuronxa.errors import NeuronXAError
@@ -110,10 +111,14 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "gemma4_text": GEMMA4,
          # a low swiglu_limit, so that its experts' clamps bite; an indexer top-k over every key of the sentences
          "hy_v4": dict(MLA, index_head_dim=8, index_n_heads=2, index_topk=64, swiglu_limit=0.5),
-         # a patcher, a local encoder and decoder of one layer around a global transformer of two
-         "blt": dict(encoder_hash_byte_group_vocab=100, **{f"{part}_config": dict(TINY, num_hidden_layers=layers)
-                                                           for part, layers in (("patcher", 1), ("encoder", 1),
-                                                                                ("decoder", 1), ("global", 2))}),
+         # a patcher, a local encoder and decoder of one layer around a global transformer of two, wider (48, FFN
+         # 64); a patching threshold inside the tiny patcher's entropies (about 3.9 to 4.4), so that patches hold
+         # one to several tokens
+         "blt": dict(encoder_hash_byte_group_vocab=100, patching_threshold=4.1,
+                     patcher_config=dict(TINY, num_hidden_layers=1),
+                     global_config=dict(TINY, hidden_size=48, intermediate_size=64, head_dim=None),
+                     **{f"{part}_config": dict(TINY, num_hidden_layers=1, hidden_size_global=48)
+                        for part in ("encoder", "decoder")}),
          "emu3": dict(text_config=TINY), "gemma4_unified": dict(text_config=GEMMA4),
          "got_ocr2": dict(text_config=TINY, vision_config=dict(VISION, output_channels=16, image_size=32,
                                                                 patch_size=16, window_size=2, global_attn_indexes=[0],
@@ -181,10 +186,10 @@ NO_FFN = {"mamba", "mamba2", "falcon_mamba"}
 # all of them side by side, stream by stream)
 STREAMS = {"gemma3n_text": 0, "deepseek_v4": 2, "hy_v4": 2}
 # refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks,
-# Reformer (its LSH attention makes a sentence's states depend on its batch and run), BLT (its global transformer
-# runs on patches of bytes) and Gemma 4's draft models for speculative decoding (they read their backbone's key and
-# value states); musicgen's causal LM cannot be built from its own config: its decoder's (musicgen_decoder) is tested
-UNSUPPORTED = {"blt", "gemma4_assistant", "gemma4_unified_assistant", "musicgen", "musicgen_melody", "reformer"}
+# Reformer (its LSH attention makes a sentence's states depend on its batch and run) and Gemma 4's draft models for
+# speculative decoding (they read their backbone's key and value states); musicgen's causal LM cannot be built from
+# its own config: its decoder's (musicgen_decoder) is tested
+UNSUPPORTED = {"gemma4_assistant", "gemma4_unified_assistant", "musicgen", "musicgen_melody", "reformer"}
 # Gemma 4's draft models cannot be built from a config here: each layer reads the backbone's key and value states
 # (num_kv_shared_layers = num_hidden_layers), which Gemma 4's kv_sharing_modes refuses; refused from config.json
 DRAFTS = {"gemma4_assistant", "gemma4_unified_assistant"}
@@ -310,6 +315,8 @@ def recomputed_states(kind: str, model, tokenizer, sentences=SENTENCES) -> dict[
     where layers run several times (HRM-Text: tests/recurrence.py)."""
     if kind == "hrm_text":
         return recomputed_runs(model, tokenizer, sentences)
+    if kind == "blt":   # its global transformer runs on patches of bytes (tests/byte_patches.py)
+        return recomputed_patches(model, tokenizer, sentences)
     layers, moe = find_layers(model), moe_blocks(model) if kind in MOE else {}
     holders = getattr(model.base_model, "ffns", layers)   # XLM: layer i's FFN is ffns[i], beside its layers
     ffns = {index: ffn_of(holder) for index, holder in enumerate(holders)   # a hybrid's other mixers have no FFN

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from neuronxa.neurons.intervention import intervene
-from neuronxa.stage_one.forward import model_device
-from neuronxa.stage_one.positions import padding
+from neuronxa.stage_one.forward import length_batches, model_device
+from neuronxa.stage_one.positions import padding, same_length
 
 # ISO 639-3 (the corpus's codes without their script) -> the identifier's ISO 639-1 label
 IDENTIFIER_LABELS = {
@@ -121,7 +121,19 @@ def applied(model, cell: Intervention, sets: dict[str, NeuronSet]) -> Iterator[N
 
 def continuations(model, tokenizer, prompts: list[str], new_tokens: int) -> list[list[int]]:
     """The greedy continuation of each prompt (``new_tokens`` tokens at most, fewer after an end token): token
-    ids, prompts batched with left padding (with the id the model reads as padding)."""
+    ids, prompts batched with left padding (with the id the model reads as padding); where padding would change
+    a model's states (BLT), prompts of one length at a time."""
+    if not same_length(model):
+        return _continued(model, tokenizer, prompts, new_tokens)
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    found = {}
+    for group in length_batches(lengths, len(prompts), same_length=True):
+        found.update(zip(group, _continued(model, tokenizer, [prompts[i] for i in group], new_tokens)))
+    return [found[index] for index in range(len(prompts))]
+
+
+def _continued(model, tokenizer, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """The greedy continuations of prompts in one batch, left-padded."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:

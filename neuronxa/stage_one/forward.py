@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from neuronxa.errors import check_whole
 from neuronxa.stage_one.options import check_max_length
 from neuronxa.stage_one.pooling import POOLINGS, pooling_weights, real_token_mask
-from neuronxa.stage_one.positions import check_no_padding_ids, padding
+from neuronxa.stage_one.positions import check_no_padding_ids, padding, same_length
 from neuronxa.stage_one.probes import PoolingProbe, kinds_of
 from neuronxa.stage_one.store import FLOAT16_MAX
 
@@ -47,17 +47,19 @@ def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[list[lis
     return [ids[:max_length] for ids in encoded], np.array([len(ids) > max_length for ids in encoded], dtype=bool)
 
 
-def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
+def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None, *,
+                   same_length: bool = False) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first (so memory peaks at the start): at most
     ``batch_size`` sentences, and with ``batch_tokens`` at most that many padded tokens (sentences × the longest),
-    so that batches of short sentences hold more of them (a sentence longer than the budget goes alone)."""
+    so that batches of short sentences hold more of them (a sentence longer than the budget goes alone); with
+    ``same_length``, only sentences of one length (batches that need no padding)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    if batch_tokens is None:
-        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     batches: list[list[int]] = []
     for index in order:
         current = batches[-1] if batches else None
-        if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= batch_tokens:
+        if current and len(current) < batch_size \
+                and (batch_tokens is None or (len(current) + 1) * lengths[current[0]] <= batch_tokens) \
+                and (not same_length or lengths[index] == lengths[current[0]]):
             current.append(index)
         else:
             batches.append([index])
@@ -188,7 +190,8 @@ def probed_batches(model, tokenizer, token_ids: list[list[int]], *, kinds: tuple
     device = model_device(model)
     pad_id, left = padding(model, tokenizer)
     check_no_padding_ids(model, token_ids)
-    batches = length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens)
+    batches = length_batches([len(ids) for ids in token_ids], batch_size, batch_tokens,
+                             same_length=same_length(model))
     with torch.inference_mode(), probe.attached():
         for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False, position=1):
             ids, attention = padded([token_ids[i] for i in batch], pad_id, device, left)

@@ -1,5 +1,6 @@
-"""Models whose decoder layers run on more positions than the input has tokens, and models that read padding
-from the token ids rather than from the attention mask: what structure cannot tell, in two small tables.
+"""Models whose decoder layers run on more positions than the input has tokens, models that read padding from the
+token ids rather than from the attention mask, and models whose states depend on padding: what structure cannot
+tell, in three small tables.
 
 - ProphetNet's decoder runs each layer on its main stream (the input's T tokens) followed by its ``ngram``
   predicting streams, concatenated along the token axis: (batch, (1 + ngram)·T, width). The states read are the
@@ -7,6 +8,8 @@ from the token ids rather than from the attention mask: what structure cannot te
 - CPM-Ant prepends ``prompt_length`` prompt tokens to every input inside its forward pass: (batch,
   prompt_length + T, width). The states read are the input's, the last T positions. It takes padding from token
   id 0 as left padding (the last ``length`` positions of a row are real, ``length`` its count of non-zero ids).
+- BLT cuts its patches without reading the attention mask (patches.py): its batches hold sentences of one length,
+  never padded.
 
 Deactivation and the other interventions edit a on every position a layer runs on, as zeroing the neuron's column
 of the down projection in the model would: ProphetNet's next-token logits come from its first predicting stream,
@@ -30,6 +33,7 @@ INPUT_POSITIONS: dict[str, Callable[[object, int], tuple[int, slice]]] = {
 }
 # model type -> the token id the model itself reads as padding, which must then be left padding
 LEFT_PADDING = {"cpmant": 0}
+SAME_LENGTH = {"blt"}   # model types whose batches hold sentences of one length (padding would change states)
 
 
 def input_positions(model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
@@ -68,3 +72,8 @@ def check_no_padding_ids(model: nn.Module, token_ids: list[list[int]]) -> None:
     if holding:
         raise NeuronXAError(f"sentence {holding[0]} holds token id {pad_id}, which {model_type(model)} reads as "
                             "padding, so its states would not be the sentence's: remove that token from the corpus")
+
+
+def same_length(model: nn.Module) -> bool:
+    """Whether the model's batches must hold sentences of one length (``SAME_LENGTH``): never padded."""
+    return model_type(model) in SAME_LENGTH

@@ -12,7 +12,9 @@ model computes them under another leading shape (OPT flattens batch and tokens; 
 (tokens, batch, width), which structure cannot tell: ``TOKENS_FIRST``), they are reshaped to (batch, tokens, width)
 first; where they run on more positions than the input has tokens (``positions.py``), the input's are kept.
 ``on_a`` is the one hook point of a per layer, for probes and interventions alike. A layer that runs several times
-in one forward pass (HRM-Text's) gives one probed layer per run, numbered as the model numbers its runs (runs.py).
+in one forward pass (HRM-Text's) gives one probed layer per run, numbered as the model numbers its runs (runs.py);
+layers that run on patches of tokens (BLT's global transformer) pool with the weights of each patch's tokens
+(patches.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, experts, glu_experts, parallel_experts, scaled_experts, swiglu
 from neuronxa.stage_one.ffn_lists import layer_ffn
 from neuronxa.stage_one.options import SITE_NAMES
+from neuronxa.stage_one.patches import patch_hooks, patch_weights, patched_layers
 from neuronxa.stage_one.pooling import pool
 from neuronxa.stage_one.positions import input_positions
 from neuronxa.stage_one.runs import Run, counting, layer_runs, probed_layers
@@ -163,10 +166,12 @@ class PoolingProbe:
         self.stream_axis = stream_axis(model)
         self.input_positions = input_positions(model)   # ProphetNet's main stream, CPM-Ant's input after its prompt
         self.skipped = skipped_layers(model.config)   # on text alone: no FFN states, the stream passed on
+        self.patched = patched_layers(model)   # layers over patches of tokens: pooled with patch weights
         # the last probed layer that runs (one the forward pass skips stores nothing): where to stop early
         self.last_run = max((i for i in range(len(self.layers)) if i not in self.skipped), default=len(every))
         self.weights: torch.Tensor | None = None
-        self._weights_by_device: dict[torch.device, torch.Tensor] = {}
+        self.patch_weights: torch.Tensor | None = None
+        self._weights_by_device: dict[tuple[torch.device, bool], torch.Tensor] = {}
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
 
     def _store(self, kind: str, layer: int, states: torch.Tensor) -> None:
@@ -174,26 +179,35 @@ class PoolingProbe:
             if self._pooled[kind][layer] is not None:
                 raise NeuronXAError(f"decoder layer {layer} ran twice in one forward pass (a recurrent model?): "
                                     "its FFN states per token are not defined")
+            patched = layer in self.patched
+            weights = self.patch_weights if patched else self.weights
             if self.input_positions is not None:
-                states = self.input_positions(states, self.weights.shape[-1])
-            if states.numel() != self.weights[0].numel() * states.shape[-1]:
+                states = self.input_positions(states, weights.shape[-1])
+            if states.numel() != weights[0].numel() * states.shape[-1]:
                 raise NeuronXAError(f"decoder layer {layer}'s {kind} states have shape {tuple(states.shape)}, not "
                                     "(batch, tokens, width) (several residual streams?): not supported")
             if self.tokens_first:
                 states = states.transpose(0, 1)
             # with device_map, layers may sit on several devices: pool where the states are, gather on the first
-            states = states.reshape(*self.weights.shape[1:], states.shape[-1])   # e.g. OPT's (batch·tokens, width)
-            self._store_pooled(kind, layer, pool(self._weights_on(states.device), states))
+            states = states.reshape(*weights.shape[1:], states.shape[-1])   # e.g. OPT's (batch·tokens, width)
+            self._store_pooled(kind, layer, pool(self._weights_on(states.device, patched), states))
 
     def _store_pooled(self, kind: str, layer: int, pooled: torch.Tensor) -> None:
         """Keep states pooled elsewhere (poolings, batch, width), gathered on the first device."""
         if kind in self.kinds:
             self._pooled[kind][layer] = pooled.to(self.weights.device)
 
-    def _weights_on(self, device: torch.device) -> torch.Tensor:
-        if device not in self._weights_by_device:
-            self._weights_by_device[device] = self.weights.to(device)
-        return self._weights_by_device[device]
+    def _weights_on(self, device: torch.device, patched: bool = False) -> torch.Tensor:
+        """The pooling weights (over patches where ``patched``) on ``device``, moved there once per batch."""
+        if (device, patched) not in self._weights_by_device:
+            weights = self.patch_weights if patched else self.weights
+            self._weights_by_device[device, patched] = weights.to(device)
+        return self._weights_by_device[device, patched]
+
+    def _on_patches(self, patch_ids: torch.Tensor, patches: int) -> None:
+        """The batch's patches are cut: the weights of the layers over patches."""
+        self.patch_weights = patch_weights(self.weights, patch_ids, patches)
+        self._weights_by_device = {key: value for key, value in self._weights_by_device.items() if not key[1]}
 
     def _hooks(self, run: Run, layer: nn.Module) -> list:
         """The probes of ``layer``, storing into the probed layer of its current run (``run()``)."""
@@ -238,7 +252,8 @@ class PoolingProbe:
     @contextmanager
     def attached(self):
         """Hooks on for the duration of the block, removed afterwards even on error."""
-        handles = counting(self.model, self.runs) + [h for layer, run in self.runs for h in self._hooks(run, layer)]
+        handles = counting(self.model, self.runs) + patch_hooks(self.model, self._on_patches)
+        handles += [h for layer, run in self.runs for h in self._hooks(run, layer)]
         try:
             yield self
         finally:
@@ -248,7 +263,7 @@ class PoolingProbe:
     def reset(self, weights: torch.Tensor) -> None:
         """Start a batch with pooling weights of shape (poolings, batch, tokens)."""
         self.weights = weights
-        self._weights_by_device = {weights.device: weights}
+        self._weights_by_device = {(weights.device, False): weights}
         self._pooled = {kind: [None] * len(self.layers) for kind in self.kinds}
 
     def run(self, module: nn.Module, **inputs) -> None:

@@ -1,5 +1,7 @@
-"""Decoder layers that run several times in one forward pass (HRM-Text's hierarchical recurrence): each run of a
-layer is one probed layer, numbered as the model numbers its runs (its cache slots), ``num_hidden_layers`` of them.
+"""Decoder layers in several lists, or that run several times in one forward pass: each run of a layer is one
+probed layer. HRM-Text's hierarchical recurrence runs its two stacks in cycles, numbered as the model numbers its
+runs (its cache slots), ``num_hidden_layers`` of them; BLT runs its local encoder's layers, its global
+transformer's, then its local decoder's, each once (patches.py).
 
 What structure cannot tell (which lists of layers run, in which order, how many times) is a table entry per model
 type, ``SCHEDULES``: the config -> per probed layer, the layer that runs it (its list's path under the base model,
@@ -29,7 +31,15 @@ def _hrm_text(config) -> Schedule:
                  for layer in range(config.num_layers_per_stack))
 
 
-SCHEDULES: dict[str, Callable[..., Schedule]] = {"hrm_text": _hrm_text}
+def _blt(config) -> Schedule:
+    """BLT: the local encoder's layers (over bytes), the global transformer's (over patches), the local
+    decoder's (over bytes), in the order they run; its patcher's layers only cut the patches (not probed)."""
+    parts = (("local_encoder.layers", config.encoder_config), ("global_transformer.layers", config.global_config),
+             ("local_decoder.layers", config.decoder_config))
+    return tuple((path, layer) for path, part in parts for layer in range(part.num_hidden_layers))
+
+
+SCHEDULES: dict[str, Callable[..., Schedule]] = {"hrm_text": _hrm_text, "blt": _blt}
 
 
 def schedule(model: nn.Module) -> Schedule | None:

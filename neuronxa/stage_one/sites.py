@@ -64,9 +64,12 @@ def name_sites(model: nn.Module, sites: Sites | None) -> None:
 
 
 def layer_list(model: nn.Module) -> str:
-    """Path (under the base model) of the decoder layers: the longest ModuleList as long as the config's number of
-    layers (a vision tower's list is another length), else the longest; never a list inside another list's item
-    (LongCat-Flash's layers each hold two attention modules and two MLPs, in lists of the config's length)."""
+    """Path (under the base model) of the decoder layers: the first list a schedule names (runs.py), else the
+    longest ModuleList as long as the config's number of layers (a vision tower's list is another length), else
+    the longest; never a list inside another list's item (LongCat-Flash's layers each hold two attention modules
+    and two MLPs, in lists of the config's length)."""
+    if (order := schedule(model)) is not None:   # lists the model type's schedule names: the first one
+        return order[0][0]
     lists = [(name, len(m)) for name, m in model.base_model.named_modules() if isinstance(m, nn.ModuleList)]
     if not lists:
         raise NeuronXAError(f"model type {model_type(model)!r} has no list of decoder layers: name its sites "

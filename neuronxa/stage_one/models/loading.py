@@ -25,8 +25,6 @@ UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody
                            "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
                            "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
                            "of its attention chunk length",
-               "blt": "a byte latent transformer, whose global transformer runs on patches of bytes (as many as its "
-                      "entropy patcher cuts, not one per token) between a local encoder and decoder over the bytes",
                **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative "
                                "decoding, which reads its backbone's key and value states (shared_kv_states) and "
                                "does not run on tokens alone")}
