@@ -59,13 +59,22 @@ def test_batches_hold_sentences_of_one_length_only_with_same_length():
 
 def test_a_padded_batch_would_change_the_last_patch_so_sentences_of_other_lengths_never_share_one(monkeypatch):
     """The patcher reads no attention mask: padded, the short sentence's last patch runs on into its padding and
-    the global layers' states move (by about 1 here); the tool's batches give the recomputation."""
+    the global layers' states move (by about 1 here); the tool's batches give the recomputation. The logits at the
+    real bytes stay as they are alone (each byte's decoder reads no patch that holds padding), so perplexities and
+    a fine-tune's loss may pad."""
     model, tokenizer = tiny("blt"), tiny_tokenizer()
     expected = recomputed_patches(model, tokenizer, UNEVEN)
     assert_recomputed(pooled_states(model, tokenizer, UNEVEN, batch_size=2), expected, "one length a batch")
     monkeypatch.setattr(positions, "SAME_LENGTH", set())
     padded = pooled_states(model, tokenizer, UNEVEN, batch_size=2)
     assert np.abs(padded["hidden"]["last"][1] - expected["hidden"]["last"][1]).max() > 0.1
+    short, long = (tokenizer(sentence)["input_ids"] for sentence in UNEVEN)
+    ids = torch.tensor([short + [tokenizer.pad_token_id] * (len(long) - len(short)), long])
+    with torch.no_grad():
+        mask = (torch.arange(len(long)) < torch.tensor([[len(short)], [len(long)]])).long()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(logits[0, : len(short)], model(input_ids=torch.tensor([short])).logits[0],
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_sentences_of_one_length_share_a_batch():
