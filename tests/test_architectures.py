@@ -101,8 +101,10 @@ EXTRA = {"falcon_h1": dict(time_step_limit=(0.0, 1e9)),
          "zamba2": dict(num_hidden_layers=3, layers_block_type=["hybrid", "linear_attention", "hybrid"],
                         n_mamba_heads=4, mamba_d_state=8, chunk_size=16, adapter_rank=4, attention_head_dim=8),
          "zaya": dict(num_experts_per_tok=1, router_hidden_size=16, layer_types=["hybrid", "hybrid"]),
-         "reformer": dict(attn_layers=["local", "local"], axial_pos_shape=[8, 16], axial_pos_embds_dim=[8, 24],
-                          attention_head_size=8, feed_forward_size=48, is_decoder=True, local_attn_chunk_length=8),
+         # an LSH layer (deterministic: hash_seed and num_buckets set) then a local one; chunks of 4 and 8 tokens
+         "reformer": dict(attn_layers=["lsh", "local"], axial_pos_shape=[8, 16], axial_pos_embds_dim=[8, 24],
+                          attention_head_size=8, feed_forward_size=48, is_decoder=True, local_attn_chunk_length=8,
+                          lsh_attn_chunk_length=4, hash_seed=0, num_buckets=4),
          "xlnet": dict(max_position_embeddings=None, d_head=8, d_inner=48),   # no position limit; its own names
          "qwen4_exp": dict(text_config=TINY),   # its causal LM is the text model's, built from the text config
          "gemma3": TOWER,
@@ -185,11 +187,10 @@ NO_FFN = {"mamba", "mamba2", "falcon_mamba"}
 # several residual streams per token: the axis that holds them in a decoder layer's output (the hidden state is
 # all of them side by side, stream by stream)
 STREAMS = {"gemma3n_text": 0, "deepseek_v4": 2, "hy_v4": 2}
-# refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks,
-# Reformer (its LSH attention makes a sentence's states depend on its batch and run) and Gemma 4's draft models for
-# speculative decoding (they read their backbone's key and value states); musicgen's causal LM cannot be built from
-# its own config: its decoder's (musicgen_decoder) is tested
-UNSUPPORTED = {"gemma4_assistant", "gemma4_unified_assistant", "musicgen", "musicgen_melody", "reformer"}
+# refused in one line by model type, before the model is built: text-to-music decoders over audio codebooks and
+# Gemma 4's draft models for speculative decoding (they read their backbone's key and value states); musicgen's
+# causal LM cannot be built from its own config: its decoder's (musicgen_decoder) is tested
+UNSUPPORTED = {"gemma4_assistant", "gemma4_unified_assistant", "musicgen", "musicgen_melody"}
 # Gemma 4's draft models cannot be built from a config here: each layer reads the backbone's key and value states
 # (num_kv_shared_layers = num_hidden_layers), which Gemma 4's kv_sharing_modes refuses; refused from config.json
 DRAFTS = {"gemma4_assistant", "gemma4_unified_assistant"}
@@ -235,8 +236,8 @@ ACTS = ("act_fn", "act", "activation_fn", "gelu_impl", "1", "activation_function
 def split_halves(layer) -> SimpleNamespace | None:
     """The FFN of a layer that splits it over two modules, under the names ``recompute`` reads: BERT's (and its
     kin's) intermediate (dense, activation) and output (dense); CPM-Ant's ffn.ffn.w_in (gate w_0, up w_1,
-    activation) and w_out; ProphetNet's feed_forward (intermediate, activation_fn, output). None for other
-    layers."""
+    activation) and w_out; ProphetNet's feed_forward (intermediate, activation_fn, output); Reformer's
+    feed_forward (its norm, then dense: dense and act_fn, output: dense). None for other layers."""
     if hasattr(getattr(layer, "intermediate", None), "intermediate_act_fn") and hasattr(layer, "output"):
         return SimpleNamespace(up_proj=layer.intermediate.dense, act_fn=layer.intermediate.intermediate_act_fn,
                                down_proj=layer.output.dense)
@@ -246,6 +247,8 @@ def split_halves(layer) -> SimpleNamespace | None:
     ffn = getattr(layer, "feed_forward", None)
     if isinstance(getattr(ffn, "intermediate", None), torch.nn.Linear) and hasattr(ffn, "activation_fn"):
         return SimpleNamespace(up_proj=ffn.intermediate, act_fn=ffn.activation_fn, down_proj=ffn.output)
+    if hasattr(getattr(ffn, "dense", None), "act_fn") and hasattr(ffn, "output"):   # Reformer's, after its norm
+        return SimpleNamespace(up_proj=ffn.dense.dense, act_fn=ffn.dense.act_fn, down_proj=ffn.output.dense)
     return None
 
 
@@ -306,6 +309,7 @@ def pooled_by_hand(tokens: np.ndarray) -> dict[str, np.ndarray]:
 # where a layer runs on more positions than the input's T tokens, the input's among them: ProphetNet's decoder
 # concatenates its main stream (the input) and its n-gram streams; CPM-Ant prepends its prompt tokens
 INPUT_ROWS = {"prophetnet": lambda config, tokens: slice(0, tokens),
+              "reformer": lambda config, tokens: slice(0, tokens),   # padded to a multiple of its chunk length
               "cpmant": lambda config, tokens: slice(config.prompt_length, config.prompt_length + tokens)}
 
 

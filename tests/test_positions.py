@@ -19,13 +19,15 @@ from neuronxa.stage_one.forward import activation_counts, pooled_states
 from neuronxa.stage_one.pooling import real_token_mask
 from test_architectures import DOWN, INPUT_ROWS, SENTENCES, ffn_of, find_layers, first, tiny
 
-TYPES = ["cpmant", "prophetnet"]
+TYPES = ["cpmant", "prophetnet", "reformer"]
 
 
 @pytest.mark.parametrize("kind", TYPES)
 def test_the_rows_the_recomputation_keeps_are_the_models_own_hidden_states(kind):
     """The test's INPUT_ROWS against the hidden states the model itself returns: ProphetNet's main stream,
-    CPM-Ant's states without its prompt (each layer's output is the next layer's input)."""
+    CPM-Ant's states without its prompt, Reformer's without its padding to a multiple of its chunk length (each
+    layer's output is the next layer's input; Reformer's layers return its second stream first, which is what
+    its hidden states hold)."""
     model = tiny(kind)
     ids = tiny_tokenizer()(SENTENCES[2], return_tensors="pt")["input_ids"]
     outputs = []
@@ -38,7 +40,7 @@ def test_the_rows_the_recomputation_keeps_are_the_models_own_hidden_states(kind)
     keep = INPUT_ROWS[kind](model.config, ids.shape[1])
     assert outputs[0].shape[1] > ids.shape[1]   # the layers do run on more positions
     for layer, output in enumerate(outputs[:-1]):
-        torch.testing.assert_close(output[:, keep], returned[layer + 1])
+        torch.testing.assert_close(output[:, keep], returned[layer + 1][:, : ids.shape[1]])   # Reformer's: padded
 
 
 def test_cpm_ant_reads_a_sentence_alike_alone_and_left_padded_whatever_the_tokenizers_pad_id():
@@ -72,7 +74,7 @@ def test_cpm_ant_counts_the_texts_tokens_after_a_prompt_in_a_padded_batch_as_alo
     assert (together != sum(counts for counts, _, _ in alone)).sum() <= 2   # a > 0 may flip within rounding
 
 
-@pytest.mark.parametrize("kind, layer", [("cpmant", 0), ("prophetnet", 0), ("prophetnet", 1)])
+@pytest.mark.parametrize("kind, layer", [("cpmant", 0), ("prophetnet", 0), ("prophetnet", 1), ("reformer", 0)])
 def test_deactivating_neurons_zeroes_their_down_projection_inputs_on_every_position(kind, layer):
     """As zeroing the neurons' columns of the down projection in the model: on the prompt's positions too
     (CPM-Ant) and on the n-gram streams too (ProphetNet, whose logits come from its first predicting stream: its
@@ -121,3 +123,41 @@ def test_cpm_ant_continues_a_prompt_alike_alone_and_left_padded_whatever_the_tok
     tokenizer.pad_token = "[UNK]"
     prompts = SENTENCES[:2]
     assert continuations(model, tokenizer, prompts, 4) == [continuations(model, tokenizer, [p], 4)[0] for p in prompts]
+
+
+def test_reformer_with_lsh_layers_needs_a_hash_seed_and_a_bucket_count_refused_in_one_line_before_it_is_built(
+        tmp_path):
+    """Without them its LSH rotations are drawn anew each forward pass and its bucket count is set from the first
+    sentence; a Reformer of local attention layers only needs neither."""
+    from transformers import ReformerConfig
+
+    from neuronxa.stage_one import models
+    from neuronxa.stage_one.sites import find_sites
+
+    sizes = dict(hidden_size=8, num_attention_heads=2, attention_head_size=4, feed_forward_size=12, vocab_size=100,
+                 axial_pos_shape=[8, 16], axial_pos_embds_dim=[4, 4], is_decoder=True)
+    for fields in (dict(attn_layers=["lsh", "local"]), dict(attn_layers=["lsh"], hash_seed=0)):
+        ReformerConfig(**sizes, **fields).save_pretrained(tmp_path)
+        with pytest.raises(NeuronXAError, match=r"^model type 'reformer' with LSH attention layers draws its hashing "
+                                                r"rotations anew .* set hash_seed and num_buckets in its config.json$"):
+            models.meta_model(models.model_spec(str(tmp_path)))
+    for fields in (dict(attn_layers=["lsh", "local"], hash_seed=0, num_buckets=4), dict(attn_layers=["local"])):
+        ReformerConfig(**sizes, **fields).save_pretrained(tmp_path)
+        assert find_sites(models.meta_model(models.model_spec(str(tmp_path)))).down == "output.dense"
+
+
+def test_reformers_batches_hold_sentences_of_one_length_since_its_lsh_buckets_sort_padding_in(monkeypatch):
+    """Alone and in the tool's batches its states agree exactly; padded, they would move."""
+    from neuronxa.stage_one import positions
+
+    model, tokenizer = tiny("reformer"), tiny_tokenizer()
+    alone = [pooled_states(model, tokenizer, [sentence]) for sentence in SENTENCES]
+    batched = pooled_states(model, tokenizer, SENTENCES, batch_size=4)
+    monkeypatch.setattr(positions, "SAME_LENGTH", set())
+    padded = pooled_states(model, tokenizer, SENTENCES, batch_size=4)
+    moved = 0.0
+    for row, one in enumerate(alone):
+        for layer in range(2):
+            np.testing.assert_allclose(batched["nav"]["mean"][layer][row], one["nav"]["mean"][layer][0], atol=1e-5)
+            moved = max(moved, np.abs(padded["nav"]["mean"][layer][row] - one["nav"]["mean"][layer][0]).max())
+    assert moved > 1e-5

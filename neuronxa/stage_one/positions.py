@@ -8,8 +8,10 @@ tell, in three small tables.
 - CPM-Ant prepends ``prompt_length`` prompt tokens to every input inside its forward pass: (batch,
   prompt_length + T, width). The states read are the input's, the last T positions. It takes padding from token
   id 0 as left padding (the last ``length`` positions of a row are real, ``length`` its count of non-zero ids).
-- BLT cuts its patches without reading the attention mask (patches.py): its batches hold sentences of one length,
-  never padded.
+- Reformer pads its input inside its forward pass to a multiple of its attention chunk length (the least common
+  multiple of its LSH and local chunk lengths, where longer than the shorter one). The states read are the first T.
+- BLT cuts its patches without reading the attention mask (patches.py), and Reformer's LSH attention sorts padding
+  into its buckets with the real tokens: their batches hold sentences of one length, never padded.
 
 Deactivation and the other interventions edit a on every position a layer runs on, as zeroing the neuron's column
 of the down projection in the model would: ProphetNet's next-token logits come from its first predicting stream,
@@ -18,6 +20,7 @@ whose FFN neurons are the same neurons.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -26,14 +29,26 @@ from torch import nn
 from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one.sites import model_type
 
+
+
+def _chunk_padded(config, tokens: int) -> int:
+    """How many positions Reformer's layers run on for T tokens: T padded to a multiple of the least common
+    multiple of its layers' chunk lengths, unless T is no longer than the shortest chunk."""
+    chunks = {"lsh": config.lsh_attn_chunk_length, "local": config.local_attn_chunk_length}
+    lengths = [chunks[kind] for kind in set(config.attn_layers)]
+    multiple = math.lcm(*lengths)
+    return tokens if tokens % multiple == 0 or tokens <= min(lengths) else tokens + multiple - tokens % multiple
+
+
 # model type -> (config, T) -> (positions its layers run on for T input tokens, the input's among them)
 INPUT_POSITIONS: dict[str, Callable[[object, int], tuple[int, slice]]] = {
     "prophetnet": lambda config, tokens: ((1 + config.ngram) * tokens, slice(0, tokens)),   # main stream first
     "cpmant": lambda config, tokens: (config.prompt_length + tokens, slice(config.prompt_length, None)),
+    "reformer": lambda config, tokens: (_chunk_padded(config, tokens), slice(0, tokens)),
 }
 # model type -> the token id the model itself reads as padding, which must then be left padding
 LEFT_PADDING = {"cpmant": 0}
-SAME_LENGTH = {"blt"}   # model types whose batches hold sentences of one length (padding would change states)
+SAME_LENGTH = {"blt", "reformer"}   # model types whose batches hold sentences of one length (padding would change states)
 
 
 def input_positions(model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor] | None:

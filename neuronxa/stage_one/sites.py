@@ -168,7 +168,7 @@ def find_sites(model: nn.Module) -> Sites:
 
 
 def _search(model: nn.Module) -> Sites:
-    refuse_unsupported(model_type(model))
+    refuse_unsupported(model_type(model), model.config)
     path = layer_list(model)
     layers = submodule(model.base_model, path)
     _refuse_moe(model, layers, path)
@@ -277,5 +277,5 @@ def checked_sites(model: nn.Module, named: Sites | None = None) -> Sites:
     missing one), else those found by structure."""
     if named is None:
         return find_sites(model)
-    refuse_unsupported(model_type(model))
+    refuse_unsupported(model_type(model), model.config)
     return checked_names(model, named)

@@ -21,19 +21,26 @@ _MUSIC = ("a text-to-music model, whose causal LM is its decoder over audio code
           "(batch·codebooks, tokens)), not over text")
 # causal LMs of the installed transformers whose structure the probes cannot represent, each with the reason
 UNSUPPORTED = {**dict.fromkeys(["musicgen", "musicgen_decoder", "musicgen_melody", "musicgen_melody_decoder"], _MUSIC),
-               "reformer": "its LSH attention hashes the batch's tokens, padding included, with rotations drawn anew "
-                           "each forward pass unless hash_seed is set, so a sentence's states depend on its batch and "
-                           "run; its reversible layers run on two residual streams and on tokens padded to a multiple "
-                           "of its attention chunk length",
                **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"], "a draft model for speculative "
                                "decoding, which reads its backbone's key and value states (shared_kv_states) and "
                                "does not run on tokens alone")}
 
 
-def refuse_unsupported(kind: str) -> None:
-    """One line naming why, for a model type the tool cannot read (``UNSUPPORTED``)."""
+def refuse_unsupported(kind: str, config=None) -> None:
+    """One line naming why, for a model type the tool cannot read (``UNSUPPORTED``), or a config it cannot read as
+    it is (naming what to set in its config.json)."""
     if kind in UNSUPPORTED:
         raise NeuronXAError(f"model type {kind!r} is not supported: {UNSUPPORTED[kind]}")
+    if config is None:
+        return
+    if kind == "xmod" and not getattr(config, "default_language", None):   # else its forward fails on a batch
+        raise NeuronXAError("model type 'xmod' picks its language adapters by lang_ids, which are not passed: set "
+                            "default_language in its config.json to one of its config's languages")
+    if kind == "reformer" and "lsh" in config.attn_layers and (config.hash_seed is None or config.num_buckets is None):
+        raise NeuronXAError("model type 'reformer' with LSH attention layers draws its hashing rotations anew each "
+                            "forward pass unless hash_seed is set, and fixes its number of buckets from the first "
+                            "sentence it sees unless num_buckets is set, so a sentence's states would change from "
+                            "run to run: set hash_seed and num_buckets in its config.json")
 
 
 def missing_package(kind: str, error: ImportError) -> NeuronXAError:
@@ -97,14 +104,12 @@ def meta_model(spec: ModelSpec, *, models_dir: str | Path | None = None):
     built = _causal_lm_class(config)
     kind = config.pop("model_type")
     refuse_unsupported(kind)
-    if kind == "xmod" and not config.get("default_language"):   # else its forward fails on the first batch
-        raise NeuronXAError("model type 'xmod' picks its language adapters by lang_ids, which are not passed: set "
-                            "default_language in its config.json to one of its config's languages")
     import torch
 
     try:
         with torch.device("meta"):
             config = AutoConfig.for_model(kind, **config)
+            refuse_unsupported(kind, config)
             return built.from_config(config) if built is AutoModelForCausalLM else built(config)
     except (KeyError, ValueError) as error:
         raise NeuronXAError(f"model type {kind!r} is no causal LM that transformers can build: "
