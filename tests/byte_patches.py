@@ -7,7 +7,7 @@ bytes of each patch (byte t gets its patch's value) before pooling over the byte
 import numpy as np
 import torch
 
-from helpers import POOLS, pool_by_hand
+from helpers import POOLS, hooked_pass, pool_by_hand
 
 KINDS = ("nas", "nav", "hidden")
 
@@ -32,12 +32,7 @@ def recorded(model, ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
                   layer.mlp.down_proj.register_forward_pre_hook(record((index, "z"))),
                   layer.register_forward_hook(lambda module, inputs, output, index=index: seen.__setitem__(
                       (index, "hidden"), output[0] if isinstance(output, tuple) else output))]
-    try:
-        with torch.no_grad():
-            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooked_pass(model, ids, hooks)
     return seen, seen.pop("patch_ids")
 
 

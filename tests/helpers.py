@@ -145,6 +145,16 @@ SENTENCES = [
 ]
 
 
+def hooked_pass(model, ids: torch.Tensor, hooks: list) -> None:
+    """One forward pass of the base model over one unpadded sentence with ``hooks`` attached, removed after."""
+    try:
+        with torch.no_grad():
+            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def manual_token_states(model, ids: list[int]) -> dict[str, list[np.ndarray]]:
     """Per-token NAS, NAV and hidden states of one unpadded sentence, computed by hand per layer."""
     ffn_inputs = []

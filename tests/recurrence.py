@@ -6,7 +6,7 @@ z are computed from the weights, written here."""
 import numpy as np
 import torch
 
-from helpers import POOLS, pool_by_hand
+from helpers import POOLS, hooked_pass, pool_by_hand
 
 KINDS = ("nas", "nav", "hidden")
 
@@ -41,12 +41,7 @@ def recorded_runs(model, ids: torch.Tensor) -> dict[int, dict]:
                   layer.mlp.down_proj.register_forward_pre_hook(record("z")),
                   layer.register_forward_hook(lambda module, inputs, output: seen[current[0]].__setitem__(
                       "hidden", output))]
-    try:
-        with torch.no_grad():
-            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooked_pass(model, ids, hooks)
     return seen
 
 
