@@ -127,7 +127,8 @@ def compute_missing(corpus: ParallelCorpus, store: StateStore, *, loader: Loader
         done = sum(store.status(language, corpus.fingerprint(language)) == "complete" for language in corpus.languages)
         raise Interrupted(f"interrupted: {done} of {len(corpus.languages)} languages cached in {store.url()}; "
                           "run the same command again to resume") from None
-    bar.close()
+    finally:   # its line ended before any error is said, so that the error has a line of its own
+        bar.close()
     return store, report(corpus, store, status=status, seconds=writer.seconds)
 
 
