@@ -46,9 +46,10 @@ def recomputed(model, sentences=SENTENCES) -> dict[str, dict[str, list[np.ndarra
     for sentence in sentences:
         ids = tiny_tokenizer()(sentence, return_tensors="pt")["input_ids"]
         seen = {}
+        record = lambda key: lambda module, inputs: seen.__setitem__(key, inputs[0])
         hooks = [hook for index, layer in enumerate(layers) for hook in (
-            layer.mlp.gate_proj.register_forward_pre_hook(lambda m, i, index=index: seen.__setitem__(("x", index), i[0])),
-            layer.mlp.down_proj.register_forward_pre_hook(lambda m, i, index=index: seen.__setitem__(("z", index), i[0])),
+            layer.mlp.gate_proj.register_forward_pre_hook(record(("x", index))),
+            layer.mlp.down_proj.register_forward_pre_hook(record(("z", index))),
             layer.register_forward_hook(lambda m, i, o, index=index: seen.__setitem__(("out", index), o)))]
         with torch.no_grad():
             stream = model.model(input_ids=ids, output_hidden_states=True).hidden_states[0][0]   # the embeddings

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from neuronxa.errors import NeuronXAError
-from neuronxa.stage_one.sites import model_type
-
+from neuronxa.stage_one.structure import model_type
 
 
 def _chunk_padded(config, tokens: int) -> int:
@@ -48,7 +47,8 @@ INPUT_POSITIONS: dict[str, Callable[[object, int], tuple[int, slice]]] = {
 }
 # model type -> the token id the model itself reads as padding, which must then be left padding
 LEFT_PADDING = {"cpmant": 0}
-SAME_LENGTH = {"blt", "reformer"}   # model types whose batches hold sentences of one length (padding would change states)
+# model types whose batches hold sentences of one length (padding would change their states)
+SAME_LENGTH = {"blt", "reformer"}
 
 
 def input_positions(model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
