@@ -21,7 +21,7 @@ from neuronxa.neurons.steering import continuations
 from neuronxa.stage_one import positions
 from neuronxa.stage_one.forward import activation_counts, length_batches, pooled_states
 from neuronxa.stage_one.patches import patch_weights
-from neuronxa.stage_one.probes import KINDS, layer_widths
+from neuronxa.stage_one.probes import KINDS, act_modules, layer_widths
 
 # a short sentence whose last token does not start a new patch in the tiny model, and a longer one
 UNEVEN = [SENTENCES[3], f"{SENTENCES[0]} {SENTENCES[3]}"]
@@ -47,6 +47,10 @@ def test_patch_weights_sum_the_weights_of_each_patchs_tokens():
 def test_the_probed_layers_are_the_encoders_the_global_transformers_and_the_decoders():
     model = tiny("blt")
     assert layer_widths(model) == [48, 64, 64, 48]
+    base = model.base_model   # each layer runs once: its activation module is a hook point of its own
+    assert act_modules(model) == [layer.mlp.act_fn for layer in (*base.local_encoder.layers,
+                                                                 *base.global_transformer.layers,
+                                                                 *base.local_decoder.layers)]
     states = pooled_states(model, tiny_tokenizer(), SENTENCES[:2])
     assert [layer.shape[1] for layer in states["hidden"]["mean"]] == [32, 48, 48, 32]
 

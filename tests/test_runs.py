@@ -20,7 +20,7 @@ from neuronxa.neurons.deactivation import deactivated
 from neuronxa.neurons.intervention import intervene
 from neuronxa.stage_one import runs
 from neuronxa.stage_one.forward import activation_counts, pooled_states
-from neuronxa.stage_one.probes import KINDS, architecture, decoder_layers, layer_ffn, layer_widths
+from neuronxa.stage_one.probes import KINDS, act_modules, architecture, decoder_layers, layer_ffn, layer_widths
 
 # (H_cycles, L_cycles, layers per stack): the test model's, one L run per cycle, and one H cycle of three L runs
 CYCLES = [(2, 2, 2), (3, 1, 2), (1, 3, 1)]
@@ -193,3 +193,7 @@ def test_the_cache_metadata_names_the_lists_whose_layers_run():
                                    "nav": "(L_module.layers|H_module.layers).{the layer of run {layer}}.mlp.down_proj "
                                           "(input)",
                                    "hidden": "(L_module.layers|H_module.layers).{the layer of run {layer}} (output)"}
+
+
+def test_act_modules_is_empty_where_one_activation_module_serves_several_runs():
+    assert runs.repeats(hrm()) and act_modules(hrm()) == []

@@ -48,6 +48,12 @@ def schedule(model: nn.Module) -> Schedule | None:
     return None if rule is None else rule(model.config.get_text_config())
 
 
+def repeats(model: nn.Module) -> bool:
+    """Whether some decoder layer runs several times in one forward pass (HRM-Text's; BLT's run once each)."""
+    order = schedule(model)
+    return order is not None and len(set(order)) < len(order)
+
+
 def probed_layers(model: nn.Module, layers: Sequence[nn.Module]) -> list[nn.Module]:
     """Per probed layer, the layer module that runs it: the decoder ``layers`` themselves unless scheduled."""
     order = schedule(model)

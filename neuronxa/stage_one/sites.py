@@ -33,7 +33,7 @@ from neuronxa.errors import NeuronXAError
 from neuronxa.stage_one import expert_blocks, ffn_lists
 from neuronxa.stage_one.models.loading import refuse_unsupported
 from neuronxa.stage_one.named_sites import checked_names
-from neuronxa.stage_one.runs import layer_path, probed_layers, schedule
+from neuronxa.stage_one.runs import layer_path, probed_layers, repeats, schedule
 from neuronxa.stage_one.site_paths import Sites
 from neuronxa.stage_one.skipped import with_skipped
 from neuronxa.stage_one.structure import act_module, ffn_parts, model_type, projections, submodule, widths
@@ -230,7 +230,7 @@ def act_modules(model: nn.Module) -> list[nn.Module]:
     ``on_a`` for a hook point that every dense architecture has), and for mixture-of-experts and hybrid models
     (layers without an FFN) and layers that run several times."""
     act = architecture(model).act
-    return [] if act is None or has_experts(model) or architecture(model).without or schedule(model) \
+    return [] if act is None or has_experts(model) or architecture(model).without or repeats(model) \
         else [submodule(ffn, act) for ffn in ffns(model)]
 
 
